@@ -1,0 +1,216 @@
+"""Modality-aware normalisation: ``M`` private norms in one module.
+
+On a sample-major stacked batch ``(B*M, C, *S)`` the view ``(B, M*C, *S)`` is
+free, and in it channel ``m*C + c`` is modality ``m``'s channel ``c``. One
+ordinary batch (or instance) norm over ``M*C`` channels on that view therefore
+*is* ``M`` private norms: statistics, scale and shift per modality and channel,
+in one kernel. With ``exchange=True`` the norm then applies channel exchange
+(:func:`cen.core.exchange.exchange`) with a keep-mask recomputed from the
+current ``|gamma|`` at every call.
+
+Parameters and buffers have shape ``(M*C,)`` with index ``m*C + c``;
+:attr:`gamma` is the ``(M, C)`` view of ``weight``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cen.core.exchange import exchange as apply_exchange
+
+
+class _ModalityNorm(nn.Module):
+    """Shared machinery of the modality-aware norms (not used directly)."""
+
+    _spatial_dims: tuple[int, ...] = ()  # allowed numbers of dims after (N, C)
+    _kind = "norm"
+
+    def __init__(
+        self,
+        num_features: int,
+        num_modalities: int,
+        *,
+        exchange: bool = False,
+        threshold: float = 2e-2,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not isinstance(num_modalities, int) or num_modalities < 1:
+            raise ValueError(f"num_modalities must be an int >= 1, got {num_modalities!r}")
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0 (it is compared with |gamma|), got {threshold!r}")
+        if exchange and not affine:
+            raise ValueError("exchange=True needs affine=True: the exchange test reads |gamma|")
+        self.num_features = num_features
+        self.num_modalities = num_modalities
+        self.exchange = bool(exchange)
+        self.threshold = float(threshold)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        total = num_modalities * num_features
+        if affine:
+            self.weight = nn.Parameter(torch.ones(total))
+            self.bias = nn.Parameter(torch.zeros(total))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(total))
+            self.register_buffer("running_var", torch.ones(total))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        # Indices of the modalities present in the current batch, set by
+        # cen.MultiModal for missing-modality inference; None means all of them.
+        self.present: tuple[int, ...] | None = None
+
+    # -- the parameters seen per modality ---------------------------------
+    @property
+    def gamma(self) -> Tensor:
+        """``(M, C)`` view of :attr:`weight`: the scale of modality ``m``, channel ``c``."""
+        if self.weight is None:
+            raise AttributeError(f"{type(self).__name__} has affine=False and no gamma")
+        return self.weight.view(self.num_modalities, self.num_features)
+
+    def exchange_mask(self) -> Tensor:
+        """Bool ``(M, C)``: true where modality ``m`` replaces channel ``c`` now (``|gamma| < threshold``)."""
+        return self.gamma.detach().abs() < self.threshold
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, num_modalities={self.num_modalities}, exchange={self.exchange}, "
+            f"threshold={self.threshold}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    # -- forward ----------------------------------------------------------
+    def _select(self, t: Tensor | None, idx: Sequence[int] | None) -> Tensor | None:
+        if t is None or idx is None:
+            return t
+        return t.view(self.num_modalities, self.num_features)[list(idx)].reshape(-1)
+
+    def _normalize(self, x: Tensor, weight, bias, running_mean, running_var, update_stats: bool) -> Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, x: Tensor, present: int) -> None:
+        if x.dim() - 2 not in self._spatial_dims:
+            expected = " or ".join(f"{d + 2}-d" for d in self._spatial_dims)
+            raise ValueError(f"{type(self).__name__} expects a {expected} input (B*M, C, ...), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_features} channels, got input of shape {tuple(x.shape)}"
+            )
+        if x.shape[0] % present:
+            raise ValueError(
+                f"batch size {x.shape[0]} is not divisible by the number of modalities {present}: "
+                "stack modalities sample-major with cen.stack"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``Tensor(B*K, C, *S)`` -> same shape, for the ``K`` present modalities."""
+        idx = self.present
+        num = self.num_modalities if idx is None else len(idx)
+        self._check_input(x, num)
+        if idx is not None and self.training:
+            raise RuntimeError("a modality may be missing only at inference; call .eval() first")
+        batch = x.shape[0] // num
+        update_stats = self.training and self.track_running_stats
+        if update_stats:
+            self.num_batches_tracked.add_(1)
+        view = x.reshape(batch, num * self.num_features, *x.shape[2:])
+        y = self._normalize(
+            view,
+            self._select(self.weight, idx),
+            self._select(self.bias, idx),
+            self._select(self.running_mean, idx),
+            self._select(self.running_var, idx),
+            update_stats,
+        )
+        if self.exchange and num > 1:
+            keep = self.gamma.abs() >= self.threshold
+            if idx is not None:
+                keep = keep[list(idx)]
+            y = apply_exchange(y.view(batch, num, self.num_features, *x.shape[2:]), keep)
+        return y.reshape(x.shape)
+
+    def _momentum(self) -> float:
+        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+
+class _ModalityBatchNorm(_ModalityNorm):
+    def _normalize(self, x, weight, bias, running_mean, running_var, update_stats):
+        use_batch_stats = self.training or running_mean is None
+        return F.batch_norm(
+            x,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            use_batch_stats,
+            self._momentum() if update_stats else 0.0,
+            self.eps,
+        )
+
+
+class ModalityBatchNorm2d(_ModalityBatchNorm):
+    """``M`` private ``BatchNorm2d(C)`` for a stacked ``(B*M, C, H, W)`` batch, with optional exchange.
+
+    Args:
+        num_features: channels ``C`` per modality.
+        num_modalities: ``M``.
+        exchange: apply paper Eq. 6 after normalising.
+        threshold: ``theta``; a channel of modality ``m`` is replaced where ``|gamma[m, c]| < theta``.
+        eps, momentum, affine, track_running_stats: as :class:`torch.nn.BatchNorm2d`.
+    """
+
+    _spatial_dims = (2,)
+
+
+class ModalityBatchNorm1d(_ModalityBatchNorm):
+    """``M`` private ``BatchNorm1d(C)`` for stacked ``(B*M, C)`` or ``(B*M, C, L)`` features."""
+
+    _spatial_dims = (0, 1)
+
+
+class ModalityInstanceNorm2d(_ModalityNorm):
+    """``M`` private affine ``InstanceNorm2d(C)`` for a stacked ``(B*M, C, H, W)`` batch.
+
+    Same arguments as :class:`ModalityBatchNorm2d`; ``track_running_stats``
+    defaults to False as in :class:`torch.nn.InstanceNorm2d`.
+    """
+
+    _spatial_dims = (2,)
+
+    def __init__(self, num_features: int, num_modalities: int, *, track_running_stats: bool = False, **kwargs) -> None:
+        super().__init__(num_features, num_modalities, track_running_stats=track_running_stats, **kwargs)
+
+    def _normalize(self, x, weight, bias, running_mean, running_var, update_stats):
+        use_input_stats = self.training or running_mean is None
+        return F.instance_norm(
+            x,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            use_input_stats,
+            self._momentum() if update_stats else 0.0,
+            self.eps,
+        )
+
+
+MODALITY_NORMS = (ModalityBatchNorm1d, ModalityBatchNorm2d, ModalityInstanceNorm2d)

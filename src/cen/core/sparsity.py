@@ -1,0 +1,56 @@
+"""The sparsity penalty on the exchanging norms' scales (paper Eq. 4).
+
+With ``mode="disjoint"`` (the method) the channels of each exchanging norm are
+split into ``M`` contiguous groups and modality ``m`` is penalised on group
+``m`` only, so at most one modality of a channel is pushed towards ``gamma = 0``
+(with ``M = 2``: modality 0 on the first half, modality 1 on the second, as the
+reference code). ``mode="all"`` penalises every channel of every modality (an
+ablation of the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from cen.core.norms import _ModalityNorm
+
+SPARSITY_MODES = ("disjoint", "all")
+
+
+def exchanging_norms(model: nn.Module) -> Iterator[tuple[str, _ModalityNorm]]:
+    """``(qualified name, norm)`` for every modality norm of ``model`` that exchanges."""
+    for name, module in model.named_modules():
+        if isinstance(module, _ModalityNorm) and module.exchange:
+            yield name, module
+
+
+def disjoint_groups(num_modalities: int, num_features: int, device=None) -> Tensor:
+    """Bool ``(M, C)``: row ``m`` marks the contiguous channel group modality ``m`` is penalised on.
+
+    Channel ``c`` belongs to group ``floor(c * M / C)``; with ``M = 2`` these are the halves.
+    """
+    group = torch.arange(num_features, device=device) * num_modalities // num_features
+    return group.unsqueeze(0) == torch.arange(num_modalities, device=device).unsqueeze(1)
+
+
+def sparsity_loss(model: nn.Module, mode: str = "disjoint") -> Tensor:
+    """``sum |gamma|`` over the exchanging norms of ``model`` (multiply by lambda yourself).
+
+    Returns a scalar tensor (zero, on the model's device, if nothing exchanges).
+    """
+    if mode not in SPARSITY_MODES:
+        raise ValueError(f"mode={mode!r} is not a sparsity mode; expected one of {SPARSITY_MODES}")
+    total = None
+    for _, norm in exchanging_norms(model):
+        magnitude = norm.gamma.abs()
+        if mode == "disjoint":
+            magnitude = magnitude * disjoint_groups(norm.num_modalities, norm.num_features, magnitude.device)
+        term = magnitude.sum()
+        total = term if total is None else total + term
+    if total is None:
+        ref = next(iter(model.parameters()), None)
+        return torch.zeros((), device=ref.device if ref is not None else None)
+    return total
