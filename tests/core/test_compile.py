@@ -1,0 +1,52 @@
+"""The converted model is one graph: no graph breaks, no data-dependent ops."""
+
+import torch
+import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import cen
+
+# Ops that need the data on the host (a sync on a GPU) or give data-dependent shapes.
+FORBIDDEN = ("nonzero", "masked_select", "_local_scalar_dense", "item", "masked_scatter")
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _converted(num=2):
+    model = cen.convert(torchvision.models.resnet50(num_classes=10), num)
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "exchange", False):
+                m.gamma[:, ::3] = 0.001  # exchange really happens
+    return model
+
+
+def test_forward_and_backward_have_no_nonzero_or_host_sync():
+    model = _converted().train()
+    x = torch.randn(4, 3, 64, 64)
+    with OpLog() as log:
+        out = model(x)
+        out.sum().backward()
+    assert any(op.startswith("where") for op in log.ops)  # the exchange ran
+    bad = sorted({op for op in log.ops if op.split(".")[0] in FORBIDDEN})
+    assert not bad, f"data-dependent ops in the converted model: {bad}"
+
+
+def test_compiles_with_zero_graph_breaks():
+    model = _converted(3).train()
+    x = torch.randn(6, 3, 64, 64)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    expected = model(x)
+    torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
