@@ -12,6 +12,7 @@ from cen import nn
 from cen.core.convert import convert
 from cen.core.ensemble import Ensemble
 from cen.core.multimodal import MultiModal
+from cen.core.norms import convert_sync_batchnorm
 from cen.core.sparsity import sparsity_loss
 from cen.core.stacking import stack, unstack
 from cen.core.stats import exchange_stats
@@ -21,6 +22,7 @@ __all__ = [
     "MultiModal",
     "__version__",
     "convert",
+    "convert_sync_batchnorm",
     "exchange_stats",
     "nn",
     "sparsity_loss",

@@ -167,3 +167,14 @@ def test_wrong_channels_and_rank():
         norm(torch.randn(4, 5, 2, 2))
     with pytest.raises(ValueError, match="4-d input"):
         norm(torch.randn(4, 4))
+
+
+def test_convert_sync_batchnorm_marks_modality_batch_norms_and_keeps_cpu_results():
+    model = cen.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.InstanceNorm2d(4)), 2)
+    reference = ModalityBatchNorm2d(4, 2)
+    reference.load_state_dict(model[1].state_dict())
+    assert cen.convert_sync_batchnorm(model) is model
+    assert model[1].sync and not getattr(model[2], "sync", False)
+    x = torch.randn(4, 4, 3, 3)
+    # no process group here: the synchronised norm computes exactly the local one
+    torch.testing.assert_close(model[1](x), reference(x))

@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules._functions import SyncBatchNorm as _sync_batch_norm
 
 from cen.core.exchange import exchange as apply_exchange
 
@@ -153,8 +155,33 @@ class _ModalityNorm(nn.Module):
 
 
 class _ModalityBatchNorm(_ModalityNorm):
+    # Set by cen.convert_sync_batchnorm: synchronise batch statistics across
+    # processes in training (on accelerators, as torch.nn.SyncBatchNorm does).
+    sync: bool = False
+    process_group = None
+
+    def _sync_world_size(self, x: Tensor) -> int:
+        if not (self.sync and self.training and dist.is_available() and dist.is_initialized()):
+            return 1
+        if x.device.type == "cpu":
+            return 1  # torch's synchronised batch norm has no CPU kernel; statistics stay per process
+        return dist.get_world_size(self.process_group or dist.group.WORLD)
+
     def _normalize(self, x, weight, bias, running_mean, running_var, update_stats):
         use_batch_stats = self.training or running_mean is None
+        world_size = self._sync_world_size(x)
+        if world_size > 1:
+            return _sync_batch_norm.apply(
+                x,
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                self.eps,
+                self._momentum() if update_stats else 0.0,
+                self.process_group or dist.group.WORLD,
+                world_size,
+            )
         return F.batch_norm(
             x,
             running_mean,
@@ -211,6 +238,22 @@ class ModalityInstanceNorm2d(_ModalityNorm):
             self._momentum() if update_stats else 0.0,
             self.eps,
         )
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Make every modality batch norm of ``module`` synchronise its statistics across processes.
+
+    The twin of :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` (which does not
+    know these modules; call both if the model also holds plain batch norms). Per
+    modality and channel, the mean and variance are then taken over the global
+    batch in training. Like torch's, it needs an accelerator: on the CPU the
+    statistics stay per process. Returns ``module``.
+    """
+    for sub in module.modules():
+        if isinstance(sub, _ModalityBatchNorm):
+            sub.sync = True
+            sub.process_group = process_group
+    return module
 
 
 MODALITY_NORMS = (ModalityBatchNorm1d, ModalityBatchNorm2d, ModalityInstanceNorm2d)
