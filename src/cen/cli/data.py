@@ -1,0 +1,87 @@
+"""``cen data``: generate synthetic scenes and validate data sets on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from cen.data.synth import generate
+
+    splits = tuple(float(x) for x in args.splits.split(","))
+    try:
+        info = generate(args.out, args.num, height=args.height, width=args.width, seed=args.seed,
+                        splits=splits, progress=not args.quiet, workers=args.workers)
+    except ValueError as err:
+        print(f"cen data synth: {err}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+    print(f"wrote {args.num} scenes ({counts}) to {info['root']}; "
+          f"{info['num_classes']} classes: {', '.join(c['name'] for c in info['classes'])}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cen.data.check import check_dataset
+
+    problems = check_dataset(
+        args.root,
+        args.layout,
+        list_files=args.list,
+        num_classes=args.num_classes,
+        domains=args.domains.split(",") if args.domains else None,
+        modalities=args.modalities.split(",") if args.modalities else None,
+        mask=None if args.mask == "none" else args.mask,
+        progress=not args.quiet,
+    )
+    for line in problems:
+        print(line)
+    if args.json:
+        print(json.dumps({"root": args.root, "layout": args.layout, "problems": len(problems)}))
+    if problems:
+        print(f"{len(problems)} problem(s) found in {args.root}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: no problems found", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``cen data synth`` and ``cen data check``."""
+    parser = subparsers.add_parser("data", help="generate synthetic scenes, validate data sets",
+                                   description="Generate synthetic scenes and validate data sets.")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    synth = actions.add_parser(
+        "synth", help="render procedural indoor scenes in the NYUDv2 and Taskonomy layouts",
+        description="Render procedural indoor scenes (RGB, depth, normals, shading, texture edges, labels) "
+                    "into OUT (NYUDv2 layout) and OUT/taskonomy (Taskonomy layout). Same seed, same bytes.")
+    synth.add_argument("out", metavar="OUT", help="output directory")
+    synth.add_argument("--num", type=int, default=1000, help="number of scenes (default 1000)")
+    synth.add_argument("--height", type=int, default=120, help="image height in pixels (default 120)")
+    synth.add_argument("--width", type=int, default=160, help="image width in pixels (default 160)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    synth.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_synth)
+
+    check = actions.add_parser(
+        "check", help="validate a data set: files, sizes, label values, lists",
+        description="Validate a data set on disk. Prints one line per problem naming the file; "
+                    "exit status 1 if there is any.")
+    check.add_argument("root", metavar="ROOT", help="data set root")
+    check.add_argument("--layout", required=True, choices=("nyudv2", "taskonomy", "folder"),
+                       help="on-disk layout (nyudv2 also covers SUN RGB-D)")
+    check.add_argument("--list", action="append", metavar="FILE",
+                       help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT")
+    check.add_argument("--num-classes", type=int, default=None,
+                       help="label values must be below this or 255 (default: ROOT/classes.json, else 40)")
+    check.add_argument("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)")
+    check.add_argument("--modalities", default=None, help="folder: comma-separated modality folders")
+    check.add_argument("--mask", default="masks", help="folder: label folder, or 'none' (default masks)")
+    check.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=_check)

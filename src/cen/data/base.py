@@ -1,0 +1,75 @@
+"""The dataset class every layout builds on: a list of entries and one decoder per role."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from cen.data.images import image_size, read_image
+from cen.data.lists import Entry
+from cen.data.tvtensors import unwrap_sample, wrap
+
+Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def load_entry(entry: Entry, decoders: Mapping[str, Callable]) -> dict[str, torch.Tensor]:
+    """Read and decode every file of ``entry`` (plain tensors, masks uint8).
+
+    Raises FileNotFoundError / ValueError naming the file and the list line, including
+    when two files of the sample differ in size (names both and their sizes)."""
+    sample: dict[str, torch.Tensor] = {}
+    first: tuple[str, tuple[int, int]] | None = None
+    for role, decoder in decoders.items():
+        path = entry.files[role]
+        try:
+            arr = read_image(path)
+            size = image_size(arr)
+            if first is None:
+                first = (str(path), size)
+            elif size != first[1]:
+                raise ValueError(
+                    f"{path} is {size[0]}x{size[1]} (HxW) but {first[0]} is {first[1][0]}x{first[1][1]}; "
+                    "all modalities of a sample must have the same size"
+                )
+            sample[role] = decoder(arr, path)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{err} [sample {entry.where()}]") from err
+    return sample
+
+
+class MultiModalDataset(Dataset):
+    """Samples of aligned modalities read from a list of :class:`~cen.data.lists.Entry`.
+
+    ``decoders`` maps each role (modality name, ``"mask"`` or ``"target"``) to a decoder
+    from :mod:`cen.data.decode`. ``__getitem__`` returns a dict of plain tensors: float
+    (C, H, W) per modality and int64 (H, W) ``"mask"``. When ``transform`` is given, it
+    receives the sample as tv_tensors (``Image``, :class:`~cen.data.tvtensors.Depth`,
+    :class:`~cen.data.tvtensors.NormalMap`, ``Mask``) so torchvision v2 transforms apply
+    the same random parameters to every modality and the mask.
+    """
+
+    def __init__(self, entries: Sequence[Entry], decoders: Mapping[str, Callable],
+                 transform: Transform | None = None, roles: Mapping[str, str] | None = None) -> None:
+        self.entries = list(entries)
+        self.decoders = dict(decoders)
+        self.transform = transform
+        # roles: file role -> key in the sample (e.g. the target domain -> "target")
+        self.roles = dict(roles or {})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def files(self, index: int) -> dict[str, str]:
+        """Paths of the files of sample ``index``, by sample key."""
+        entry = self.entries[index]
+        return {self.roles.get(r, r): str(entry.files[r]) for r in self.decoders}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        raw = load_entry(entry, self.decoders)
+        sample = {self.roles.get(r, r): wrap(t, self.decoders[r].kind) for r, t in raw.items()}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return unwrap_sample(sample)

@@ -1,0 +1,170 @@
+"""Validating a data set on disk: every problem, one line each, naming the file.
+
+Used by ``cen data check``; the loaders raise on the first problem instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cen.data.constants import IGNORE_INDEX, NYUDV2_NUM_CLASSES
+from cen.data.decode import DepthDecoder, ImageDecoder, MaskDecoder
+from cen.data.folder import infer_kind
+from cen.data.images import image_size, read_image
+from cen.data.lists import Entry, folder_entries, nyudv2_entries, taskonomy_entries
+from cen.data.taskonomy import TASKONOMY_DOMAINS, check_domain, domain_decoder
+
+LAYOUTS: tuple[str, ...] = ("nyudv2", "taskonomy", "folder")
+DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
+
+
+def check_entry(entry: Entry, decoders: Mapping[str, Callable],
+                bits: Mapping[str, int] | None = None) -> list[str]:
+    """Problems of one sample: missing, unreadable or undecodable files, wrong bit
+    depth (``bits`` maps a role to 8 or 16), label values out of range, sizes that
+    differ between the files. Each problem names the file and the list line."""
+    problems: list[str] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    for role, decoder in decoders.items():
+        path = entry.files[role]
+        try:
+            arr = read_image(path)
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(f"{err} [{role}, {entry.where()}]")
+            continue
+        sizes[path] = image_size(arr)
+        want = (bits or {}).get(role)
+        got = 16 if arr.dtype == np.uint16 else 8
+        if want is not None and got != want:
+            problems.append(f"{path}: {got}-bit image; expected {want}-bit for {role} [{entry.where()}]")
+            continue
+        try:
+            decoder(arr, path)
+        except ValueError as err:
+            problems.append(f"{err} [{role}, {entry.where()}]")
+    if len(set(sizes.values())) > 1:
+        (p0, s0), *rest = sizes.items()
+        for p, s in rest:
+            if s != s0:
+                problems.append(f"{p}: size {s[0]}x{s[1]} (HxW) differs from {p0} {s0[0]}x{s0[1]} [{entry.where()}]")
+    return problems
+
+
+def _list_files(root: Path, list_files: Sequence[str] | None) -> tuple[list[Path | str], list[str]]:
+    if list_files:
+        return list(list_files), []
+    found = [root / name for name in DEFAULT_LISTS if (root / name).is_file()]
+    if not found:
+        return [], [f"{root}: no list file found; expected {', '.join(DEFAULT_LISTS)} or --list FILE"]
+    return found, []
+
+
+def _num_classes(root: Path, num_classes: int | None, default: int | None) -> int | None:
+    if num_classes is not None:
+        return num_classes
+    meta = root / "classes.json"
+    if meta.is_file():
+        try:
+            return int(json.loads(meta.read_text())["num_classes"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return default
+
+
+def _run(groups: Iterable[tuple[list[Entry], Mapping[str, Callable], Mapping[str, int] | None]],
+         problems: list[str], progress: bool) -> list[str]:
+    groups = list(groups)
+    total = sum(len(entries) for entries, _, _ in groups)
+    with tqdm(total=total, desc="check", unit="sample", disable=not progress) as bar:
+        for entries, decoders, bits in groups:
+            for entry in entries:
+                problems.extend(check_entry(entry, decoders, bits))
+                bar.update()
+    return problems
+
+
+def check_dataset(
+    root: str | os.PathLike,
+    layout: str,
+    list_files: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    domains: Sequence[str] | None = None,
+    modalities: Sequence[str] | None = None,
+    mask: str | None = "masks",
+    progress: bool = True,
+) -> list[str]:
+    """All problems of a data set on disk, one message per problem (empty: valid).
+
+    Args:
+        root: data set root.
+        layout: ``"nyudv2"`` (also SUN RGB-D), ``"taskonomy"`` or ``"folder"``.
+        list_files: list / split files; default ``train.txt``, ``val.txt``, ``test.txt``
+            found in ``root`` (required for ``folder``).
+        num_classes: label range; default from ``root/classes.json`` if present, else 40
+            for nyudv2 (folder: labels are then only checked to be 8-bit).
+        domains: Taskonomy domains to check; default every known domain folder in root.
+        modalities: folder layout: input folders; default every folder except ``mask``.
+        mask: folder layout: label folder (None: no labels).
+        progress: show a progress bar.
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if not root.is_dir():
+        return [f"{root}: data set root is not a directory"]
+    problems: list[str] = []
+    groups = []
+    if layout == "folder" and not list_files:
+        return [f"{root}: the folder layout needs a split file of stems (--list FILE)"]
+    lists, problems = _list_files(root, list_files)
+
+    if layout == "nyudv2":
+        k = _num_classes(root, num_classes, NYUDV2_NUM_CLASSES)
+        decoders = {"rgb": ImageDecoder(), "depth": DepthDecoder(), "mask": MaskDecoder(k, IGNORE_INDEX)}
+        bits = {"rgb": 8, "depth": 16, "mask": 8}
+        parse = lambda lf: nyudv2_entries(root, lf)  # noqa: E731
+    elif layout == "taskonomy":
+        if domains:
+            try:
+                for d in domains:
+                    check_domain(d)
+            except ValueError as err:
+                return [str(err)]
+            names = list(domains)
+        else:
+            names = [d for d in TASKONOMY_DOMAINS if (root / d).is_dir()]
+            if not names:
+                return [f"{root}: no Taskonomy domain folder found; known domains: {', '.join(TASKONOMY_DOMAINS)}"]
+        decoders = {d: domain_decoder(d) for d in names}
+        bits = {d: TASKONOMY_DOMAINS[d].bits for d in names}
+        parse = lambda lf: taskonomy_entries(root, lf, names)  # noqa: E731
+    else:
+        if mask is not None and not (root / mask).is_dir():
+            mask = None
+        mods = list(modalities) if modalities else sorted(
+            p.name for p in root.iterdir() if p.is_dir() and p.name != mask and not p.name.startswith(".")
+        )
+        if not mods:
+            return [f"{root}: no modality folders found"]
+        makers = {"image": ImageDecoder, "depth": DepthDecoder, "normal": lambda: domain_decoder("normal")}
+        decoders = {m: makers[infer_kind(m)]() for m in mods}
+        if mask is not None:
+            k = _num_classes(root, num_classes, 256)
+            decoders["mask"] = MaskDecoder(k, IGNORE_INDEX)
+        bits = {m: 16 for m in mods if infer_kind(m) == "depth"}
+        parse = lambda lf: folder_entries(root, lf, mods, mask=mask)  # noqa: E731
+
+    for lf in lists:
+        try:
+            entries = parse(lf)
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+            continue
+        groups.append((entries, decoders, bits))
+    return _run(groups, problems, progress)

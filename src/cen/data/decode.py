@@ -1,0 +1,118 @@
+"""Turning decoded image arrays into the tensors of a sample.
+
+A decoder is a callable ``(array, path) -> Tensor`` with a ``kind`` attribute
+(``"image"``, ``"depth"``, ``"normal"`` or ``"mask"``) that tells the joint transforms
+how to treat the tensor. Float outputs are (C, H, W) float32; masks are (H, W) uint8
+(the datasets return them as int64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
+
+
+def _chw(arr: np.ndarray, channels: int | None, path: Path) -> torch.Tensor:
+    """(H, W) or (H, W, C) array -> float32 (C, H, W); grey replicated to ``channels``."""
+    t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32, copy=False))
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    if channels is not None and t.shape[0] != channels:
+        if t.shape[0] == 1:
+            t = t.expand(channels, -1, -1)
+        else:
+            raise ValueError(f"{path}: image has {t.shape[0]} channels; expected {channels} or 1")
+    return t.contiguous()
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """8-bit -> [0, 1] (x / 255), 16-bit -> [0, 1] (x / 65535); (C, H, W) float32,
+    grey replicated to ``channels`` (None keeps the file's channels)."""
+
+    channels: int | None = 3
+    kind: str = "image"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        scale = 1.0 / 65535.0 if arr.dtype == np.uint16 else 1.0 / 255.0
+        return _chw(arr, self.channels, path) * scale
+
+
+@dataclass(frozen=True)
+class DepthDecoder:
+    """16-bit depth (e.g. millimetres) x ``scale`` -> (C, H, W) float32, one channel
+    replicated to ``channels``. Holes (0) stay 0. The reference preprocessing is
+    ``scale = 1/5000`` with 3 channels."""
+
+    scale: float = REFERENCE_DEPTH_SCALE
+    channels: int = 3
+    kind: str = "depth"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        if arr.dtype != np.uint16 or arr.ndim != 2:
+            raise ValueError(
+                f"{path}: depth image is {arr.dtype} with shape {arr.shape}; expected a 16-bit single-channel PNG "
+                "(depth in millimetres)"
+            )
+        return _chw(arr, self.channels, path) * self.scale
+
+
+@dataclass(frozen=True)
+class TaskonomyDepthDecoder:
+    """Taskonomy depth (uint16 in 1/512 m, 65535 = invalid) -> metres / ``max_m``
+    clipped to [0, 1]; invalid pixels are 0 (like NYUDv2 holes). (C, H, W) float32."""
+
+    units_per_m: float = 512.0
+    max_m: float = 16.0
+    invalid: int = 65535
+    channels: int = 3
+    kind: str = "depth"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        if arr.dtype != np.uint16 or arr.ndim != 2:
+            raise ValueError(f"{path}: depth image is {arr.dtype} with shape {arr.shape}; expected 16-bit grey PNG")
+        t = _chw(arr, self.channels, path)
+        valid = t != self.invalid
+        return torch.where(valid, (t / (self.units_per_m * self.max_m)).clamp_(0, 1), torch.zeros(()))
+
+
+@dataclass(frozen=True)
+class NormalDecoder:
+    """8-bit RGB normal map ``(n + 1) / 2 * 255`` -> unit-range normals in [-1, 1],
+    (3, H, W) float32, channel 0 = x (right)."""
+
+    kind: str = "normal"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"{path}: normal map is {arr.dtype} with shape {arr.shape}; expected an 8-bit RGB PNG")
+        return _chw(arr, 3, path) / 127.5 - 1.0
+
+
+@dataclass(frozen=True)
+class MaskDecoder:
+    """Label image -> (H, W) uint8 class ids; values must be < ``num_classes`` or
+    equal ``ignore_index``."""
+
+    num_classes: int
+    ignore_index: int = IGNORE_INDEX
+    kind: str = "mask"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        if arr.ndim != 2:
+            raise ValueError(f"{path}: label image has shape {arr.shape}; expected a single-channel PNG of class ids")
+        bad = (arr >= self.num_classes) & (arr != self.ignore_index)
+        if bad.any():
+            values = np.unique(arr[bad])
+            shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            raise ValueError(
+                f"{path}: label value(s) {shown} out of range; expected class ids 0..{self.num_classes - 1} "
+                f"or {self.ignore_index} (ignore)"
+            )
+        if arr.max(initial=0) > 255:
+            raise ValueError(f"{path}: label values above 255; expected 8-bit class ids")
+        return torch.from_numpy(np.ascontiguousarray(arr).astype(np.uint8, copy=False))

@@ -1,0 +1,187 @@
+"""Joint transforms of multimodal samples, built on torchvision's transforms v2.
+
+A sample is a dict of tv_tensors (what :class:`~cen.data.base.MultiModalDataset`
+hands to its ``transform``): ``tv_tensors.Image`` for RGB and other images,
+:class:`~cen.data.tvtensors.Depth`, :class:`~cen.data.tvtensors.NormalMap` and a
+``tv_tensors.Mask`` under ``"mask"``. The v2 transforms draw their random parameters
+once per call, so every modality and the mask get the same scale, crop and flip:
+
+* resizing uses bilinear interpolation for images and normals, nearest for depth
+  and masks;
+* padding fills images with 0 and the mask with the ignore id; in the pipelines
+  below padding comes *after* normalisation, so the padded image is the mean colour;
+* a horizontal flip negates the x component of normal maps.
+
+Ready pipelines: :func:`segmentation_train`, :func:`segmentation_eval`,
+:func:`translation_train`, :func:`translation_eval`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2._utils import query_size
+
+from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
+Stats = tuple[Sequence[float], Sequence[float]]
+
+
+def default_normalization() -> dict[str, Stats]:
+    """Per-modality (mean, std) of the reference recipe: ImageNet statistics for
+    ``rgb``; depth is left as loaded (raw x 1/5000, the reference preprocessing).
+    Add e.g. ``"depth": (mean, std)`` from :func:`cen.data.stats.mean_std` for a
+    per-dataset depth normalisation."""
+    return {"rgb": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``scale_range`` (same for H and W),
+    sizes rounded to integers (at least 1)."""
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
+        super().__init__()
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.scale_range = (float(lo), float(hi))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = query_size(flat_inputs)
+        s = float(torch.empty(()).uniform_(*self.scale_range))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, size=params["size"], antialias=True)
+
+
+class NormalizeModalities:
+    """Per-modality ``(x - mean) / std`` on the channels of the named keys.
+
+    ``stats`` maps a sample key to (mean, std), each one value per channel or a single
+    value for all channels. Keys not in ``stats`` and the mask are left alone."""
+
+    def __init__(self, stats: Mapping[str, Stats]) -> None:
+        self.stats = {k: (torch.as_tensor(m, dtype=torch.float32), torch.as_tensor(s, dtype=torch.float32))
+                      for k, (m, s) in stats.items()}
+        for k, (_, s) in self.stats.items():
+            if (s <= 0).any():
+                raise ValueError(f"std of {k!r} must be positive, got {s.tolist()}")
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        for key, (mean, std) in self.stats.items():
+            if key not in out:
+                continue
+            x = out[key]
+            plain = x.as_subclass(torch.Tensor)
+            c = plain.shape[-3]
+            if mean.numel() not in (1, c) or std.numel() not in (1, c):
+                raise ValueError(f"normalisation of {key!r}: {c} channels but mean/std have "
+                                 f"{mean.numel()}/{std.numel()} values")
+            y = (plain - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+            out[key] = tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({ {k: (m.tolist(), s.tolist()) for k, (m, s) in self.stats.items()} })"
+
+
+class ToSignedUnit:
+    """Map [0, 1] values to [-1, 1] (``2x - 1``) for every key except the mask and
+    normal maps (already in [-1, 1]): the pix2pix convention for translation."""
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        from cen.data.tvtensors import NormalMap
+
+        out = {}
+        for key, x in sample.items():
+            if isinstance(x, (tv_tensors.Mask, NormalMap)) or key == "mask":
+                out[key] = x
+            else:
+                out[key] = tv_tensors.wrap(x.as_subclass(torch.Tensor) * 2 - 1, like=x)
+        return out
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def segmentation_train(
+    crop_size: int | Sequence[int],
+    scale_range: tuple[float, float] | None = (0.5, 2.0),
+    shorter_side: int | None = None,
+    hflip_p: float = 0.5,
+    normalization: Mapping[str, Stats] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> v2.Compose:
+    """Training pipeline of the reference segmentation recipe.
+
+    Steps: resize the shorter side to ``shorter_side`` (if given; reference 350) ->
+    random scale in ``scale_range`` (if given; reference 0.5-2.0) -> per-modality
+    normalisation -> pad to at least ``crop_size`` (images 0 = mean after
+    normalisation, mask ``ignore_index``) and random crop of ``crop_size`` (int or
+    (H, W); reference 500) -> horizontal flip with probability ``hflip_p``.
+
+    ``normalization`` maps keys to (mean, std); default :func:`default_normalization`
+    (ImageNet for rgb, depth as loaded). Output: every modality (C, crop_h, crop_w)
+    float, mask (crop_h, crop_w) int64 (after the dataset unwraps it).
+    """
+    steps: list[Any] = []
+    if shorter_side is not None:
+        steps.append(v2.Resize(shorter_side, antialias=True))
+    if scale_range is not None:
+        steps.append(RandomScale(scale_range))
+    steps.append(NormalizeModalities(default_normalization() if normalization is None else normalization))
+    steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
+                               fill={tv_tensors.Mask: ignore_index, "others": 0}))
+    if hflip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip_p))
+    return v2.Compose(steps)
+
+
+def segmentation_eval(
+    shorter_side: int | None = None,
+    normalization: Mapping[str, Stats] | None = None,
+) -> v2.Compose:
+    """Evaluation pipeline: optional shorter-side resize (the reference evaluates at full
+    size: leave None), then per-modality normalisation (same default as training)."""
+    steps: list[Any] = []
+    if shorter_side is not None:
+        steps.append(v2.Resize(shorter_side, antialias=True))
+    steps.append(NormalizeModalities(default_normalization() if normalization is None else normalization))
+    return v2.Compose(steps)
+
+
+def translation_train(load_size: int = 286, crop_size: int = 256, hflip_p: float = 0.5) -> v2.Compose:
+    """pix2pix-style training pipeline for translation: resize to ``load_size`` square,
+    random crop ``crop_size``, horizontal flip, values to [-1, 1]."""
+    steps: list[Any] = [v2.Resize((load_size, load_size), antialias=True), v2.RandomCrop(crop_size)]
+    if hflip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip_p))
+    steps.append(ToSignedUnit())
+    return v2.Compose(steps)
+
+
+def translation_eval(size: int = 256) -> v2.Compose:
+    """Translation evaluation: resize to ``size`` square, values to [-1, 1]."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), ToSignedUnit()])
+
+
+__all__ = [
+    "NormalizeModalities",
+    "RandomScale",
+    "ToSignedUnit",
+    "default_normalization",
+    "segmentation_eval",
+    "segmentation_train",
+    "translation_eval",
+    "translation_train",
+]

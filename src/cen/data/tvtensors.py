@@ -1,0 +1,68 @@
+"""tv_tensor types that let torchvision's transforms v2 treat each modality correctly.
+
+* :class:`Depth` — resized with nearest-neighbour interpolation, so holes (0) never
+  blend into valid depth and no flying pixels appear at object boundaries.
+* :class:`NormalMap` — a horizontal flip also negates the x component (channel 0),
+  so the flipped normals still describe the flipped surface.
+
+Everything else about them is :class:`torchvision.tv_tensors.Image` behaviour. RGB and
+other images are plain ``tv_tensors.Image``; labels are ``tv_tensors.Mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+
+class Depth(tv_tensors.Image):
+    """Depth map (C, H, W); resized with nearest-neighbour interpolation."""
+
+
+class NormalMap(tv_tensors.Image):
+    """Surface normals (3, H, W) in [-1, 1], channel 0 = x (right)."""
+
+
+@F.register_kernel(functional=F.resize, tv_tensor_cls=Depth)
+def _resize_depth(inpt: Depth, size: Any, interpolation: Any = None, max_size: Any = None,
+                  antialias: Any = True) -> Depth:
+    out = F.resize_image(inpt.as_subclass(torch.Tensor), size, interpolation=InterpolationMode.NEAREST,
+                         max_size=max_size, antialias=False)
+    return tv_tensors.wrap(out, like=inpt)
+
+
+@F.register_kernel(functional=F.horizontal_flip, tv_tensor_cls=NormalMap)
+def _hflip_normals(inpt: NormalMap) -> NormalMap:
+    out = F.horizontal_flip_image(inpt.as_subclass(torch.Tensor)).clone()
+    out[..., 0, :, :].neg_()
+    return tv_tensors.wrap(out, like=inpt)
+
+
+_WRAPPERS = {"image": tv_tensors.Image, "depth": Depth, "normal": NormalMap, "mask": tv_tensors.Mask}
+
+
+def wrap(tensor: torch.Tensor, kind: str) -> torch.Tensor:
+    """Wrap a plain tensor as the tv_tensor of its kind (image, depth, normal, mask)."""
+    try:
+        return _WRAPPERS[kind](tensor)
+    except KeyError:
+        raise ValueError(f"unknown modality kind {kind!r}; expected one of {sorted(_WRAPPERS)}") from None
+
+
+def unwrap_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain tensors again: tv_tensors become ``torch.Tensor``; masks (key ``"mask"`` or
+    any ``tv_tensors.Mask``) become int64 (H, W)."""
+    out = {}
+    for key, value in sample.items():
+        if isinstance(value, tv_tensors.Mask) or key == "mask":
+            value = value.as_subclass(torch.Tensor).long()
+            if value.ndim == 3 and value.shape[0] == 1:
+                value = value[0]
+        elif isinstance(value, torch.Tensor):
+            value = value.as_subclass(torch.Tensor)
+        out[key] = value
+    return out
