@@ -233,7 +233,7 @@ def build_model_for(
     source: str = "checkpoint",
 ) -> RefineNetCEN:
     """A :class:`RefineNetCEN` with the reference state dict's architecture (random weights)."""
-    cfg = infer_reference_config(sd, source)
+    cfg = infer_reference_config(unwrap_state_dict(sd, source), source)
     names = _default_names(cfg["num_modalities"], modalities, source)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         return RefineNetCEN(
@@ -373,9 +373,8 @@ def convert_reference_checkpoint(
     """
     src = os.fspath(src)
     sd = load_reference_checkpoint(src, trust=trust)
-    flat, _ = _strip_data_parallel(sd)
-    model = build_model_for(flat, modalities=modalities, threshold=threshold, device="meta", source=src)
-    converted = convert_reference_state_dict(flat, model, source=src)
+    model = build_model_for(sd, modalities=modalities, threshold=threshold, device="meta", source=src)
+    converted = convert_reference_state_dict(sd, model, source=src)
     config = dict(model.config)
     atomic_torch_save({"format": FORMAT, "config": config, "state_dict": converted, "source": src}, dst)
     return config

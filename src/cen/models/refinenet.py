@@ -279,6 +279,10 @@ class RefineNetCEN(MultiModal):
             raise ValueError(f"threshold must be a number >= 0 (it is compared with |gamma|), got {threshold!r}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        if decoder_widths is not None and (
+            len(decoder_widths) != 4 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
+        ):
+            raise ValueError(f"decoder_widths must be 4 positive ints (layer4 stage first), got {decoder_widths!r}")
         encoder = build_resnet_encoder(backbone, pretrained)
         spec: ExchangeSpec = "auto" if exchange is True else exchange
         convert(encoder, len(names), threshold=float(threshold), exchange=spec)
