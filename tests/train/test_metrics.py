@@ -178,3 +178,10 @@ def test_compute_sums_over_processes(tmp_path):
     assert torch.equal(got["cm"], full.sync())
     assert got["scores"] == full.compute()
     assert int(got["local"].sum()) == 2 * 8 * 8  # the local state is left unsynced
+
+
+def test_deterministic_cuda_counting_path_agrees_with_bincount():
+    from cen.train.metrics import _count_pairs
+
+    idx = torch.randint(0, 17, (1000,))
+    assert torch.equal(_count_pairs(idx, 17, accumulate=True), torch.bincount(idx, minlength=17))

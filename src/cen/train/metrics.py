@@ -46,9 +46,15 @@ def _all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
     return out
 
 
-def _count_pairs(index: Tensor, size: int) -> Tensor:
-    """Histogram of ``index`` (int64, values in ``[0, size)``) as an int64 tensor of ``size``."""
-    if index.is_cuda and torch.are_deterministic_algorithms_enabled():
+def _count_pairs(index: Tensor, size: int, *, accumulate: bool | None = None) -> Tensor:
+    """Histogram of ``index`` (int64, values in ``[0, size)``) as an int64 tensor of ``size``.
+
+    ``accumulate`` (default: on CUDA under deterministic algorithms, where
+    ``bincount`` may refuse) counts with a sorted ``index_put_`` instead.
+    """
+    if accumulate is None:
+        accumulate = index.is_cuda and torch.are_deterministic_algorithms_enabled()
+    if accumulate:
         counts = torch.zeros(size, dtype=torch.long, device=index.device)
         return counts.index_put_((index,), torch.ones_like(index), accumulate=True)
     return torch.bincount(index, minlength=size)
