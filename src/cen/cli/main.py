@@ -15,7 +15,7 @@ from typing import Sequence
 import cen
 
 # Modules that contribute subcommands, in the order they appear in ``cen --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cen.cli.data", "cen.cli.predict", "cen.cli.convert_checkpoint",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cen.cli.data", "cen.cli.train", "cen.cli.predict", "cen.cli.convert_checkpoint",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.models.resnet import BasicBlock
 
 from cen.core.convert import convert
@@ -65,6 +65,7 @@ def build_model(cfg) -> nn.Module:
         return RefineNetCEN(
             backbone=m.backbone, num_classes=k, modalities=mods, threshold=m.threshold,
             pretrained=m.pretrained, exchange=m.exchange, ensemble=m.ensemble,
+            **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
         )
     raise ValueError(f"model.name={m.name!r}; expected refinenet or tiny")
 
@@ -206,7 +207,8 @@ def prepare_data(cfg) -> None:
     from cen.data import synth
 
     g = cfg.data.generate
-    synth.ensure_generated(cfg.data.root, num=g.num, height=g.height, width=g.width, seed=g.seed)
+    synth.ensure_generated(cfg.data.root, num=g.num, height=g.height, width=g.width, seed=g.seed,
+                           progress=True, workers=g.workers)
 
 
 def build_datasets(cfg, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Dataset]:
@@ -219,18 +221,58 @@ def build_datasets(cfg, splits: Sequence[str] = ("train", "val", "test")) -> dic
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; point data.root at the {d.dataset} data")
     cls = getattr(cdata, DATASETS[d.dataset])
-    lists = {"train": d.train_list, "val": d.val_list, "test": d.test_list}
-    out = {}
-    for split in splits:
-        list_file = root / lists[split]
+    mods = tuple(cfg.modalities)
+    train_tf = train_transform(d)
+    eval_tf = T.segmentation_eval(shorter_side=d.short_side)
+    def read(list_name: str, key: str, transform):
+        list_file = root / list_name
         if not list_file.is_file():
-            raise FileNotFoundError(f"data.{split}_list: {list_file} does not exist")
-        transform = (
-            T.train_transform(crop_size=d.crop_size, scale_range=(d.scale_min, d.scale_max),
-                              short_side=d.short_side, flip=d.flip, modalities=tuple(cfg.modalities))
-            if split == "train"
-            else T.eval_transform(short_side=d.short_side, modalities=tuple(cfg.modalities))
-        )
-        out[split] = cls(root, list_file, modalities=tuple(cfg.modalities), transform=transform,
-                         num_classes=int(d.num_classes))
+            raise FileNotFoundError(f"data.{key}: {list_file} does not exist")
+        return cls(root, list_file, modalities=mods, transform=transform, num_classes=int(d.num_classes))
+
+    out = {}
+    held_out = d.val_list is None
+    if "train" in splits or ("val" in splits and held_out):
+        train_idx, val_idx = None, None
+        if held_out:
+            full = read(d.train_list, "train_list", None)
+            train_idx, val_idx = holdout_split(len(full), d.val_fraction, d.val_seed)
+        if "train" in splits:
+            ds = read(d.train_list, "train_list", train_tf)
+            out["train"] = Subset(ds, train_idx) if held_out else ds
+        if "val" in splits and held_out:
+            out["val"] = Subset(read(d.train_list, "train_list", eval_tf), val_idx)
+    if "val" in splits and not held_out:
+        out["val"] = read(d.val_list, "val_list", eval_tf)
+    if "test" in splits:
+        out["test"] = read(d.test_list, "test_list", eval_tf)
     return out
+
+
+def train_transform(d):
+    """The training pipeline of :mod:`cen.data.transforms` for the ``data`` config."""
+    from torchvision.transforms import v2
+
+    from cen.data import transforms as T
+
+    scale = None if (d.scale_min, d.scale_max) == (1.0, 1.0) else (d.scale_min, d.scale_max)
+    if d.crop_size is not None:
+        crop = d.crop_size if isinstance(d.crop_size, int) else tuple(d.crop_size)
+        return T.segmentation_train(crop, scale_range=scale, shorter_side=d.short_side, hflip_p=0.5 if d.flip else 0.0)
+    if scale is not None:
+        raise ValueError(
+            f"data.scale_min/scale_max = {d.scale_min}/{d.scale_max} rescale every image differently, so a batch "
+            "needs a common crop: set data.crop_size (e.g. the image height), or scale_min=scale_max=1"
+        )
+    steps = [v2.Resize(d.short_side, antialias=True)] if d.short_side else []
+    steps.append(T.NormalizeModalities(T.default_normalization()))
+    if d.flip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    return v2.Compose(steps)
+
+
+def holdout_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, validation indices)``: a fixed random ``fraction`` held out (at least one)."""
+    n_val = min(max(1, round(size * fraction)), size - 1)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])

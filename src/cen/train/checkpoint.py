@@ -113,6 +113,31 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return obj
 
 
+def load_model_weights(path: str | Path, map_location: Any = "cpu") -> tuple[dict, dict]:
+    """``(state_dict, meta)`` from a cen training checkpoint or a converted reference checkpoint.
+
+    Converted reference checkpoints are those written by ``cen convert-checkpoint``.
+    """
+    path = Path(path)
+    try:
+        return _load_weights(path, map_location)
+    except CheckpointError as err:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception:
+            raise err from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("config"), dict):
+            cfg = obj["config"]
+            meta = {k: cfg[k] for k in ("backbone", "modalities", "num_classes") if k in cfg}
+            return obj["state_dict"], meta
+        raise err from None
+
+
+def _load_weights(path: Path, map_location) -> tuple[dict, dict]:
+    ckpt = load_checkpoint(path, map_location)
+    return ckpt["model"], ckpt.get("meta", {})
+
+
 def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], limit: int = 10) -> list[str]:
     """Human-readable differences between ``model``'s state dict and ``state`` (empty if they fit)."""
     own = model.state_dict()
@@ -148,13 +173,12 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
     model.load_state_dict(state)
 
 
-def check_meta(ckpt: Mapping, expected: Mapping[str, Any], source: str) -> None:
+def check_meta(meta: Mapping, expected: Mapping[str, Any], source: str) -> None:
     """Compare a checkpoint's ``meta`` (modalities, num_classes, backbone ...) with the config's."""
-    meta = ckpt.get("meta", {})
     diffs = [
         f"{k}: checkpoint {meta[k]!r} vs config {v!r}"
         for k, v in expected.items()
-        if k in meta and meta[k] != v
+        if k in meta and meta[k] is not None and v is not None and meta[k] != v
     ]
     if diffs:
         raise CheckpointError(f"{source} was trained with another setup: {'; '.join(diffs)}")

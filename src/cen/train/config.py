@@ -32,6 +32,7 @@ class GenerateConfig:
     height: int = 120
     width: int = 160
     seed: int = 0
+    workers: int = 2  # processes rendering the scenes
 
 
 @dataclass
@@ -39,12 +40,14 @@ class DataConfig:
     dataset: str = "scenes"  # scenes | nyudv2 | sunrgbd
     root: str = "data/generated/scenes"
     train_list: str = "train.txt"
-    val_list: str = "val.txt"  # model selection (best.pt); must not be the test list
+    val_list: Optional[str] = "val.txt"  # model selection (best.pt); must not be the test list
+    val_fraction: float = 0.1  # with val_list null: hold out this share of train_list for validation
+    val_seed: int = 0  # which samples are held out
     test_list: str = "test.txt"  # final evaluation only
     num_classes: int = 40
     # training augmentation (the reference: shorter side 350, scale 0.5-2.0, crop 500)
     short_side: Optional[int] = None
-    crop_size: Optional[int] = None  # square crop, padded with ignore; None = no crop
+    crop_size: Any = None  # crop, padded with ignore: an int (square) or [H, W]; null = whole images
     scale_min: float = 0.5
     scale_max: float = 2.0
     flip: bool = True
@@ -60,6 +63,7 @@ class ModelConfig:
     threshold: float = 2e-2  # theta
     exchange: bool = True
     ensemble: bool = True
+    decoder_widths: Optional[list[int]] = None  # RefineNet stage widths, deepest first; null = the reference's
     bn_stats: str = "train"  # train | frozen (reference: norms in eval mode, gamma/beta still train)
 
 
@@ -296,11 +300,19 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.threshold (theta) must be >= 0, got {cfg.model.threshold}")
     if not cfg.eval.scales or any(s <= 0 for s in cfg.eval.scales):
         raise ConfigError(f"eval.scales must be positive numbers, got {list(cfg.eval.scales)}")
-    if cfg.data.val_list == cfg.data.test_list:
+    if cfg.data.val_list is None and not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_list is null, so data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.data.val_list is not None and cfg.data.val_list == cfg.data.test_list:
         raise ConfigError(
             f"data.val_list and data.test_list are both {cfg.data.val_list!r}: model selection must not see the "
             "test split; point val_list at a held-out part of the training data"
         )
+    crop = cfg.data.crop_size
+    if crop is not None and not (
+        (isinstance(crop, int) and crop > 0)
+        or (OmegaConf.is_list(crop) and len(crop) == 2 and all(isinstance(c, int) and c > 0 for c in crop))
+    ):
+        raise ConfigError(f"data.crop_size must be null, a positive int or [H, W], got {crop!r}")
     if not cfg.data.scale_min <= cfg.data.scale_max:
         raise ConfigError(f"data.scale_min {cfg.data.scale_min} > data.scale_max {cfg.data.scale_max}")
 

@@ -8,11 +8,10 @@ DistributedDataParallel averages the gradients.
 SyncBatchNorm: ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` converts only
 ``nn.BatchNorm*`` modules, and cen's private norms are not those: a
 :class:`~cen.nn.ModalityBatchNorm2d` is one batch norm over the ``(B, M*C, H, W)``
-view, so synchronising it needs the same all-gather of per-channel statistics
-on that view. :func:`convert_sync_batchnorm` swaps each one for
-:class:`SyncModalityBatchNorm2d`, which does exactly that with torch's own
-sync-BN kernel (CUDA only, as torch's). On the CPU (gloo) plain per-process
-statistics are used.
+view, so synchronising it needs torch's sync-BN kernel on that view, which
+:func:`cen.convert_sync_batchnorm` switches on. :func:`convert_sync_batchnorm`
+here applies both converters; the trainer uses it on CUDA. Torch's sync-BN has
+no CPU kernel, so on the CPU (gloo) statistics stay per process.
 """
 
 from __future__ import annotations
@@ -24,7 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cen.core.norms import ModalityBatchNorm2d
+
+
+class DeviceError(RuntimeError):
+    """A requested device that this machine does not have."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise DeviceError(
                 f"train.device={spec!r} asks for CUDA, but torch.cuda.is_available() is False on this machine "
                 f"(torch {torch.__version__}); use train.device=cpu or train.device=auto"
             )
@@ -68,12 +70,12 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         try:
             first = 0 if spec == "cuda" else int(spec.split(":", 1)[1])
         except ValueError:
-            raise RuntimeError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N") from None
+            raise DeviceError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N") from None
         index = first + local_rank  # under torchrun, process i uses the i-th device from the first
         if not 0 <= index < count:
-            raise RuntimeError(f"train.device={spec!r} (process {local_rank}) needs cuda:{index}, but only {count} CUDA device(s) exist")
+            raise DeviceError(f"train.device={spec!r} (process {local_rank}) needs cuda:{index}, but only {count} CUDA device(s) exist")
         return torch.device("cuda", index)
-    raise RuntimeError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N")
+    raise DeviceError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N")
 
 
 def init(device_spec: str = "auto") -> tuple[DistInfo, torch.device]:
@@ -115,34 +117,16 @@ def broadcast_object(obj):
     return holder[0]
 
 
-class SyncModalityBatchNorm2d(ModalityBatchNorm2d):
-    """A :class:`~cen.nn.ModalityBatchNorm2d` whose batch statistics are computed over all processes."""
-
-    process_group = None
-
-    def _normalize(self, x, weight, bias, running_mean, running_var, update_stats):
-        need_sync = self.training and dist.is_available() and dist.is_initialized() and x.device.type != "cpu"
-        if need_sync:
-            group = self.process_group or dist.group.WORLD
-            world = dist.get_world_size(group)
-            need_sync = world > 1
-        if not need_sync:
-            return super()._normalize(x, weight, bias, running_mean, running_var, update_stats)
-        from torch.nn.modules._functions import SyncBatchNorm as sync_batch_norm
-
-        momentum = self._momentum() if update_stats else 0.0
-        return sync_batch_norm.apply(x, weight, bias, running_mean, running_var, self.eps, momentum, group, world)
-
-
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Synchronise every batch norm of ``model``: cen's modality norms and plain ``nn.BatchNorm*``.
 
-    The modality norms keep their parameters, buffers and exchange settings
-    (only the class changes, so state dicts stay the same).
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does not know the modality
+    norms; :func:`cen.convert_sync_batchnorm` switches their synchronisation on
+    (parameters, buffers and state-dict keys unchanged).
     """
-    for module in model.modules():
-        if type(module) is ModalityBatchNorm2d:
-            module.__class__ = SyncModalityBatchNorm2d
+    from cen.core.norms import convert_sync_batchnorm as convert_modality_norms
+
+    convert_modality_norms(model)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

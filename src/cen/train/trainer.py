@@ -193,7 +193,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
-        check_meta(ckpt, builders.model_meta(self.cfg), str(path))
+        check_meta(ckpt.get("meta", {}), builders.model_meta(self.cfg), str(path))
         load_model_state(self.model, ckpt["model"], str(path))
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])

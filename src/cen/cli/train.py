@@ -1,0 +1,151 @@
+"""``cen train CONFIG [key=value ...]`` and ``cen eval CONFIG --checkpoint PATH [key=value ...]``.
+
+Both run in one process, or in several under ``torchrun --nproc_per_node=N -m cen ...``.
+CONFIG is a YAML file, or the name of one in the repository's ``configs/``
+(``cen train scenes`` is ``cen train configs/scenes.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = (
+    "overrides use dotted keys, e.g. modalities=[rgb] train.batch_size=4 loss.sparsity_weight=0 "
+    "'optim.stages=[{epochs: 2, encoder_lr: 1e-3, decoder_lr: 1e-2}]' optim.stages.0.epochs=3; "
+    "see docs/training.md for every key"
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a CEN segmentation model from a config",
+        description="Train (and finally test) a model from a YAML config with key=value overrides.",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML config file, or the name of one in configs/")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run from its folder's last.pt")
+    p.add_argument("--resume-from", default=None, metavar="CHECKPOINT", help="continue the run from CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already has checkpoints")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint on the test (or validation) split",
+        description="Score every branch (modalities and ensemble) of a checkpoint: pixel acc, mean acc, mIoU.",
+        epilog=EPILOG,
+    )
+    e.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    e.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a cen training checkpoint (best.pt / last.pt) or one made by cen convert-checkpoint")
+    e.add_argument("--split", choices=("test", "val"), default="test", help="which list file to score (default test)")
+    e.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                   help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)")
+    e.add_argument("--flip", action="store_true", default=None, help="also average horizontally flipped predictions")
+    e.add_argument("--images", type=int, default=0, metavar="N", help="save N prediction images into --out")
+    e.add_argument("--out", default=None, metavar="DIR", help="write scores.json (and images) here")
+    e.set_defaults(func=run_eval)
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config path as given, else ``configs/<name>[.yaml]`` in the working folder or the repository."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    repo = Path(__file__).resolve().parents[3]
+    for folder in (Path("configs"), repo / "configs"):
+        if (folder / stem).is_file():
+            return folder / stem
+    return path  # load_config reports it missing
+
+
+def _errors():
+    from cen.train.checkpoint import CheckpointError
+    from cen.train.config import ConfigError
+    from cen.train.distributed import DeviceError
+    from cen.train.trainer import RunExistsError
+
+    return (ConfigError, CheckpointError, DeviceError, RunExistsError, FileNotFoundError, ValueError, KeyError)
+
+
+def _fail(command: str, err: Exception) -> int:
+    import os
+
+    rank = os.environ.get("RANK")
+    prefix = f"cen {command}: error" + (f" (process {rank})" if rank not in (None, "0") else "")
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    print(f"{prefix}: {text}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cen.train import distributed
+    from cen.train.config import load_config
+    from cen.train.trainer import Trainer
+
+    try:
+        cfg = load_config(resolve_config_path(args.config), args.overrides)
+        trainer = Trainer(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite)
+        trainer.fit()
+    except _errors() as err:
+        return _fail("train", err)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cen.train import distributed
+
+    try:
+        return _eval(args)
+    except _errors() as err:
+        return _fail("eval", err)
+    finally:
+        distributed.shutdown()
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from cen.train import builders
+    from cen.train.checkpoint import check_meta, load_model_state, load_model_weights
+    from cen.train.config import load_config
+    from cen.train.evaluate import evaluate
+    from cen.train.runlog import format_table
+    from cen.train.trainer import _jsonable
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    info, device = distributed.init(cfg.train.device)
+    state, meta = load_model_weights(args.checkpoint)
+    check_meta(meta, builders.model_meta(cfg), args.checkpoint)
+    if info.is_main:
+        builders.prepare_data(cfg)
+    distributed.barrier()
+    dataset = builders.build_datasets(cfg, splits=(args.split,))[args.split]
+    model = builders.build_model(cfg)
+    load_model_state(model, state, args.checkpoint)
+    model.to(device)
+    loader = builders.eval_loader(dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
+                                  num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    scales = tuple(args.scales) if args.scales else tuple(cfg.eval.scales)
+    flip = cfg.eval.flip if args.flip is None else args.flip
+    out = Path(args.out) if args.out else None
+    results = evaluate(
+        model, loader, cfg.data.num_classes, scales=scales, flip=flip, device=device,
+        ignore_index=cfg.loss.ignore_index, progress=info.is_main and cfg.train.progress,
+        modalities=tuple(cfg.modalities), image_dir=out / "images" if out and args.images else None,
+        num_images=args.images,
+    )
+    if info.is_main:
+        list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
+        title = f"{args.checkpoint} on {list_file}, scales {list(scales)}{', flip' if flip else ''} (%):"
+        print(format_table(results, title), flush=True)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            record = {"checkpoint": str(args.checkpoint), "split": args.split, "scales": list(scales),
+                      "flip": flip, "scores": results}
+            (out / "scores.json").write_text(json.dumps(_jsonable(record), indent=2), encoding="utf-8")
+    return 0
