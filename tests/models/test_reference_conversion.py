@@ -17,6 +17,7 @@ from cen.models.reference import (
     load_converted,
     load_reference_checkpoint,
     reference_key_map,
+    to_reference_state_dict,
 )
 from tests.models.reference_refinenet import RefRefineNet
 
@@ -234,3 +235,19 @@ def test_command_lists_mismatches(reference_model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.pth" in err and "module.extra.weight" in err and "module.layer2.1.conv2.module.weight" in err
     assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("modalities", [("rgb", "depth"), ("rgb", "depth", "normal"), ("depth",)])
+def test_round_trip_through_the_reference_format(modalities):
+    torch.manual_seed(4)
+    model = RefineNetCEN("resnet18", 3, modalities, decoder_widths=(16, 8, 8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    ref = to_reference_state_dict(model)
+    assert "module.bn1.bn_0.weight" in ref and "module.alpha" in ref
+    assert f"module.bn1.bn_{len(modalities) - 1}.weight" in ref
+    back = convert_reference_state_dict(ref, modalities=modalities)
+    own = model.state_dict()
+    assert list(back) == list(own)
+    assert all(torch.equal(back[k], own[k]) for k in own)

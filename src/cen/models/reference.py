@@ -334,6 +334,26 @@ def convert_reference_state_dict(
     return result
 
 
+def to_reference_state_dict(model: RefineNetCEN, *, data_parallel: bool = True) -> dict[str, Tensor]:
+    """The inverse of :func:`convert_reference_state_dict`: ``model``'s weights under the reference's names.
+
+    With ``data_parallel`` the keys carry the ``module.`` prefix, as the reference
+    script saves them. A unimodal model gets ``alpha = [1.]``, as the reference.
+    """
+    state = model.state_dict()
+    prefix = DATA_PARALLEL_PREFIX if data_parallel else ""
+    out: dict[str, Tensor] = {}
+    if model.ensemble is None:
+        out[f"{prefix}alpha"] = torch.ones(1)
+    for key, entry in reference_key_map(model).items():
+        value = state[entry.ours].detach()
+        if entry.modality is not None and value.dim() == 1:
+            size = entry.shape[0]
+            value = value[entry.modality * size : (entry.modality + 1) * size]
+        out[f"{prefix}{key}"] = value.clone()
+    return out
+
+
 # -- files ----------------------------------------------------------------------
 
 
