@@ -251,3 +251,19 @@ def test_round_trip_through_the_reference_format(modalities):
     own = model.state_dict()
     assert list(back) == list(own)
     assert all(torch.equal(back[k], own[k]) for k in own)
+
+
+def test_numpy_extras_load_safely_and_other_objects_need_trust(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    sd = {"module.alpha": torch.ones(2)}
+    with_numpy = tmp_path / "best.pth"
+    torch.save({"segmenter": sd, "best_val": np.float64(51.1), "epoch_start": 3}, with_numpy)
+    assert list(load_reference_checkpoint(with_numpy)) == ["module.alpha"]
+    with_args = tmp_path / "args.pth"
+    torch.save({"segmenter": sd, "args": argparse.Namespace(lr=1)}, with_args)
+    with pytest.raises(ReferenceCheckpointError, match=r"args.pth: holds Python objects \(argparse.Namespace\).*--trust"):
+        load_reference_checkpoint(with_args)
+    assert list(load_reference_checkpoint(with_args, trust=True)) == ["module.alpha"]

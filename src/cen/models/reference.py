@@ -148,22 +148,48 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, Tens
 def load_reference_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str, Tensor]:
     """Read a reference checkpoint file and return its state dict.
 
-    ``trust=True`` allows arbitrary pickled objects (``torch.load(weights_only=False)``),
-    for files from a trusted source whose extra entries (e.g. numpy scalars) the
-    safe loader refuses.
+    The file is read with ``torch.load(weights_only=True)``, numpy scalars and
+    arrays allowed (the reference script may store its best score as one).
+    ``trust=True`` allows arbitrary pickled objects (``weights_only=False``), for
+    files from a trusted source holding other Python objects.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ReferenceCheckpointError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        if trust:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        hint = "" if trust else " If the file comes from a trusted source and holds other Python objects, retry with trust=True (--trust)."
+        text = str(err)
+        if "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({found[1]})" if found else ""
+            raise ReferenceCheckpointError(
+                f"{path}: holds Python objects{what} that the safe loader refuses; if the file comes from a "
+                "trusted source, retry with trust=True (cen convert-checkpoint --trust)"
+            ) from err
         raise ReferenceCheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}.{hint}"
+            f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
         ) from err
     return unwrap_state_dict(obj, path)
+
+
+def _numpy_safe_globals() -> list:
+    """numpy scalars and arrays, which training scripts often save next to the weights (e.g. a best score)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return []
+    core = getattr(np, "_core", None) or np.core
+    names = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        names += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return names
 
 
 def _strip_data_parallel(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
