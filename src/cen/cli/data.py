@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -64,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--width", type=int, default=160, help="image width in pixels (default 160)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    synth.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    synth.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                       help="rendering processes (default: CPU count, at most 4); the bytes do not depend on it")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 

@@ -7,7 +7,7 @@ needed for some of them: see :mod:`cen.data.synth.classes`.
 """
 
 from cen.data.synth.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, SynthClass
-from cen.data.synth.generate import DEFAULT_SPLITS, ensure_generated, generate, read_marker
+from cen.data.synth.build import DEFAULT_SPLITS, ensure_generated, generate, read_marker
 from cen.data.synth.layouts import TASKONOMY_DOMAINS, render_sample
 
 __all__ = [

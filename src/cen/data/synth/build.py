@@ -29,11 +29,15 @@ def split_ranges(num: int, splits: Sequence[float]) -> dict[str, range]:
     """Consecutive index ranges of the train/val/test splits.
 
     ``splits`` are the three fractions (they must sum to 1); val and test get
-    ``round(num * fraction)`` samples each, train the rest."""
+    ``round(num * fraction)`` samples each but at least one when their fraction is
+    positive, train the rest. A split of fraction 0 is empty (and gets no list file)."""
     if len(splits) != 3 or any(f < 0 for f in splits) or abs(sum(splits) - 1.0) > 1e-6:
         raise ValueError(f"splits must be three non-negative fractions (train, val, test) summing to 1, got {tuple(splits)}")
-    n_val, n_test = round(num * splits[1]), round(num * splits[2])
+    n_val, n_test = (max(1, round(num * f)) if f > 0 else 0 for f in splits[1:])
     n_train = num - n_val - n_test
+    if n_train < (1 if splits[0] > 0 else 0):
+        raise ValueError(f"num={num} is too small for splits {tuple(splits)}: every split with a positive fraction "
+                         "needs at least one sample")
     bounds = [0, n_train, n_train + n_val, num]
     return {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
 
