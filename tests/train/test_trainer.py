@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from cen.core.norms import _ModalityNorm
+from cen.train.builders import EpochSampler, TinySegNet
+from cen.train.config import load_config
+from cen.train.distributed import DeviceError
+from cen.train.losses import SegmentationLoss, check_labels
+from cen.train.runlog import read_metrics
+from cen.train.trainer import RunExistsError, Trainer
+from tests.train.fakes import FakeScenes, fake_datasets, tiny_overrides
+
+
+def _params(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_run_writes_config_metrics_checkpoints_and_scores(tmp_path, capsys):
+    cfg = load_config(None, tiny_overrides(tmp_path, "eval.num_images=1", "eval.scales=[1.0, 0.5]", "eval.flip=true"))
+    out = Trainer(cfg, datasets=fake_datasets()).fit()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir()) and any((run / "images").rglob("*.png"))
+    assert load_config(run / "config.yaml").model.name == "tiny"  # the saved config reloads
+    records = read_metrics(run / "metrics.jsonl")
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("train") == 4 and kinds.count("val") == 2 and kinds[-1] == "test"
+    val = [r for r in records if r["kind"] == "val"][-1]
+    assert set(val["scores"]) == {"rgb", "depth", "ensemble"} and set(val["alpha"]) == {"rgb", "depth"}
+    assert list(val["exchange"].values())[0].keys() == {"rgb", "depth"}  # fraction per layer and modality
+    assert set(out["test"]["ensemble"]) >= {"pixel_acc", "mean_acc", "miou", "per_class_iou"}
+    assert json.loads((run / "results.json").read_text())["best_epoch"] in (1, 2)
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "ensemble" in table and "scales [1.0, 0.5], flip" in table
+    with pytest.raises(RunExistsError, match="--resume"):
+        Trainer(cfg, datasets=fake_datasets())
+
+
+def test_resume_after_k_steps_matches_an_uninterrupted_run(tmp_path):
+    # 3 epochs of 2 steps in two stages (optimizer reset at the stage change), random augmentation
+    # (python and torch RNGs in the data set), stopped mid-epoch after step 3, then resumed.
+    stages = "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.05}, {epochs: 1, encoder_lr: 0.01, decoder_lr: 0.02}]"
+    full = load_config(None, tiny_overrides(tmp_path, stages, "run.name=full", "eval.test=false"))
+    Trainer(full, datasets=fake_datasets()).fit()
+    part = load_config(None, tiny_overrides(tmp_path, stages, "run.name=part", "eval.test=false", "train.max_steps=3"))
+    Trainer(part, datasets=fake_datasets()).fit()
+    stopped = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["progress"]
+    assert (stopped["epoch"], stopped["batch"], stopped["global_step"]) == (1, 1, 3)
+    resumed = load_config(None, tiny_overrides(tmp_path, stages, "run.name=part", "eval.test=false"))
+    Trainer(resumed, datasets=fake_datasets(), resume=True).fit()
+    a, b = _params(tmp_path / "full" / "last.pt"), _params(tmp_path / "part" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["progress"]["global_step"] == 6
+
+
+def test_sampler_resumes_mid_epoch_and_shards_global_batches():
+    whole = list(EpochSampler(10, 4, seed=3))
+    assert len(whole) == 8 and len({i for _, i in whole}) == 8
+    s = EpochSampler(10, 4, seed=3)
+    s.set_epoch(0, start_batch=1)
+    assert list(s) == whole[4:]
+    r0, r1 = EpochSampler(10, 2, rank=0, world_size=2, seed=3), EpochSampler(10, 2, rank=1, world_size=2, seed=3)
+    assert list(r0)[:2] + list(r1)[:2] == whole[:4]  # the two processes split the same global batch
+
+
+def test_unimodal_config_trains_on_the_same_path(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, "modalities=[depth]", "eval.test=false"))
+    trainer = Trainer(cfg, datasets=fake_datasets())
+    assert trainer.select == "depth" and trainer.model.ensemble is None
+    trainer.fit()
+    val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"][-1]
+    assert set(val["scores"]) == {"depth"}
+
+
+def test_frozen_statistics_keep_running_stats_while_gamma_trains(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, "model.bn_stats=frozen", "eval.test=false",
+                                           "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]"))
+    trainer = Trainer(cfg, datasets=fake_datasets())
+    norms = [m for m in trainer.model.modules() if isinstance(m, _ModalityNorm)]
+    before = [(n.running_mean.clone(), n.weight.detach().clone()) for n in norms]
+    trainer.fit()
+    for n, (mean, gamma) in zip(norms, before):
+        assert torch.equal(n.running_mean, mean)
+        assert not torch.equal(n.weight.detach(), gamma)
+
+
+def test_loss_terms_and_options():
+    model = TinySegNet(3, ["rgb", "depth"])
+    batch = FakeScenes(2)
+    x = {k: torch.stack([batch[i][k] for i in range(2)]) for k in ("rgb", "depth")}
+    mask = torch.stack([batch[i]["mask"] for i in range(2)])
+    out = model(x)
+    assert out["rgb"].shape[-2:] == (8, 8) and mask.shape[-2:] == (32, 32)
+    once, parts = SegmentationLoss(sparsity_weight=0.1)(out, mask, model)
+    thrice, _ = SegmentationLoss(sparsity_weight=0.1, sparsity_per_output=True)(out, mask, model)
+    ce = sum(v for k, v in parts.items() if k.startswith("ce/"))
+    assert torch.allclose(once, ce + 0.1 * parts["l1"]) and torch.allclose(thrice, ce + 0.3 * parts["l1"])
+    none, parts_none = SegmentationLoss(sparsity_mode="none")(out, mask, model)
+    assert "l1" not in parts_none and torch.allclose(none, ce)
+    small, _ = SegmentationLoss(resize="masks", sparsity_mode="none")(out, mask, model)
+    assert torch.isfinite(small) and not torch.allclose(small, none)
+
+
+def test_bad_inputs_are_reported_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"labels \[7\] outside 0..2 \(data.num_classes=3"):
+        check_labels(torch.tensor([[0, 7, 255]]), 3)
+    cfg = load_config(None, tiny_overrides(tmp_path))
+    with pytest.raises(ValueError, match=r"modalities \['depth'\] named in the config are absent .* provides \['rgb'\]"):
+        Trainer(cfg, datasets=fake_datasets(modalities=("rgb",)))
+    if not torch.cuda.is_available():
+        cuda = load_config(None, tiny_overrides(tmp_path, "train.device=cuda:0"))
+        with pytest.raises(DeviceError, match="CUDA"):
+            Trainer(cuda, datasets=fake_datasets())
+    too_few = load_config(None, tiny_overrides(tmp_path, "run.name=few", "data.num_classes=2"))
+    with pytest.raises(ValueError, match="data.num_classes=2"):
+        Trainer(too_few, datasets=fake_datasets()).fit()
+
+
+def test_exchange_off_and_model_options(tmp_path):
+    plain = TinySegNet(3, ["rgb", "depth"], exchange=False, ensemble=False)
+    assert not any(getattr(m, "exchange", False) for m in plain.modules()) and plain.ensemble is None
