@@ -10,15 +10,17 @@ The decoder has the reference model's blocks, widths and order (module names
 included, so reference checkpoints convert by renaming, see
 :mod:`cen.models.reference`):
 
-=====  =========================  ==================  =========================
-stage  input                      width (R50-152)     blocks
-=====  =========================  ==================  =========================
-1      ``layer4`` (dropout 0.5)   512                 dimred 3x3, RCU x2, ReLU, CRP x4, RCU x3, 3x3 -> 256
-2      ``layer3`` (dropout 0.5)   256                 dimred, RCU x2, 3x3, + up(stage 1), ReLU, CRP x4, RCU x3, 3x3
-3      ``layer2``                 256                 as stage 2
-4      ``layer1``                 256                 dimred, RCU x2, 3x3, + up(stage 3), ReLU, CRP x4, RCU x3
-head   dropout 0.5, 3x3 conv with bias to ``num_classes``, at 1/4 of the input size
-=====  =========================  ==================  =========================
+* stage 1, on ``layer4`` after dropout 0.5, width 512: ``p_ims1d2_outl1_dimred``
+  (3x3), ``adapt_stage1_b`` (2 RCUs), ReLU, ``mflow_conv_g1_pool`` (chained
+  residual pooling, 4 stages), ``mflow_conv_g1_b`` (3 RCUs),
+  ``mflow_conv_g1_b3_joint_varout_dimred`` (3x3 to 256), upsampled to ``layer3``;
+* stages 2, 3 and 4, on ``layer3`` (after dropout 0.5), ``layer2`` and ``layer1``,
+  width 256: ``p_ims1d2_outl{k}_dimred``, ``adapt_stage{k}_b`` (2 RCUs),
+  ``adapt_stage{k}_b2_joint_varout_dimred``, + the previous stage, ReLU,
+  ``mflow_conv_g{k}_pool``, ``mflow_conv_g{k}_b`` (3 RCUs), and for stages 2 and 3
+  ``mflow_conv_g{k}_b3_joint_varout_dimred`` and upsampling to the next stage;
+* head: dropout 0.5, ``clf_conv`` (3x3 with bias) to ``num_classes``, at 1/4 of
+  the input size.
 
 All decoder convolutions are 3x3 without bias, except the first conv of every
 residual conv unit (RCU) and the classifier. Upsampling is bilinear with
@@ -239,7 +241,8 @@ class RefineNetCEN(MultiModal):
             loaded before conversion, so every modality starts from them.
         exchange: ``True`` exchanges where the paper does (``cen.convert(exchange="auto")``),
             ``False`` converts with private norms and no exchange; any other value is
-            passed to :func:`cen.convert` as its ``exchange`` argument.
+            passed to :func:`cen.convert` as its ``exchange`` argument (norm names
+            relative to the encoder, e.g. ``"layer4.0.bn2"``).
         ensemble: add the learned ``alpha``-ensemble (only with two or more modalities).
         dropout: probability of the decoder's dropouts (0.5 as the reference).
         decoder_widths: the decoder's four stage widths, deepest first (default:
