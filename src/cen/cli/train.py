@@ -110,7 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cen.train import builders
+    from cen.train import builders, distributed
     from cen.train.checkpoint import check_meta, load_model_state, load_model_weights
     from cen.train.config import load_config
     from cen.train.evaluate import evaluate

@@ -155,7 +155,10 @@ class Trainer:
         for split, ds in self.datasets.items():
             if len(ds) == 0:
                 raise ValueError(f"the {split} split is empty ({getattr(ds, 'list_file', '')})")
-            sample = ds[0]
+            try:
+                sample = ds[0]
+            except ValueError as err:
+                raise ValueError(f"{err} [config: data.num_classes={self.cfg.data.num_classes}, modalities={wanted}]") from None
             if not isinstance(sample, Mapping) or "mask" not in sample:
                 raise ValueError(f"{split} samples must be dicts with the modalities and 'mask', got {type(sample).__name__}")
             missing = [m for m in wanted if m not in sample]

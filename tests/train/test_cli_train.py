@@ -1,0 +1,103 @@
+"""``cen train`` / ``cen eval`` end to end on a handful of generated scenes (tiny model, 32x40)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cen.cli.main import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _args(tmp, *extra):
+    return [
+        str(CONFIGS / "scenes.yaml"),
+        f"data.root={tmp}/scenes",
+        "data.generate={num: 20, height: 32, width: 40, workers: 1}",
+        "model.name=tiny",
+        "train.batch_size=4",
+        "train.device=cpu",
+        "train.progress=false",
+        "eval.num_images=1",
+        "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]",
+        f"run.dir={tmp}/runs",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    assert main(["train", *_args(tmp)]) == 0  # generates the scenes on first use
+    return tmp
+
+
+def test_train_generates_data_trains_and_prints_the_table(trained, capsys):
+    run = trained / "runs" / "scenes"
+    assert (trained / "scenes" / "train.txt").is_file()
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json"}
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["test"]) == {"rgb", "depth", "ensemble"}
+
+
+def test_eval_multiscale_flip_writes_scores(trained, capsys):
+    out = trained / "eval"
+    rc = main(["eval", *_args(trained), "--checkpoint", str(trained / "runs" / "scenes" / "best.pt"),
+               "--scales", "0.75", "1", "--flip", "--images", "1", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "scales [0.75, 1.0], flip" in printed and "ensemble" in printed and "mIoU" in printed
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["flip"] is True and set(scores["scores"]) == {"rgb", "depth", "ensemble"}
+    assert any((out / "images").iterdir())
+
+
+def test_resume_flag_and_existing_run(trained, capsys):
+    assert main(["train", *_args(trained)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # Resuming a finished run changes nothing and still reports the scores.
+    before = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["model"]
+    assert main(["train", *_args(trained), "--resume"]) == 0
+    after = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.nope=1"], "unknown config key 'train.nope'; valid keys under 'train' are"),
+        (["data.num_classes=3"], "num_classes"),
+        (["run.name=x", "modalities=[rgb,depth,normals]"], "normals"),
+    ],
+)
+def test_train_errors_are_one_clear_line(trained, capsys, extra, message):
+    assert main(["train", *_args(trained, "run.name=err", *extra)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cen train: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_is_reported(trained, capsys):
+    assert main(["train", *_args(trained, "train.device=cuda", "run.name=gpu")]) == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_missing_modality_folder_is_named(trained, tmp_path, capsys):
+    root = tmp_path / "nodepth"
+    shutil.copytree(trained / "scenes", root)
+    shutil.rmtree(root / "depth")
+    assert main(["train", *_args(trained, f"data.root={root}", "run.name=nodepth")]) == 2
+    assert "depth" in capsys.readouterr().err
+
+
+def test_eval_rejects_foreign_and_mismatched_checkpoints(trained, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["eval", *_args(trained), "--checkpoint", str(junk)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    best = str(trained / "runs" / "scenes" / "best.pt")
+    assert main(["eval", *_args(trained, "modalities=[rgb]"), "--checkpoint", best]) == 2
+    assert "modalities: checkpoint ['rgb', 'depth'] vs config ['rgb']" in capsys.readouterr().err
