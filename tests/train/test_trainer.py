@@ -5,6 +5,7 @@ import torch
 
 from cen.core.norms import _ModalityNorm
 from cen.train.builders import EpochSampler, TinySegNet
+from cen.train.checkpoint import CheckpointError
 from cen.train.config import load_config
 from cen.train.distributed import DeviceError
 from cen.train.losses import SegmentationLoss, check_labels
@@ -56,6 +57,9 @@ def test_resume_after_k_steps_matches_an_uninterrupted_run(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["progress"]["global_step"] == 6
+    other = load_config(None, tiny_overrides(tmp_path, stages, "run.name=part", "train.batch_size=2"))
+    with pytest.raises(CheckpointError, match="train.batch_size: checkpoint 4 vs config 2"):
+        Trainer(other, datasets=fake_datasets(), resume=True).fit()
 
 
 def test_sampler_resumes_mid_epoch_and_shards_global_batches():

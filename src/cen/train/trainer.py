@@ -198,6 +198,12 @@ class Trainer:
         ckpt = load_checkpoint(path)
         check_meta(ckpt.get("meta", {}), builders.model_meta(self.cfg), str(path))
         load_model_state(self.model, ckpt["model"], str(path))
+        saved = ckpt.get("config", {}).get("train", {})
+        changed = [f"train.{k}: checkpoint {saved[k]!r} vs config {self.cfg.train[k]!r}"
+                   for k in ("batch_size", "seed") if k in saved and saved[k] != self.cfg.train[k]]
+        if changed:
+            raise CheckpointError(f"cannot resume {path} exactly with another {'; '.join(changed)}; "
+                                  "use the settings of the run (see its config.yaml)")
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as exc:
@@ -234,12 +240,12 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or ``train.max_steps``), then evaluate ``best.pt`` on the test split."""
         cfg = self.cfg
+        if self.resume_from is not None:
+            self.load(self.resume_from)
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
         distributed.barrier()
-        if self.resume_from is not None:
-            self.load(self.resume_from)
         # Different dropout masks per process, the same sequence on every run.
         if self.resume_from is None:
             torch.manual_seed(cfg.train.seed * 1000 + 1 + self.info.rank)
@@ -329,7 +335,8 @@ class Trainer:
         score = results.get(self.select, {}).get("miou")
         if score is None:
             raise KeyError(f"train.select={self.select!r} is not an output of the model; outputs are {list(results)}")
-        improved = self.best_score is None or (math.isfinite(score) and score > self.best_score)
+        best = self.best_score
+        improved = best is None or (math.isfinite(score) and (not math.isfinite(best) or score > best))
         if improved:
             self.best_score, self.best_epoch = score, self.epoch
         self.log.record("val", self.global_step, epoch=self.epoch, scores=_scalars(results), **summary,
