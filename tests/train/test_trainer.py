@@ -120,6 +120,9 @@ def test_bad_inputs_are_reported_clearly(tmp_path):
         cuda = load_config(None, tiny_overrides(tmp_path, "train.device=cuda:0"))
         with pytest.raises(DeviceError, match="CUDA"):
             Trainer(cuda, datasets=fake_datasets())
+    with pytest.raises(ValueError, match=r"train.select='ensemble' is not an output .* \['rgb'\]"):
+        Trainer(load_config(None, tiny_overrides(tmp_path, "modalities=[rgb]", "train.select=ensemble")),
+                datasets=fake_datasets())
     too_few = load_config(None, tiny_overrides(tmp_path, "run.name=few", "data.num_classes=2"))
     with pytest.raises(ValueError, match="data.num_classes=2"):
         Trainer(too_few, datasets=fake_datasets()).fit()

@@ -120,6 +120,9 @@ class Trainer:
         self._check_modalities()
         self.model = (model if model is not None else builders.build_model(cfg)).to(self.device)
         self.select = select_branch(cfg, self.model)
+        outputs = list(cfg.modalities) + ([ENSEMBLE_KEY] if getattr(self.model, "ensemble", None) is not None else [])
+        if self.select not in outputs:
+            raise ValueError(f"train.select={self.select!r} is not an output of the model; choose one of {outputs} or auto")
         if self.info.distributed and self.device.type == "cuda":
             self.model = distributed.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim.name, cfg.optim.stages[0],
