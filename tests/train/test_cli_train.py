@@ -101,3 +101,12 @@ def test_eval_rejects_foreign_and_mismatched_checkpoints(trained, tmp_path, caps
     best = str(trained / "runs" / "scenes" / "best.pt")
     assert main(["eval", *_args(trained, "modalities=[rgb]"), "--checkpoint", best]) == 2
     assert "modalities: checkpoint ['rgb', 'depth'] vs config ['rgb']" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options():
+    from cen.cli.main import build_parser
+
+    args = build_parser().parse_args(["train", "scenes", "--resume", "a=1", "b.c=2"])
+    assert args.resume and args.overrides == ["a=1", "b.c=2"]
+    args = build_parser().parse_args(["eval", "scenes", "x=1", "--checkpoint", "c.pt", "y=2", "--scales", "0.5", "1"])
+    assert args.overrides == ["x=1", "y=2"] and args.scales == [0.5, 1.0] and args.checkpoint == "c.pt"

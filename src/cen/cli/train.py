@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume-from", default=None, metavar="CHECKPOINT", help="continue the run from CHECKPOINT")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already has checkpoints")
     p.set_defaults(func=run_train)
+    _intermixed(p)
 
     e = subparsers.add_parser(
         "eval", help="evaluate a checkpoint on the test (or validation) split",
@@ -48,6 +49,29 @@ def register(subparsers) -> None:
     e.add_argument("--images", type=int, default=0, metavar="N", help="save N prediction images into --out")
     e.add_argument("--out", default=None, metavar="DIR", help="write scores.json (and images) here")
     e.set_defaults(func=run_eval)
+    _intermixed(e)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Parses ``key=value`` overrides before or after the options (``CONFIG --resume k=v``).
+
+    Plain argparse stops filling a ``nargs="*"`` positional at the first option.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def _intermixed(parser: argparse.ArgumentParser) -> None:
+    parser.__class__ = _IntermixedParser
 
 
 def resolve_config_path(name: str) -> Path:
