@@ -138,7 +138,7 @@ def _eval(args: argparse.Namespace) -> int:
     from cen.train.checkpoint import check_meta, load_model_state, load_model_weights
     from cen.train.config import load_config
     from cen.train.evaluate import evaluate
-    from cen.train.runlog import format_table
+    from cen.train.evaluate import format_table
     from cen.train.trainer import _jsonable
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
@@ -166,7 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
         title = f"{args.checkpoint} on {list_file}, scales {list(scales)}{', flip' if flip else ''} (%):"
-        print(format_table(results, title), flush=True)
+        print(format_table(results, title=title), flush=True)
         if out:
             out.mkdir(parents=True, exist_ok=True)
             record = {"checkpoint": str(args.checkpoint), "split": args.split, "scales": list(scales),

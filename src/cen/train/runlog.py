@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-TABLE_METRICS = (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("miou", "mIoU"))
 
 
 def _clean(value: Any) -> Any:
@@ -72,19 +71,3 @@ def read_metrics(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` file."""
     with Path(path).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-def format_table(results: Mapping[str, Mapping[str, float]], title: str = "") -> str:
-    """Rows per branch (modalities, then ``ensemble``), columns pixel acc / mean acc / mIoU in %."""
-    names = [n for n in results if n != "ensemble"] + (["ensemble"] if "ensemble" in results else [])
-    width = max([len("branch")] + [len(n) for n in names])
-    head = f"{'branch':<{width}}  " + "  ".join(f"{label:>9}" for _, label in TABLE_METRICS)
-    lines = [title] if title else []
-    lines += [head, "-" * len(head)]
-    for name in names:
-        cells = []
-        for key, _ in TABLE_METRICS:
-            v = results[name].get(key)
-            cells.append(f"{100 * v:9.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{'-':>9}")
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
-    return "\n".join(lines)

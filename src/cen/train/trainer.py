@@ -47,7 +47,8 @@ from cen.train.checkpoint import (
 )
 from cen.train.losses import ENSEMBLE_KEY, SegmentationLoss, check_labels
 from cen.train.optim import build_optimizer, learning_rates, set_stage, stage_of, total_epochs
-from cen.train.runlog import RunLog, format_table
+from cen.train.evaluate import format_table
+from cen.train.runlog import RunLog
 
 
 class RunExistsError(RuntimeError):
@@ -366,7 +367,7 @@ class Trainer:
             (self.run_dir / "results.json").write_text(json.dumps(_jsonable(out), indent=2), encoding="utf-8")
             title = (f"test scores of {'best.pt (epoch %s)' % self.best_epoch if best.is_file() else 'the last model'}"
                      f" on {cfg.data.test_list}, scales {list(cfg.eval.scales)}{', flip' if cfg.eval.flip else ''} (%):")
-            print(format_table(results, title), flush=True)
+            print(format_table(results, title=title), flush=True)
         return out
 
 
