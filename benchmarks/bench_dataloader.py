@@ -5,7 +5,8 @@
 Generates a few scenes at the given size (NYUDv2 size by default) in a temporary
 directory, then measures samples/s of ``NYUDv2(..., transform=segmentation_train(...))``
 through a ``DataLoader`` with the reference recipe (shorter side 350, random scale
-0.5-2.0, crop 500, mirror, batch 6). Prints a table and one JSON line.
+0.5-2.0, crop 500, mirror, batch 6), and the CPU time of one sample. Prints a table
+and one JSON line.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def measure(dataset, workers: int, batch_size: int, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def cpu_ms_per_sample(dataset, samples: int) -> float:
+    """CPU time (ms) of one sample in this process with one torch thread: independent
+    of the load of other processes, unlike samples/s."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset[0]
+        start = time.process_time()
+        for i in range(samples):
+            dataset[i % len(dataset)]
+        return 1000 * (time.process_time() - start) / samples
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=480)
@@ -77,6 +95,7 @@ def main() -> None:
                  workers=min(2, os.cpu_count() or 1))
         transform = segmentation_train(args.crop, scale_range=(0.5, 2.0), shorter_side=args.shorter_side)
         dataset = NYUDv2(tmp, "train.txt", num_classes=NUM_CLASSES, transform=transform)
+        cpu_ms = cpu_ms_per_sample(dataset, 2 * args.scenes)
         results = []
         for workers in args.workers:
             rate = measure(dataset, workers, args.batch_size, args.batches)
@@ -86,10 +105,12 @@ def main() -> None:
 
     config = {"height": args.height, "width": args.width, "shorter_side": args.shorter_side,
               "scale_range": [0.5, 2.0], "crop": args.crop, "batch_size": args.batch_size,
-              "batches": args.batches, "torch_threads": torch.get_num_threads()}
+              "batches": args.batches, "torch_threads": torch.get_num_threads(),
+              "cpu_ms_per_sample_1_thread": round(cpu_ms, 1)}
     print(f"machine: {machine()}")
     print(f"pipeline: {args.height}x{args.width} PNG rgb+depth+mask -> shorter side {args.shorter_side}, "
           f"scale 0.5-2.0, crop {args.crop}, mirror; batch {args.batch_size}")
+    print(f"CPU per sample (1 thread, in process): {cpu_ms:.1f} ms")
     print(f"{'workers':>7} {'samples/s':>10}")
     for r in results:
         print(f"{r['workers']:>7} {r['samples_per_s']:>10.1f}")

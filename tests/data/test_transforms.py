@@ -145,3 +145,17 @@ def test_full_pipeline_on_dataset_with_mismatching_aspect(tmp_path):
     assert out["rgb"].shape == (3, 64, 64)
     assert set(out["mask"].unique().tolist()) <= {3, 255}
     assert torch.equal(out["depth"][0] == 1.0, out["mask"] == 3)
+
+
+def test_shorter_side_and_random_scale_in_one_resize():
+    from cen.data.transforms import RandomScale
+
+    torch.manual_seed(0)
+    t = RandomScale((1.0, 1.0), shorter_side=12)
+    out = t(block_sample(24, 32))
+    assert out["mask"].shape == (12, 16) and out["depth"].shape == (3, 12, 16)
+    sizes = {tuple(RandomScale((0.5, 2.0), shorter_side=12)(block_sample(24, 32))["mask"].shape) for _ in range(10)}
+    assert all(6 <= h <= 24 and w == round(h * 4 / 3) or abs(w - h * 4 / 3) <= 1 for h, w in sizes)
+    assert len(sizes) > 1
+    with pytest.raises(ValueError, match="scale_range"):
+        RandomScale((2.0, 1.0))

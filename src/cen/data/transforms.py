@@ -41,18 +41,27 @@ def default_normalization() -> dict[str, Stats]:
 
 class RandomScale(v2.Transform):
     """Resize by a factor drawn uniformly from ``scale_range`` (same for H and W),
-    sizes rounded to integers (at least 1)."""
+    sizes rounded to integers (at least 1).
 
-    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
+    With ``shorter_side`` the factor multiplies the one that brings the shorter side to
+    ``shorter_side`` pixels: one resize instead of two (the reference "resize and
+    scale" step)."""
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), shorter_side: int | None = None) -> None:
         super().__init__()
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        if shorter_side is not None and shorter_side < 1:
+            raise ValueError(f"shorter_side must be a positive number of pixels, got {shorter_side}")
         self.scale_range = (float(lo), float(hi))
+        self.shorter_side = shorter_side
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = query_size(flat_inputs)
         s = float(torch.empty(()).uniform_(*self.scale_range))
+        if self.shorter_side is not None:
+            s *= self.shorter_side / min(h, w)
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -124,8 +133,9 @@ def segmentation_train(
 ) -> v2.Compose:
     """Training pipeline of the reference segmentation recipe.
 
-    Steps: resize the shorter side to ``shorter_side`` (if given; reference 350) ->
-    random scale in ``scale_range`` (if given; reference 0.5-2.0) -> per-modality
+    Steps: resize so that the shorter side is ``shorter_side`` (if given; reference 350)
+    times a random scale in ``scale_range`` (if given; reference 0.5-2.0), in one
+    resize -> per-modality
     normalisation -> pad to at least ``crop_size`` (images 0 = mean after
     normalisation, mask ``ignore_index``) and random crop of ``crop_size`` (int or
     (H, W); reference 500) -> horizontal flip with probability ``hflip_p``.
@@ -135,10 +145,10 @@ def segmentation_train(
     float, mask (crop_h, crop_w) int64 (after the dataset unwraps it).
     """
     steps: list[Any] = []
-    if shorter_side is not None:
-        steps.append(v2.Resize(shorter_side, antialias=True))
     if scale_range is not None:
-        steps.append(RandomScale(scale_range))
+        steps.append(RandomScale(scale_range, shorter_side=shorter_side))  # one resize for both
+    elif shorter_side is not None:
+        steps.append(v2.Resize(shorter_side, antialias=True))
     steps.append(NormalizeModalities(default_normalization() if normalization is None else normalization))
     steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
                                fill={tv_tensors.Mask: ignore_index, "others": 0}))
