@@ -14,7 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cen.data.synth import layouts
-from cen.data.synth.classes import CLASSES, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from cen.data.synth.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from cen.data.synth.sensor import MAX_RANGE_M, TASKONOMY_DEPTH_UNITS_PER_M
 
 #: Bump when the renderer changes what a (seed, index) produces.
@@ -261,4 +261,4 @@ def ensure_generated(
     return {**json.loads((root / "classes.json").read_text()), "root": str(root)}
 
 
-__all__ = ["CLASS_NAMES", "DEFAULT_SPLITS", "ensure_generated", "generate", "read_marker", "split_ranges"]
+__all__ = ["DEFAULT_SPLITS", "ensure_generated", "generate", "read_marker", "split_ranges"]
