@@ -93,7 +93,7 @@ def _errors():
     from cen.train.distributed import DeviceError
     from cen.train.trainer import RunExistsError
 
-    return (ConfigError, CheckpointError, DeviceError, RunExistsError, FileNotFoundError, ValueError, KeyError)
+    return (ConfigError, CheckpointError, DeviceError, RunExistsError, FileNotFoundError, ValueError, KeyError, FloatingPointError)
 
 
 def _fail(command: str, err: Exception) -> int:
