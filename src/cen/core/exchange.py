@@ -2,8 +2,13 @@
 
 For modality ``m`` and channel ``c``: keep ``y[:, m, c]`` where the keep-mask is
 true, otherwise take the mean over the other modalities ``m' != m`` of
-``y[:, m', c]``. One ``torch.where``, no data-dependent indexing, so no host
-synchronisation and no graph break under ``torch.compile``.
+``y[:, m', c]``. No data-dependent indexing, so no host synchronisation and no
+graph break under ``torch.compile``.
+
+With two modalities the "mean of the others" is the other modality itself, so
+the whole exchange is one channel gather (``index_select`` with an index built
+by ``torch.where`` from the mask); with more it is one ``torch.where`` between
+``y`` and ``(sum_m y - y) / (M - 1)``.
 """
 
 from __future__ import annotations
@@ -12,28 +17,27 @@ import torch
 from torch import Tensor
 
 
-def mean_of_others(y: Tensor) -> Tensor:
-    """``Tensor(B, K, C, *S)`` -> the mean over the other ``K-1`` modalities, same shape."""
-    num = y.shape[1]
-    if num == 2:
-        return y.flip(1)  # the other modality itself; cheaper than sum-minus-self
-    return (y.sum(dim=1, keepdim=True) - y) / (num - 1)
-
-
 def exchange(y: Tensor, keep: Tensor) -> Tensor:
     """Apply Eq. 6.
 
     Args:
-        y: normalised outputs, ``Tensor(B, K, C, *S)`` for ``K`` modalities.
+        y: normalised outputs, ``Tensor(B, K*C, *S)``: channel ``m*C + c`` is
+            channel ``c`` of modality ``m`` (the free view of a stacked batch).
         keep: bool ``Tensor(K, C)``, true where a modality keeps its own channel
             (``|gamma| >= threshold``).
 
     Returns:
-        ``Tensor(B, K, C, *S)``. With ``K == 1`` there is no other modality and
-        ``y`` is returned unchanged.
+        ``Tensor(B, K*C, *S)``, a new tensor. With ``K == 1`` there is no other
+        modality and ``y`` is returned unchanged.
     """
-    num, channels = y.shape[1], y.shape[2]
+    num, channels = keep.shape
     if num == 1:
         return y
-    mask = keep.reshape(1, num, channels, *([1] * (y.dim() - 3)))
-    return torch.where(mask, y, mean_of_others(y))
+    if num == 2:
+        own = torch.arange(num * channels, device=y.device).view(num, channels)
+        source = torch.where(keep, own, own.flip(0))  # the other modality's channel where not kept
+        return y.index_select(1, source.reshape(-1))
+    split = y.view(y.shape[0], num, channels, *y.shape[2:])
+    others = (split.sum(dim=1, keepdim=True) - split) / (num - 1)
+    mask = keep.view(1, num, channels, *([1] * (y.dim() - 2)))
+    return torch.where(mask, split, others).view(y.shape)

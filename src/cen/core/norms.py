@@ -142,11 +142,15 @@ class _ModalityNorm(nn.Module):
             update_stats,
         )
         if self.exchange and num > 1:
-            keep = self.gamma.abs() >= self.threshold
+            keep = ~self.exchange_mask()
             if idx is not None:
                 keep = keep[list(idx)]
-            y = apply_exchange(y.view(batch, num, self.num_features, *x.shape[2:]), keep)
-        return y.reshape(x.shape)
+            y = apply_exchange(y, keep)
+        # A plain reshape would return a view of y; the in-place ReLU or residual
+        # add that usually follows a norm would then make autograd copy the whole
+        # activation in backward (CopySlices). _unsafe_view is the same zero-copy
+        # reshape without view semantics, as torch itself uses for fresh outputs.
+        return torch.ops.aten._unsafe_view(y, x.shape)
 
     def _momentum(self) -> float:
         if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
