@@ -90,3 +90,9 @@ def test_exchange_stats_are_fractions_of_replaced_channels():
     assert set(stats) == {f"layer{i}.{j}.bn1" for i in range(1, 5) for j in range(2)}
     assert stats["layer2.0.bn1"] == [0.25, 0.0]
     assert stats["layer1.0.bn1"] == [0.0, 0.0]
+
+
+def test_a_single_modality_has_no_exchanging_norms_and_no_penalty():
+    model = _model(1)
+    assert cen.sparsity_loss(model).item() == 0.0
+    assert cen.exchange_stats(model) == {}

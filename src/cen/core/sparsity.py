@@ -21,9 +21,13 @@ SPARSITY_MODES = ("disjoint", "all")
 
 
 def exchanging_norms(model: nn.Module) -> Iterator[tuple[str, _ModalityNorm]]:
-    """``(qualified name, norm)`` for every modality norm of ``model`` that exchanges."""
+    """``(qualified name, norm)`` for every modality norm of ``model`` that exchanges.
+
+    A norm of a single modality has nothing to exchange with and is not listed,
+    so a unimodal network gets no sparsity penalty.
+    """
     for name, module in model.named_modules():
-        if isinstance(module, _ModalityNorm) and module.exchange:
+        if isinstance(module, _ModalityNorm) and module.exchange and module.num_modalities > 1:
             yield name, module
 
 
