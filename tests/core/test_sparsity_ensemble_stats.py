@@ -96,3 +96,20 @@ def test_a_single_modality_has_no_exchanging_norms_and_no_penalty():
     model = _model(1)
     assert cen.sparsity_loss(model).item() == 0.0
     assert cen.exchange_stats(model) == {}
+
+
+def test_shrink_soft_thresholds_exactly_the_penalised_scales():
+    from cen.core.sparsity import sparsity_shrink_
+
+    model = _model(2)
+    before = {n: m.gamma.detach().clone() for n, m in model.named_modules() if getattr(m, "exchange", False)}
+    sparsity_shrink_(model, 0.3)
+    for name, old in before.items():
+        new = model.get_submodule(name).gamma
+        group = disjoint_groups(2, old.shape[1])
+        expected = old.sign() * (old.abs() - 0.3).clamp_min(0)
+        torch.testing.assert_close(new[group], expected[group])
+        torch.testing.assert_close(new[~group], old[~group])
+    assert any((model.get_submodule(n).gamma == 0).any() for n in before)
+    with pytest.raises(ValueError, match="amount must be >= 0"):
+        sparsity_shrink_(model, -1.0)

@@ -40,21 +40,53 @@ def disjoint_groups(num_modalities: int, num_features: int, device=None) -> Tens
     return group.unsqueeze(0) == torch.arange(num_modalities, device=device).unsqueeze(1)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in SPARSITY_MODES:
+        raise ValueError(f"mode={mode!r} is not a sparsity mode; expected one of {SPARSITY_MODES}")
+
+
+def _penalised(norm: _ModalityNorm, mode: str) -> Tensor | None:
+    """Bool ``(M, C)`` of the penalised scales of ``norm``, or None for all of them."""
+    if mode == "disjoint":
+        return disjoint_groups(norm.num_modalities, norm.num_features, norm.weight.device)
+    return None
+
+
 def sparsity_loss(model: nn.Module, mode: str = "disjoint") -> Tensor:
     """``sum |gamma|`` over the exchanging norms of ``model`` (multiply by lambda yourself).
 
     Returns a scalar tensor (zero, on the model's device, if nothing exchanges).
     """
-    if mode not in SPARSITY_MODES:
-        raise ValueError(f"mode={mode!r} is not a sparsity mode; expected one of {SPARSITY_MODES}")
+    _check_mode(mode)
     total = None
     for _, norm in exchanging_norms(model):
         magnitude = norm.gamma.abs()
-        if mode == "disjoint":
-            magnitude = magnitude * disjoint_groups(norm.num_modalities, norm.num_features, magnitude.device)
+        penalised = _penalised(norm, mode)
+        if penalised is not None:
+            magnitude = magnitude * penalised
         term = magnitude.sum()
         total = term if total is None else total + term
     if total is None:
         ref = next(iter(model.parameters()), None)
         return torch.zeros((), device=ref.device if ref is not None else None)
     return total
+
+
+@torch.no_grad()
+def sparsity_shrink_(model: nn.Module, amount: float, mode: str = "disjoint") -> None:
+    """Proximal step of the l1 penalty: soft-threshold the penalised scales by ``amount``, in place.
+
+    ``gamma <- sign(gamma) * max(|gamma| - amount, 0)`` on the same scales that
+    :func:`sparsity_loss` penalises. Called after an optimiser step with
+    ``amount = lr * lambda`` it solves the l1 term exactly (proximal gradient,
+    ISTA) instead of by its subgradient: a scale reaches exactly zero and an
+    adaptive optimiser (Adam normalises every gradient) cannot slow it down.
+    """
+    _check_mode(mode)
+    if amount < 0:
+        raise ValueError(f"amount must be >= 0, got {amount!r}")
+    for _, norm in exchanging_norms(model):
+        gamma = norm.gamma
+        shrunk = gamma.sign() * (gamma.abs() - amount).clamp_min(0)
+        penalised = _penalised(norm, mode)
+        gamma.copy_(shrunk if penalised is None else torch.where(penalised, shrunk, gamma))

@@ -88,6 +88,7 @@ class LossConfig:
     sparsity_weight: float = 2e-4  # lambda
     sparsity_mode: str = "disjoint"  # disjoint | all | none
     sparsity_per_output: bool = False  # reference: the l1 term once per output (M+1 times)
+    sparsity_solver: str = "gradient"  # gradient: l1 in the loss (paper) | proximal: soft-threshold after each step
     ensemble_weight: float = 1.0
     ignore_index: int = 255
     resize: str = "logits"  # logits: upsample logits (bilinear) to the mask | masks: downsample masks (nearest), as the reference
@@ -139,6 +140,7 @@ CHOICES = {
     "model.bn_stats": ("train", "frozen"),
     "optim.name": ("sgd", "adam"),
     "loss.sparsity_mode": ("disjoint", "all", "none"),
+    "loss.sparsity_solver": ("gradient", "proximal"),
     "loss.resize": ("logits", "masks"),
 }
 

@@ -11,6 +11,10 @@ upsampled (bilinear) to the mask's size before the loss, so the loss sees
 every labelled pixel as the evaluation does; ``resize="masks"`` instead
 downsamples the masks (nearest), as the reference code does, which is cheaper
 and gives slightly different numbers.
+
+With ``sparsity_solver="proximal"`` the l1 term is left out of the total (it is
+still reported under ``l1``) and the trainer applies its proximal step,
+:func:`cen.core.sparsity.sparsity_shrink_`, after every optimiser step.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cen.core.sparsity import sparsity_loss
+from cen.core.sparsity import sparsity_loss, sparsity_shrink_
 
 ENSEMBLE_KEY = "ensemble"
 
@@ -66,6 +70,8 @@ class SegmentationLoss(nn.Module):
         ensemble_weight: weight of the ensemble's CE.
         ignore_index: label ignored by the loss.
         resize: ``logits`` (upsample logits to the mask) or ``masks`` (downsample masks).
+        sparsity_solver: ``gradient`` (l1 in the loss) or ``proximal`` (l1 only reported;
+            see :meth:`shrink`).
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class SegmentationLoss(nn.Module):
         ensemble_weight: float = 1.0,
         ignore_index: int = 255,
         resize: str = "logits",
+        sparsity_solver: str = "gradient",
     ) -> None:
         super().__init__()
         if sparsity_mode not in ("disjoint", "all", "none"):
@@ -87,6 +94,21 @@ class SegmentationLoss(nn.Module):
         self.ensemble_weight = float(ensemble_weight)
         self.ignore_index = int(ignore_index)
         self.resize = resize
+        if sparsity_solver not in ("gradient", "proximal"):
+            raise ValueError(f"sparsity_solver={sparsity_solver!r}; expected gradient or proximal")
+        self.sparsity_solver = sparsity_solver
+
+    @property
+    def _penalises(self) -> bool:
+        return self.sparsity_mode != "none" and self.sparsity_weight > 0
+
+    def _count(self, num_outputs: int) -> int:
+        return num_outputs if self.sparsity_per_output else 1
+
+    def shrink(self, model: nn.Module, lr: float, num_outputs: int) -> None:
+        """The proximal l1 step after an optimiser step at learning rate ``lr`` (no-op for ``gradient``)."""
+        if self.sparsity_solver == "proximal" and self._penalises:
+            sparsity_shrink_(model, lr * self.sparsity_weight * self._count(num_outputs), self.sparsity_mode)
 
     def forward(self, outputs: Mapping[str, Tensor], mask: Tensor, model: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
         """Return ``(total, parts)``; ``parts`` holds detached terms by name (``ce/<branch>``, ``l1``)."""
@@ -101,9 +123,9 @@ class SegmentationLoss(nn.Module):
             total = term if total is None else total + term
         if total is None:
             raise ValueError("the model returned no outputs")
-        if self.sparsity_mode != "none" and self.sparsity_weight > 0:
+        if self._penalises:
             l1 = sparsity_loss(model, self.sparsity_mode)
             parts["l1"] = l1.detach()
-            count = len(outputs) if self.sparsity_per_output else 1
-            total = total + count * self.sparsity_weight * l1
+            if self.sparsity_solver == "gradient":
+                total = total + self._count(len(outputs)) * self.sparsity_weight * l1
         return total, parts

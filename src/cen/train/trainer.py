@@ -136,7 +136,7 @@ class Trainer:
         self.criterion = SegmentationLoss(
             sparsity_weight=cfg.loss.sparsity_weight, sparsity_mode=cfg.loss.sparsity_mode,
             sparsity_per_output=cfg.loss.sparsity_per_output, ensemble_weight=cfg.loss.ensemble_weight,
-            ignore_index=cfg.loss.ignore_index, resize=cfg.loss.resize,
+            ignore_index=cfg.loss.ignore_index, resize=cfg.loss.resize, sparsity_solver=cfg.loss.sparsity_solver,
         )
         pin = self.device.type == "cuda"
         self.train_loader = builders.train_loader(
@@ -239,6 +239,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        # the exchanging norms are in the encoder group (the first one)
+        self.criterion.shrink(self.model, self.optimizer.param_groups[0]["lr"], len(outputs))
         return loss.detach(), parts
 
     def fit(self) -> dict:
