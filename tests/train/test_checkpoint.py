@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from cen.atomic import atomic_torch_save as atomic_save
 from cen.train.builders import TinySegNet
 from cen.train.checkpoint import (
     FORMAT,
     CheckpointError,
-    atomic_save,
     load_checkpoint,
     load_model_state,
     load_model_weights,

@@ -33,12 +33,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cen.core.stats import exchange_stats
+from cen.atomic import atomic_torch_save as atomic_save
 from cen.train import builders, distributed
 from cen.train.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
-    atomic_save,
     check_meta,
     load_checkpoint,
     load_model_state,
