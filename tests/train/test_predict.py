@@ -12,7 +12,8 @@ from cen.cli.main import main
 from cen.cli.predict import read_inputs
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cen.train import builders
-from cen.train.checkpoint import FORMAT, VERSION, atomic_save
+from cen.atomic import atomic_torch_save as atomic_save
+from cen.train.checkpoint import FORMAT, VERSION
 from cen.train.config import load_config
 from cen.train.evaluate import predict_scores
 from cen.train.visualize import colorize
