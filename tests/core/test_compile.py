@@ -1,5 +1,6 @@
 """The converted model is one graph: no graph breaks, no data-dependent ops."""
 
+import pytest
 import torch
 import torchvision
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -20,8 +21,8 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _converted(num=2):
-    model = cen.convert(torchvision.models.resnet50(num_classes=10), num)
+def _converted(num=2, arch="resnet50"):
+    model = cen.convert(getattr(torchvision.models, arch)(num_classes=10), num)
     with torch.no_grad():
         for m in model.modules():
             if getattr(m, "exchange", False):
@@ -40,9 +41,11 @@ def test_forward_and_backward_have_no_nonzero_or_host_sync():
     assert not bad, f"data-dependent ops in the converted model: {bad}"
 
 
-def test_compiles_with_zero_graph_breaks():
-    model = _converted(3).train()
-    x = torch.randn(6, 3, 64, 64)
+@pytest.mark.parametrize("num, arch", [(2, "resnet50"), (3, "resnet18")])
+def test_compiles_with_zero_graph_breaks(num, arch):
+    # M = 2 exchanges by a channel gather, M > 2 by torch.where: both must stay one graph
+    model = _converted(num, arch).train()
+    x = torch.randn(2 * num, 3, 64, 64)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
