@@ -326,6 +326,9 @@ def run(args) -> dict:
         entry["ratios"] = {
             "list_over_stacked_time": v["list"]["median_s"] / v["stacked"]["median_s"],
             "stacked_over_plain_time": v["stacked"]["median_s"] / v["plain"]["median_s"],
+            # The list layout runs the plain network's convolutions plus its own overheads, and a
+            # stacked model runs at least the plain network: list/plain bounds list/stacked.
+            "list_over_plain_time": v["list"]["median_s"] / v["plain"]["median_s"],
             # median over rounds of the ratio within a round (same-moment noise cancels)
             "list_over_stacked_time_paired": statistics.median(
                 a / b for a, b in zip(times["list"], times["stacked"])
@@ -368,8 +371,9 @@ def format_table(results: dict) -> str:
     lines += [
         "",
         "| model | exchanged | list/stacked time (target ≥ 1.25) | stacked/plain time (target ≤ 1.08) "
+        "| list/plain time (bound on list/stacked) "
         "| list/stacked CPU | stacked/plain CPU | stacked/list memory (target ≤ 1) | stacked/plain memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arch, entry in results["models"].items():
         r = entry["ratios"]
@@ -380,7 +384,7 @@ def format_table(results: dict) -> str:
         )
         lines.append(
             f"| {arch} | {entry['exchanged_fraction']:.0%} | {r['list_over_stacked_time']:.2f} | "
-            f"{r['stacked_over_plain_time']:.3f} | {r['list_over_stacked_cpu']:.2f} | "
+            f"{r['stacked_over_plain_time']:.3f} | {r['list_over_plain_time']:.2f} | {r['list_over_stacked_cpu']:.2f} | "
             f"{r['stacked_over_plain_cpu']:.3f} | {mem} |"
         )
     if any("memory_method" in e for e in results["models"].values()):

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,26 @@ def test_eval_multiscale_flip_writes_scores(trained, capsys):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["flip"] is True and set(scores["scores"]) == {"rgb", "depth", "ensemble"}
     assert any((out / "images").iterdir())
+
+
+def test_ctrl_c_saves_last_checkpoint_and_exits_130(trained, monkeypatch, capsys):
+    from cen.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted_step(self, batch):
+        if self.global_step == 0:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    assert main(["train", *_args(trained, "run.name=ctrlc")]) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT: finishing this step" in err and "interrupted after step 1" in err and "--resume" in err
+    assert torch.load(trained / "runs" / "ctrlc" / "last.pt", weights_only=True)["progress"]["global_step"] == 1
+    monkeypatch.undo()
+    assert main(["train", *_args(trained, "run.name=ctrlc"), "--resume"]) == 0
+    assert (trained / "runs" / "ctrlc" / "results.json").is_file()
 
 
 def test_resume_flag_and_existing_run(trained, capsys):

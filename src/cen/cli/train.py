@@ -111,12 +111,17 @@ def run_train(args: argparse.Namespace) -> int:
     from cen.train.config import load_config
     from cen.train.trainer import Trainer
 
+    from cen.train.interrupt import TrainingInterrupted
+
     try:
         cfg = load_config(resolve_config_path(args.config), args.overrides)
         trainer = Trainer(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite)
         trainer.fit()
     except _errors() as err:
         return _fail("train", err)
+    except TrainingInterrupted as stop:
+        print(f"cen train: {stop}", file=sys.stderr)
+        return 130  # the shell's code for "stopped by SIGINT"
     finally:
         distributed.shutdown()
     return 0

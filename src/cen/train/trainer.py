@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from cen.core.stats import exchange_stats
 from cen.atomic import atomic_torch_save as atomic_save
+from cen.train.interrupt import StopRequest, TrainingInterrupted
 from cen.train import builders, distributed
 from cen.train.checkpoint import (
     FORMAT,
@@ -152,6 +153,7 @@ class Trainer:
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.best_score, self.best_epoch = None, None
         self.log = None
+        self._stop: StopRequest | None = None  # active during fit()
 
     # -- checks ---------------------------------------------------------------
     def _check_modalities(self) -> None:
@@ -263,12 +265,24 @@ class Trainer:
         steps_per_epoch = sampler.batches_per_epoch()
         stopped = False
         try:
-            while self.epoch < self.epochs and not stopped:
-                stopped = self._train_epoch(sampler, steps_per_epoch)
+            with StopRequest(self.stream) as self._stop:
+                while self.epoch < self.epochs and not stopped:
+                    stopped = self._train_epoch(sampler, steps_per_epoch)
+                    if self._stop.agreed(self.device):  # signalled during the last step of the epoch
+                        self._interrupted()
             results = self._finish()
         finally:
+            self._stop = None
             self.log.close()
         return results
+
+    def _interrupted(self) -> None:
+        """Called between steps after a SIGINT/SIGTERM; ``last.pt`` holds the state after the last full step."""
+        self.log.record("info", self.global_step, event="interrupted", epoch=self.epoch + 1, batch=self.batch)
+        raise TrainingInterrupted(
+            f"interrupted after step {self.global_step} (epoch {self.epoch + 1}, batch {self.batch}); "
+            f"{self.run_dir / 'last.pt'} is saved: rerun the same command with --resume to continue exactly"
+        )
 
     def _train_epoch(self, sampler, steps_per_epoch: int) -> bool:
         cfg = self.cfg
@@ -307,6 +321,10 @@ class Trainer:
             every = cfg.train.checkpoint_every_steps
             if every and self.global_step % every == 0 and not at_end:
                 self.save("last.pt")
+            if not at_end and self._stop is not None and self._stop.agreed(self.device):
+                bar.close()
+                self.save("last.pt")
+                self._interrupted()
         bar.close()
         self.epoch += 1
         self.batch = 0
