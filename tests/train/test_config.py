@@ -43,6 +43,7 @@ def test_overrides_merge_with_lists_and_indices():
         (["train.batch_size=abc"], "train.batch_size"),
         (["model.bn_stats=sometimes"], "expected one of ['train', 'frozen']"),
         (["loss.sparsity_mode=half"], "expected one of ['disjoint', 'all', 'none']"),
+        (["eval.upsample=nearest"], "eval.upsample='nearest' is not valid; expected one of ['bilinear', 'bicubic']"),
         (["data.val_list=test.txt"], "model selection must not see the test split"),
         (["modalities=[rgb,rgb]"], "more than once"),
         (["train.batch_size"], "key=value"),

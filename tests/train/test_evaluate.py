@@ -115,6 +115,32 @@ def test_scales_resize_inputs_and_outputs_come_back_at_the_mask_size():
         predict_scores(model, x, scales=(0.0,))
 
 
+def test_upsample_mode_resizes_the_logits_as_asked():
+    model = tiny_model().eval()  # logits at 1/4 resolution
+    x = {"rgb": torch.randn(1, 3, 16, 20), "depth": torch.randn(1, 3, 16, 20)}
+    with torch.no_grad():
+        logits = model(x)
+    for mode in ("bilinear", "bicubic"):
+        out = predict_scores(model, x, (16, 20), upsample=mode)
+        for name, v in out.items():
+            expected = F.interpolate(logits[name], size=(16, 20), mode=mode, align_corners=False)
+            assert torch.allclose(v, expected, atol=1e-6), (mode, name)
+    bicubic, bilinear = predict_scores(model, x, upsample="bicubic"), predict_scores(model, x)
+    assert not torch.allclose(bicubic["rgb"], bilinear["rgb"])
+    with pytest.raises(ValueError, match="upsample='nearest' .*bilinear"):
+        predict_scores(model, x, upsample="nearest")
+
+
+def test_bicubic_is_opencv_inter_cubic():
+    """The reference resizes logits with cv2.INTER_CUBIC; torch's bicubic is the same filter."""
+    cv2 = pytest.importorskip("cv2")
+    logits = torch.randn(1, K, 12, 16)
+    ours = predict_scores(lambda inputs: {"rgb": logits}, {"rgb": torch.zeros(1, 3, 12, 16)}, (45, 61),
+                          upsample="bicubic")["rgb"]
+    theirs = cv2.resize(logits[0].permute(1, 2, 0).numpy(), (61, 45), interpolation=cv2.INTER_CUBIC)
+    assert torch.allclose(ours[0].permute(1, 2, 0), torch.from_numpy(theirs), atol=1e-4)
+
+
 def test_multiscale_flip_evaluate_runs_and_is_close_to_single_scale_for_pointwise_model():
     model = _pointwise()
     data = [{k: v for k, v in b.items() if k != "name"} for b in batches(2)]

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",
                    help="test-time scales; several sum the softmax probabilities (default: 1.0)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped runs (test-time augmentation)")
+    p.add_argument("--upsample", choices=("bilinear", "bicubic"), default="bilinear",
+                   help="how the logits are resized to the image (default bilinear; bicubic as the reference)")
     p.add_argument("--depth-scale", type=float, default=None, metavar="F",
                    help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -169,7 +171,7 @@ def predict(args: argparse.Namespace) -> torch.Tensor:
             raise PredictError(f"{args.checkpoint}: the model takes the modalities {list(names)}; {unknown} is not one of them")
     model.to(device).eval()
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    scores = predict_scores(model, inputs, scales=tuple(args.scales), flip=args.flip)
+    scores = predict_scores(model, inputs, scales=tuple(args.scales), flip=args.flip, upsample=args.upsample)
     branch = args.branch
     if branch is None:
         branch = "ensemble" if "ensemble" in scores else (next(iter(scores)) if len(scores) == 1 else None)

@@ -163,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
     flip = cfg.eval.flip if args.flip is None else args.flip
     out = Path(args.out) if args.out else None
     results = evaluate(
-        model, loader, cfg.data.num_classes, scales=scales, flip=flip, device=device,
+        model, loader, cfg.data.num_classes, scales=scales, flip=flip, upsample=cfg.eval.upsample, device=device,
         ignore_index=cfg.loss.ignore_index, progress=info.is_main and cfg.train.progress,
         modalities=tuple(cfg.modalities), image_dir=out / "images" if out and args.images else None,
         num_images=args.images,

@@ -112,6 +112,7 @@ class EvalConfig:
     batch_size: int = 1
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+    upsample: str = "bilinear"  # logits to the mask size: bilinear | bicubic (the reference's cv2.INTER_CUBIC)
     num_images: int = 4  # prediction images saved after each evaluation
     test: bool = True  # evaluate best.pt on data.test_list at the end
 
@@ -142,6 +143,7 @@ CHOICES = {
     "loss.sparsity_mode": ("disjoint", "all", "none"),
     "loss.sparsity_solver": ("gradient", "proximal"),
     "loss.resize": ("logits", "masks"),
+    "eval.upsample": ("bilinear", "bicubic"),
 }
 
 BASE_KEY = "base"

@@ -8,11 +8,13 @@ and :func:`format_table` prints the result.
 
 Test-time augmentation: for each scale ``s`` the inputs are resized bilinearly
 to ``round(s*H) x round(s*W)``; with ``flip`` the horizontally mirrored inputs
-are run too and their outputs mirrored back. Every output is resized
-bilinearly to ``H x W`` and its **softmax probabilities** are summed over the
-scales and flips; the prediction is the arg-max of that sum. With one scale of
-1.0 and no flip this is the plain arg-max of the logits (the reference code's
-single-scale evaluation, which resizes the logits to the mask size).
+are run too and their outputs mirrored back. Every output is resized to
+``H x W`` (``upsample``: bilinear by default; ``"bicubic"`` is the reference
+code's OpenCV ``INTER_CUBIC``, the same cubic kernel, a = -0.75, on pixel
+centres) and its **softmax probabilities** are summed over the scales and
+flips; the prediction is the arg-max of that sum. With one scale of 1.0 and no
+flip this is the plain arg-max of the resized logits (the reference code's
+single-scale evaluation).
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ def model_modalities(model: nn.Module) -> tuple[str, ...] | None:
     return tuple(names) if names is not None else None
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+UPSAMPLE_MODES = ("bilinear", "bicubic")
+
+
+def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
 @torch.no_grad()
@@ -60,11 +65,13 @@ def predict_scores(
     *,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    upsample: str = "bilinear",
 ) -> dict[str, Tensor]:
     """Run ``model`` on ``inputs`` and return ``{branch: Tensor(B, K, H, W)}`` at ``size``.
 
     ``size`` defaults to the inputs' size. With a single scale of 1.0 and no
-    flip the values are the model's logits resized bilinearly; otherwise they
+    flip the values are the model's logits resized by ``upsample``
+    (``"bilinear"`` or ``"bicubic"``); otherwise they
     are the softmax probabilities summed over scales and flips. Either way the
     arg-max over dim 1 is the prediction. Outputs that are not ``(B, K, h, w)``
     tensors (e.g. a returned ``alpha``) are left out. The caller chooses the
@@ -72,6 +79,8 @@ def predict_scores(
     """
     if not inputs:
         raise ValueError("no inputs given")
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample={upsample!r} is not valid; expected one of {list(UPSAMPLE_MODES)}")
     scales = tuple(float(s) for s in scales)
     if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
@@ -97,7 +106,7 @@ def predict_scores(
                 if not isinstance(out, Tensor) or out.ndim != 4:
                     continue
                 out = out.flip(-1) if flipped else out
-                out = _resize(out.float(), size)
+                out = _resize(out.float(), size, upsample)
                 if plain:
                     total[name] = out
                 else:
@@ -124,6 +133,7 @@ def evaluate(
     *,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    upsample: str = "bilinear",
     device: str | torch.device = "cpu",
     ignore_index: int = 255,
     progress: bool = True,
@@ -142,6 +152,7 @@ def evaluate(
         loader: yields ``{modality: Tensor(B, 3, H, W), "mask": Tensor(B, H, W)}``.
         num_classes: ``K``.
         scales, flip: test-time augmentation (see the module docstring).
+        upsample: how outputs are resized to the mask, ``"bilinear"`` or ``"bicubic"``.
         device: where the model runs and the confusion matrices live.
         ignore_index: mask value that is not scored.
         progress: show a tqdm bar (on the main process only).
@@ -180,7 +191,8 @@ def evaluate(
                 raise ValueError(f"batch {i} lacks the modalities {missing}; it has {sorted(batch)}")
             inputs = {n: batch[n].to(device, non_blocking=True).float() for n in names}
             mask = batch[MASK_KEY].to(device, non_blocking=True)
-            scores = predict_scores(model, inputs, tuple(mask.shape[-2:]), scales=scales, flip=flip)
+            scores = predict_scores(model, inputs, tuple(mask.shape[-2:]), scales=scales, flip=flip,
+                                    upsample=upsample)
             for name, score in scores.items():
                 if name not in metrics:
                     metrics[name] = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)

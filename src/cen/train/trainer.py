@@ -343,7 +343,7 @@ class Trainer:
 
         results = evaluate(
             self.model, self.eval_loaders[split], self.cfg.data.num_classes, scales=tuple(scales), flip=flip,
-            device=self.device, ignore_index=self.cfg.loss.ignore_index,
+            upsample=self.cfg.eval.upsample, device=self.device, ignore_index=self.cfg.loss.ignore_index,
             progress=self.info.is_main and self.cfg.train.progress, modalities=tuple(self.cfg.modalities),
             image_dir=self.run_dir / "images" / images if images and self.cfg.eval.num_images else None,
             num_images=self.cfg.eval.num_images if images else 0,
