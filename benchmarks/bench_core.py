@@ -40,11 +40,18 @@ counted), so it is noisy between variants.
 Also reported: how many ``aten::nonzero`` ops one forward dispatches (host
 synchronisations on a GPU, graph breaks under ``torch.compile``).
 
+``--compile`` adds ``stacked+compile`` and ``plain+compile``: the same two
+models under ``torch.compile`` (default Inductor settings), compiled by one
+untimed step before the rounds (its seconds are reported as ``compile_s``);
+their peak memory and ``nonzero`` count are not measured. The list layout is
+not compiled: every mask is a graph break.
+
 Usage::
 
     python benchmarks/bench_core.py                    # CPU, 2 threads, R50 + R101
     python benchmarks/bench_core.py --repeats 11 --json bench.json
     python benchmarks/bench_core.py --device cuda --batch 8 --size 384
+    python benchmarks/bench_core.py --arch resnet50 --compile   # minutes of compiling on a CPU
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_list_resnet import ListResNet  # noqa: E402
 
 VARIANTS = ("stacked", "list", "plain")
+COMPILED = ("stacked+compile", "plain+compile")
 THETA = 2e-2
 
 
@@ -113,6 +121,8 @@ def make_inputs(batch: int, num_modalities: int, size: int, device: torch.device
 def make_step(name: str, model, stacked_x, list_x, target):
     """A closure running one training step of variant ``name`` (same loss in all variants)."""
     num = len(list_x)
+    if name.endswith("+compile"):
+        return make_step(name.removesuffix("+compile"), model, stacked_x, list_x, target)
     if name == "list":
         per_mod_target = target.view(-1, num)
 
@@ -297,8 +307,19 @@ def run(args) -> dict:
         steps = {n: make_step(n, models[n], stacked_x, list_x, target) for n in VARIANTS}
         entry = {"exchanged_fraction": exchanged_fraction(models["stacked"]), "variants": {}}
         nonzeros = {n: count_nonzero_ops(n, models[n], stacked_x, list_x) for n in VARIANTS}
+        compile_s = {}
+        if args.compile:
+            for name in COMPILED:
+                eager = models[name.removesuffix("+compile")]
+                models[name] = torch.compile(copy.deepcopy(eager))
+                steps[name] = make_step(name, models[name], stacked_x, list_x, target)
+                print(f"[{arch}] compiling {name} ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                steps[name]()
+                compile_s[name] = time.perf_counter() - t0
         print(f"[{arch}] timing {args.warmup} warmup + {args.repeats} rounds ...", file=sys.stderr, flush=True)
         times, cpu_times = time_variants(steps, args.repeats, args.warmup, device)
+        memory = {}
         if not args.no_memory and device.type == "cuda":
             memory = {n: cuda_step_peak_bytes(steps[n], device) for n in VARIANTS}
         elif not args.no_memory and args.memory == "tensors":
@@ -307,7 +328,7 @@ def run(args) -> dict:
         if not args.no_memory and device.type != "cuda" and args.memory == "rss":
             print(f"[{arch}] peak RSS, one subprocess per variant ...", file=sys.stderr, flush=True)
             memory = {n: cpu_memory(args, arch, n) for n in VARIANTS}
-        for n in VARIANTS:
+        for n in steps_names(args):
             ts = sorted(times[n])
             q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
             entry["variants"][n] = {
@@ -317,9 +338,11 @@ def run(args) -> dict:
                 "times_s": times[n],
                 "cpu_median_s": statistics.median(cpu_times[n]),
                 "cpu_times_s": cpu_times[n],
-                "nonzero_per_forward": nonzeros[n],
+                "nonzero_per_forward": nonzeros.get(n),
             }
-            if not args.no_memory:
+            if n in compile_s:
+                entry["variants"][n]["compile_s"] = compile_s[n]
+            if not args.no_memory and n in memory:
                 entry["variants"][n]["peak_bytes"] = memory[n][0]
                 entry["memory_method"] = memory[n][1]
         v = entry["variants"]
@@ -342,8 +365,16 @@ def run(args) -> dict:
         if not args.no_memory:
             entry["ratios"]["stacked_over_list_memory"] = v["stacked"]["peak_bytes"] / v["list"]["peak_bytes"]
             entry["ratios"]["stacked_over_plain_memory"] = v["stacked"]["peak_bytes"] / v["plain"]["peak_bytes"]
+        if args.compile:
+            c = v["stacked+compile"]["median_s"]
+            entry["ratios"]["compiled_stacked_over_plain_time"] = c / v["plain+compile"]["median_s"]
+            entry["ratios"]["list_over_compiled_stacked_time"] = v["list"]["median_s"] / c
         results["models"][arch] = entry
     return results
+
+
+def steps_names(args) -> tuple[str, ...]:
+    return VARIANTS + (COMPILED if args.compile else ())
 
 
 def format_table(results: dict) -> str:
@@ -363,10 +394,10 @@ def format_table(results: dict) -> str:
     for arch, entry in results["models"].items():
         for n, v in entry["variants"].items():
             mem = f"{v['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in v else "-"
+            nonzero = "-" if v["nonzero_per_forward"] is None else v["nonzero_per_forward"]
             lines.append(
                 f"| {arch} | {n} | {v['median_s']:.3f} | {v['min_s']:.3f} | "
-                f"{v['iqr_s'][0]:.3f}–{v['iqr_s'][1]:.3f} | {v['cpu_median_s']:.3f} | {mem} | "
-                f"{v['nonzero_per_forward']} |"
+                f"{v['iqr_s'][0]:.3f}–{v['iqr_s'][1]:.3f} | {v['cpu_median_s']:.3f} | {mem} | {nonzero} |"
             )
     lines += [
         "",
@@ -387,6 +418,16 @@ def format_table(results: dict) -> str:
             f"{r['stacked_over_plain_time']:.3f} | {r['list_over_plain_time']:.2f} | {r['list_over_stacked_cpu']:.2f} | "
             f"{r['stacked_over_plain_cpu']:.3f} | {mem} |"
         )
+    compiled = [(a, e) for a, e in results["models"].items() if "compiled_stacked_over_plain_time" in e["ratios"]]
+    if compiled:
+        lines += ["", "| model | compiled stacked/plain time | list (eager)/compiled stacked time | compile s (stacked, plain) |",
+                  "|---|---|---|---|"]
+        for arch, entry in compiled:
+            r, v = entry["ratios"], entry["variants"]
+            lines.append(
+                f"| {arch} | {r['compiled_stacked_over_plain_time']:.3f} | {r['list_over_compiled_stacked_time']:.2f} | "
+                f"{v['stacked+compile']['compile_s']:.0f}, {v['plain+compile']['compile_s']:.0f} |"
+            )
     if any("memory_method" in e for e in results["models"].values()):
         method = next(e["memory_method"] for e in results["models"].values() if "memory_method" in e)
         lines += ["", f"peak memory: {method}, per step"]
@@ -410,6 +451,8 @@ def parse_args(argv=None):
         help="CPU peak memory: tensor bytes from torch.profiler allocation events (default), or process "
         "peak RSS of one step in a fresh subprocess per variant (includes malloc caching; noisy)",
     )  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="also time the stacked and plain models under torch.compile (slow to compile)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--_memory-child", dest="memory_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)

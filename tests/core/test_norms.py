@@ -61,17 +61,41 @@ def _compare(cls, num, input_shape, training, threshold=0.02, **kw):
     return norm
 
 
+@pytest.fixture(params=["fused", "split"])
+def route(request, monkeypatch):
+    """Both routes of the batch norms: one batch_norm on (B, M*C, ...), and the compile route on (B, M, C, ...)."""
+    monkeypatch.setattr(cen.core.norms, "_split_route", lambda: request.param == "split")
+    return request.param
+
+
 @pytest.mark.parametrize("num", [1, 2, 3, 4])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_matches_loop_reference(num, training):
+def test_batchnorm2d_matches_loop_reference(num, training, route):
     _compare(ModalityBatchNorm2d, num, (3, 6, 5, 4), training)
 
 
 @pytest.mark.parametrize("num", [1, 2, 3, 4])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(4, 6), (3, 6, 7)])
-def test_batchnorm1d_matches_loop_reference(num, training, shape):
+def test_batchnorm1d_matches_loop_reference(num, training, shape, route):
     _compare(ModalityBatchNorm1d, num, shape, training)
+
+
+def test_split_route_keeps_channels_last_and_missing_modalities(monkeypatch):
+    norm = _make(ModalityBatchNorm2d, 6, 3, threshold=0.02).eval()
+    x = torch.randn(6, 6, 5, 4).contiguous(memory_format=torch.channels_last)
+    fused = norm(x)
+    norm.present = (0, 2)
+    fused_subset = norm(x[:4])
+    monkeypatch.setattr(cen.core.norms, "_split_route", lambda: True)
+    split_subset = norm(x[:4])
+    norm.present = None
+    split = norm(x)
+    torch.testing.assert_close(split, fused)
+    torch.testing.assert_close(split_subset, fused_subset)
+    assert split.is_contiguous(memory_format=torch.channels_last)  # no layout round trip
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        norm.train()(torch.randn(3, 6, 1, 1))
 
 
 @pytest.mark.parametrize("num", [1, 2, 3, 4])
@@ -81,7 +105,7 @@ def test_instancenorm2d_matches_loop_reference(num, training, track):
     _compare(ModalityInstanceNorm2d, num, (2, 6, 5, 4), training, track_running_stats=track)
 
 
-def test_running_stats_update_per_modality_with_momentum_none():
+def test_running_stats_update_per_modality_with_momentum_none(route):
     norm = ModalityBatchNorm2d(3, 2, momentum=None)
     x = torch.randn(8, 3, 4, 4)
     x.view(4, 2, 3, 4, 4)[:, 1] += 10.0  # modality 1 has a different mean

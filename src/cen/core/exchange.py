@@ -8,7 +8,9 @@ graph break under ``torch.compile``.
 With two modalities the "mean of the others" is the other modality itself, so
 the whole exchange is one channel gather (``index_select`` with an index built
 by ``torch.where`` from the mask); with more it is one ``torch.where`` between
-``y`` and ``(sum_m y - y) / (M - 1)``.
+``y`` and ``(sum_m y - y) / (M - 1)``. :func:`exchange_split` is the same on the
+``(B, K, C, *S)`` view, always as one ``torch.where`` (the form a compiler fuses
+with the norm before it).
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ def exchange(y: Tensor, keep: Tensor) -> Tensor:
         own = torch.arange(num * channels, device=y.device).view(num, channels)
         source = torch.where(keep, own, own.flip(0))  # the other modality's channel where not kept
         return y.index_select(1, source.reshape(-1))
-    split = y.view(y.shape[0], num, channels, *y.shape[2:])
-    others = (split.sum(dim=1, keepdim=True) - split) / (num - 1)
-    mask = keep.view(1, num, channels, *([1] * (y.dim() - 2)))
-    return torch.where(mask, split, others).view(y.shape)
+    return exchange_split(y.view(y.shape[0], num, channels, *y.shape[2:]), keep).view(y.shape)
+
+
+def exchange_split(split: Tensor, keep: Tensor) -> Tensor:
+    """Apply Eq. 6 on ``split``, ``Tensor(B, K, C, *S)`` (modality ``m`` at ``split[:, m]``); ``keep`` as :func:`exchange`."""
+    num = keep.shape[0]
+    if num == 1:
+        return split
+    others = split.flip(1) if num == 2 else (split.sum(dim=1, keepdim=True) - split) / (num - 1)
+    mask = keep.view(1, *keep.shape, *([1] * (split.dim() - 3)))
+    return torch.where(mask, split, others)

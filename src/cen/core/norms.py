@@ -10,6 +10,14 @@ current ``|gamma|`` at every call.
 
 Parameters and buffers have shape ``(M*C,)`` with index ``m*C + c``;
 :attr:`gamma` is the ``(M, C)`` view of ``weight``.
+
+Under ``torch.compile`` the batch norms take another, equivalent route: the
+statistics are reduced on the ``(B, M, C, *S)`` view in primitive ops, which
+the compiler fuses, instead of one ``batch_norm`` call on ``(B, M*C, *S)``.
+That view only splits the batch dimension, so it exists in every memory
+layout, whereas ``(B, M*C, *S)`` does not exist for a channels-last tensor:
+Inductor lays convolutions out channels-last and would otherwise copy every
+activation into and out of the norm.
 """
 
 from __future__ import annotations
@@ -23,6 +31,48 @@ from torch import Tensor, nn
 from torch.nn.modules._functions import SyncBatchNorm as _sync_batch_norm
 
 from cen.core.exchange import exchange as apply_exchange
+from cen.core.exchange import exchange_split
+
+
+def _split_route() -> bool:
+    """Whether batch norms take the per-view route (see the module docstring): while compiling."""
+    return torch.compiler.is_compiling()
+
+
+def batch_norm_split(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_batch_stats: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """:func:`torch.nn.functional.batch_norm` with statistics per ``(m, c)`` of ``x``, ``Tensor(B, M, C, *S)``.
+
+    ``weight``, ``bias`` and the running statistics have shape ``(M*C,)``; the
+    running statistics are updated in place (unbiased variance) when batch
+    statistics are used and ``momentum`` is non-zero. Returns ``Tensor(B, M, C, *S)``.
+    """
+    num, channels = x.shape[1], x.shape[2]
+    shape = (1, num, channels) + (1,) * (x.dim() - 3)
+    if use_batch_stats:
+        count = x.numel() // (num * channels)
+        if count < 2:
+            raise ValueError(f"expected more than 1 value per channel in training, got input of shape {tuple(x.shape)}")
+        var, mean = torch.var_mean(x, dim=(0, *range(3, x.dim())), correction=0, keepdim=True)
+        if running_mean is not None and momentum:
+            with torch.no_grad():
+                running_mean.lerp_(mean.reshape(-1), momentum)
+                running_var.lerp_(var.reshape(-1) * (count / (count - 1)), momentum)
+    else:
+        mean, var = running_mean.view(shape), running_var.view(shape)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.view(shape)
+    y = (x - mean) * scale
+    return y if bias is None else y + bias.view(shape)
 
 
 class _ModalityNorm(nn.Module):
@@ -132,6 +182,26 @@ class _ModalityNorm(nn.Module):
         update_stats = self.training and self.track_running_stats
         if update_stats:
             self.num_batches_tracked.add_(1)
+        keep = None
+        if self.exchange and num > 1:
+            keep = ~self.exchange_mask()
+            if idx is not None:
+                keep = keep[list(idx)]
+        if self._split_ok(x):
+            split = x.view(batch, num, self.num_features, *x.shape[2:])
+            y = batch_norm_split(
+                split,
+                self._select(self.running_mean, idx),
+                self._select(self.running_var, idx),
+                self._select(self.weight, idx),
+                self._select(self.bias, idx),
+                self.training or self.running_mean is None,
+                self._momentum() if update_stats else 0.0,
+                self.eps,
+            )
+            if keep is not None:
+                y = exchange_split(y, keep)
+            return y.view(x.shape)
         view = x.reshape(batch, num * self.num_features, *x.shape[2:])
         y = self._normalize(
             view,
@@ -141,16 +211,17 @@ class _ModalityNorm(nn.Module):
             self._select(self.running_var, idx),
             update_stats,
         )
-        if self.exchange and num > 1:
-            keep = ~self.exchange_mask()
-            if idx is not None:
-                keep = keep[list(idx)]
+        if keep is not None:
             y = apply_exchange(y, keep)
         # A plain reshape would return a view of y; the in-place ReLU or residual
         # add that usually follows a norm would then make autograd copy the whole
         # activation in backward (CopySlices). _unsafe_view is the same zero-copy
         # reshape without view semantics, as torch itself uses for fresh outputs.
         return torch.ops.aten._unsafe_view(y, x.shape)
+
+    def _split_ok(self, x: Tensor) -> bool:
+        """Whether this call takes the per-view route (batch norms, unsynchronised, while compiling)."""
+        return False
 
     def _momentum(self) -> float:
         if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
@@ -163,6 +234,9 @@ class _ModalityBatchNorm(_ModalityNorm):
     # processes in training (on accelerators, as torch.nn.SyncBatchNorm does).
     sync: bool = False
     process_group = None
+
+    def _split_ok(self, x: Tensor) -> bool:
+        return _split_route() and self._sync_world_size(x) == 1
 
     def _sync_world_size(self, x: Tensor) -> int:
         if not (self.sync and self.training and dist.is_available() and dist.is_initialized()):
