@@ -44,7 +44,10 @@ synchronisations on a GPU, graph breaks under ``torch.compile``).
 models under ``torch.compile`` (default Inductor settings), compiled by one
 untimed step before the rounds (its seconds are reported as ``compile_s``);
 their peak memory and ``nonzero`` count are not measured. The list layout is
-not compiled: every mask is a graph break.
+not compiled: every mask is a graph break. ``--compile-ablation`` also adds
+``stacked+compile-fused``: the stacked model compiled with its batch norms
+forced onto the eager route (one ``batch_norm`` on the ``(B, M*C, H, W)`` view,
+see ``docs/core.md``), which is what the compile route replaced.
 
 Usage::
 
@@ -80,6 +83,7 @@ from reference_list_resnet import ListResNet  # noqa: E402
 
 VARIANTS = ("stacked", "list", "plain")
 COMPILED = ("stacked+compile", "plain+compile")
+FUSED_ABLATION = "stacked+compile-fused"
 THETA = 2e-2
 
 
@@ -121,6 +125,20 @@ def make_inputs(batch: int, num_modalities: int, size: int, device: torch.device
 def make_step(name: str, model, stacked_x, list_x, target):
     """A closure running one training step of variant ``name`` (same loss in all variants)."""
     num = len(list_x)
+    if name == FUSED_ABLATION:
+        inner = make_step("stacked", model, stacked_x, list_x, target)
+
+        def step():
+            # The route is read while tracing; keeping it patched during every call also keeps
+            # Dynamo's guard on the patched function, so nothing recompiles on the other route.
+            saved = cen.core.norms._split_route
+            cen.core.norms._split_route = lambda: False
+            try:
+                inner()
+            finally:
+                cen.core.norms._split_route = saved
+
+        return step
     if name.endswith("+compile"):
         return make_step(name.removesuffix("+compile"), model, stacked_x, list_x, target)
     if name == "list":
@@ -309,8 +327,8 @@ def run(args) -> dict:
         nonzeros = {n: count_nonzero_ops(n, models[n], stacked_x, list_x) for n in VARIANTS}
         compile_s = {}
         if args.compile:
-            for name in COMPILED:
-                eager = models[name.removesuffix("+compile")]
+            for name in COMPILED + ((FUSED_ABLATION,) if args.compile_ablation else ()):
+                eager = models["stacked" if name == FUSED_ABLATION else name.removesuffix("+compile")]
                 models[name] = torch.compile(copy.deepcopy(eager))
                 steps[name] = make_step(name, models[name], stacked_x, list_x, target)
                 print(f"[{arch}] compiling {name} ...", file=sys.stderr, flush=True)
@@ -369,12 +387,16 @@ def run(args) -> dict:
             c = v["stacked+compile"]["median_s"]
             entry["ratios"]["compiled_stacked_over_plain_time"] = c / v["plain+compile"]["median_s"]
             entry["ratios"]["list_over_compiled_stacked_time"] = v["list"]["median_s"] / c
+        if args.compile_ablation:
+            entry["ratios"]["compiled_fused_over_plain_time"] = (
+                v[FUSED_ABLATION]["median_s"] / v["plain+compile"]["median_s"]
+            )
         results["models"][arch] = entry
     return results
 
 
 def steps_names(args) -> tuple[str, ...]:
-    return VARIANTS + (COMPILED if args.compile else ())
+    return VARIANTS + (COMPILED if args.compile else ()) + ((FUSED_ABLATION,) if args.compile_ablation else ())
 
 
 def format_table(results: dict) -> str:
@@ -428,6 +450,9 @@ def format_table(results: dict) -> str:
                 f"| {arch} | {r['compiled_stacked_over_plain_time']:.3f} | {r['list_over_compiled_stacked_time']:.2f} | "
                 f"{v['stacked+compile']['compile_s']:.0f}, {v['plain+compile']['compile_s']:.0f} |"
             )
+            if "compiled_fused_over_plain_time" in r:
+                lines.append(f"| {arch}, norms forced onto the eager route | "
+                             f"{r['compiled_fused_over_plain_time']:.3f} | - | {v[FUSED_ABLATION]['compile_s']:.0f} |")
     if any("memory_method" in e for e in results["models"].values()):
         method = next(e["memory_method"] for e in results["models"].values() if "memory_method" in e)
         lines += ["", f"peak memory: {method}, per step"]
@@ -453,10 +478,14 @@ def parse_args(argv=None):
     )  # fmt: skip
     p.add_argument("--compile", action="store_true",
                    help="also time the stacked and plain models under torch.compile (slow to compile)")
+    p.add_argument("--compile-ablation", action="store_true",
+                   help="with --compile: also the stacked model compiled with its norms on the eager route")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--_memory-child", dest="memory_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.compile_ablation and not args.compile:
+        p.error("--compile-ablation needs --compile")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
