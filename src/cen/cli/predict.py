@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cen.train.evaluate import UPSAMPLE_MODES
+
 INPUT_FLAGS = {"rgb": "--rgb", "depth": "--depth"}
 
 
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",
                    help="test-time scales; several sum the softmax probabilities (default: 1.0)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped runs (test-time augmentation)")
-    p.add_argument("--upsample", choices=("bilinear", "bicubic"), default="bilinear",
+    p.add_argument("--upsample", choices=UPSAMPLE_MODES, default="bilinear",
                    help="how the logits are resized to the image (default bilinear; bicubic as the reference)")
     p.add_argument("--depth-scale", type=float, default=None, metavar="F",
                    help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)")

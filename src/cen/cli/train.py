@@ -109,9 +109,8 @@ def _fail(command: str, err: Exception) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from cen.train import distributed
     from cen.train.config import load_config
-    from cen.train.trainer import Trainer
-
     from cen.train.interrupt import TrainingInterrupted
+    from cen.train.trainer import Trainer
 
     try:
         cfg = load_config(resolve_config_path(args.config), args.overrides)

@@ -187,30 +187,13 @@ class _ModalityNorm(nn.Module):
             keep = ~self.exchange_mask()
             if idx is not None:
                 keep = keep[list(idx)]
+        params = [self._select(t, idx) for t in (self.weight, self.bias, self.running_mean, self.running_var)]
         if self._split_ok(x):
-            split = x.view(batch, num, self.num_features, *x.shape[2:])
-            y = batch_norm_split(
-                split,
-                self._select(self.running_mean, idx),
-                self._select(self.running_var, idx),
-                self._select(self.weight, idx),
-                self._select(self.bias, idx),
-                self.training or self.running_mean is None,
-                self._momentum() if update_stats else 0.0,
-                self.eps,
-            )
+            y = self._normalize_split(x.view(batch, num, self.num_features, *x.shape[2:]), *params, update_stats)
             if keep is not None:
                 y = exchange_split(y, keep)
             return y.view(x.shape)
-        view = x.reshape(batch, num * self.num_features, *x.shape[2:])
-        y = self._normalize(
-            view,
-            self._select(self.weight, idx),
-            self._select(self.bias, idx),
-            self._select(self.running_mean, idx),
-            self._select(self.running_var, idx),
-            update_stats,
-        )
+        y = self._normalize(x.reshape(batch, num * self.num_features, *x.shape[2:]), *params, update_stats)
         if keep is not None:
             y = apply_exchange(y, keep)
         # A plain reshape would return a view of y; the in-place ReLU or residual
@@ -237,6 +220,13 @@ class _ModalityBatchNorm(_ModalityNorm):
 
     def _split_ok(self, x: Tensor) -> bool:
         return _split_route() and self._sync_world_size(x) == 1
+
+    def _normalize_split(self, x, weight, bias, running_mean, running_var, update_stats):
+        """:meth:`_normalize` on the ``(B, M, C, *S)`` view (the compile route)."""
+        return batch_norm_split(
+            x, running_mean, running_var, weight, bias,
+            self.training or running_mean is None, self._momentum() if update_stats else 0.0, self.eps,
+        )  # fmt: skip
 
     def _sync_world_size(self, x: Tensor) -> int:
         if not (self.sync and self.training and dist.is_available() and dist.is_initialized()):

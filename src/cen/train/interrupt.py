@@ -36,6 +36,7 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
+        self.requested = False
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

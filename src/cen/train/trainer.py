@@ -153,7 +153,7 @@ class Trainer:
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.best_score, self.best_epoch = None, None
         self.log = None
-        self._stop: StopRequest | None = None  # active during fit()
+        self._stop = StopRequest(self.stream)  # catches SIGINT/SIGTERM during fit()
 
     # -- checks ---------------------------------------------------------------
     def _check_modalities(self) -> None:
@@ -265,14 +265,13 @@ class Trainer:
         steps_per_epoch = sampler.batches_per_epoch()
         stopped = False
         try:
-            with StopRequest(self.stream) as self._stop:
+            with self._stop:
                 while self.epoch < self.epochs and not stopped:
                     stopped = self._train_epoch(sampler, steps_per_epoch)
                     if self._stop.agreed(self.device):  # signalled during the last step of the epoch
                         self._interrupted()
             results = self._finish()
         finally:
-            self._stop = None
             self.log.close()
         return results
 
@@ -321,7 +320,7 @@ class Trainer:
             every = cfg.train.checkpoint_every_steps
             if every and self.global_step % every == 0 and not at_end:
                 self.save("last.pt")
-            if not at_end and self._stop is not None and self._stop.agreed(self.device):
+            if not at_end and self._stop.agreed(self.device):
                 bar.close()
                 self.save("last.pt")
                 self._interrupted()
