@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cen.atomic import atomic_torch_save
 from cen.core.ensemble import Ensemble
 from cen.core.norms import _ModalityNorm
 from cen.models.backbones import BACKBONES, BASIC_BLOCK_BACKBONES
@@ -46,7 +45,7 @@ WRAPPER_KEYS = ("segmenter", "state_dict", "model")
 """Keys under which a checkpoint file may hold the state dict (the reference script uses ``"segmenter"``)."""
 
 FORMAT = "cen.models.RefineNetCEN"
-"""The ``"format"`` tag of the files written by :func:`convert_reference_checkpoint`."""
+"""The ``"format"`` tag of converted files written by earlier versions (version-1 converter); still read by :func:`cen.load_model`."""
 
 _NORM_ENTRIES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -377,54 +376,3 @@ def to_reference_state_dict(model: RefineNetCEN, *, data_parallel: bool = True) 
             value = value[entry.modality * size : (entry.modality + 1) * size]
         out[f"{prefix}{key}"] = value.clone()
     return out
-
-
-# -- files ----------------------------------------------------------------------
-
-
-def convert_reference_checkpoint(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    modalities: Sequence[str] | None = None,
-    threshold: float = 2e-2,
-    trust: bool = False,
-) -> dict:
-    """Convert the reference checkpoint file ``src`` and write ours to ``dst`` (atomically).
-
-    ``dst`` holds ``{"format": FORMAT, "config": RefineNetCEN kwargs, "state_dict": ..., "source": src}``;
-    :func:`load_converted` rebuilds the model from it. Returns the config.
-    """
-    src = os.fspath(src)
-    sd = load_reference_checkpoint(src, trust=trust)
-    model = build_model_for(sd, modalities=modalities, threshold=threshold, device="meta", source=src)
-    converted = convert_reference_state_dict(sd, model, source=src)
-    config = dict(model.config)
-    atomic_torch_save({"format": FORMAT, "config": config, "state_dict": converted, "source": src}, dst)
-    return config
-
-
-def load_converted(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> RefineNetCEN:
-    """Rebuild the :class:`RefineNetCEN` saved by :func:`convert_reference_checkpoint`."""
-    path = os.fspath(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ReferenceCheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
-    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise ReferenceCheckpointError(f"{path}: not a converted CEN RefineNet checkpoint (no format tag {FORMAT!r})")
-    config = dict(obj["config"])
-    if config.get("exchange") not in (True, False):
-        raise ReferenceCheckpointError(f"{path}: exchange={config.get('exchange')!r} cannot be rebuilt")
-    model = RefineNetCEN(
-        config["backbone"],
-        config["num_classes"],
-        config["modalities"],
-        config["threshold"],
-        exchange=config["exchange"],
-        ensemble=config["ensemble"],
-        dropout=config["dropout"],
-        decoder_widths=config["decoder_widths"],
-    )
-    model.load_state_dict(obj["state_dict"], strict=True)
-    return model
