@@ -85,11 +85,11 @@ def test_split_route_keeps_channels_last_and_missing_modalities(monkeypatch):
     norm = _make(ModalityBatchNorm2d, 6, 3, threshold=0.02).eval()
     x = torch.randn(6, 6, 5, 4).contiguous(memory_format=torch.channels_last)
     fused = norm(x)
-    norm.present = (0, 2)
-    fused_subset = norm(x[:4])
+    with cen.present_modalities((0, 2)):
+        fused_subset = norm(x[:4])
     monkeypatch.setattr(cen.core.norms, "_split_route", lambda: True)
-    split_subset = norm(x[:4])
-    norm.present = None
+    with cen.present_modalities((0, 2)):
+        split_subset = norm(x[:4])
     split = norm(x)
     torch.testing.assert_close(split, fused)
     torch.testing.assert_close(split_subset, fused_subset)
@@ -169,9 +169,9 @@ def test_parameter_layout_and_gamma_view():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(num_features=4, num_modalities=0), "num_modalities"),
-        (dict(num_features=4, num_modalities=2, threshold=-0.1), "threshold"),
-        (dict(num_features=0, num_modalities=2), "num_features"),
+        ({"num_features": 4, "num_modalities": 0}, "num_modalities"),
+        ({"num_features": 4, "num_modalities": 2, "threshold": -0.1}, "threshold"),
+        ({"num_features": 0, "num_modalities": 2}, "num_features"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -194,7 +194,7 @@ def test_wrong_channels_and_rank():
 
 
 def test_convert_sync_batchnorm_marks_modality_batch_norms_and_keeps_cpu_results():
-    model = cen.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.InstanceNorm2d(4)), 2)
+    model = cen.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.InstanceNorm2d(4)), 2, exchange=False)
     reference = ModalityBatchNorm2d(4, 2)
     reference.load_state_dict(model[1].state_dict())
     assert cen.convert_sync_batchnorm(model) is model

@@ -5,10 +5,14 @@ modalities and work unchanged on a stacked ``(B*M, ...)`` batch; only the
 norms must become private. :func:`convert` replaces every ``BatchNorm1d``,
 ``BatchNorm2d``, ``SyncBatchNorm`` and ``InstanceNorm2d`` by its modality-aware
 twin, copying the original parameters and running statistics into every
-modality's slot, and switches on exchange where the paper does or where the
-caller chooses.
+modality's slot, and makes *fusion points* (norms followed by a fusion strategy,
+:mod:`cen.core.fusions`) where the paper exchanges or where the caller chooses.
+With ``shared_convs=False`` the convolutions and linear layers become private
+too (:mod:`cen.core.unshared`).
 
-Where ``exchange="auto"`` exchanges:
+Where ``exchange="auto"`` puts fusion points: after the norm that the registry of
+exchange points (:func:`register_exchange_point`) names in each known block. The
+built-in rules:
 
 * torchvision ``Bottleneck``: after ``bn2``, the norm of the 3x3 conv, before
   its ReLU (paper, Sec. 3.3).
@@ -20,30 +24,71 @@ Where ``exchange="auto"`` exchanges:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from cen.core.defaults import THRESHOLD
+from cen.core.fusions import check_fusion_options
 from cen.core.norms import (
     ModalityBatchNorm1d,
     ModalityBatchNorm2d,
     ModalityInstanceNorm2d,
     _ModalityNorm,
 )
+from cen.core.unshared import unshare
 
 ExchangeSpec = str | bool | None | Collection[str] | Callable[[str, nn.Module], bool]
 
-_AUTO_EXCHANGE = {Bottleneck: "bn2", BasicBlock: "bn1"}
+_EXCHANGE_POINTS: dict[type[nn.Module], str] = {}
+
+
+def register_exchange_point(block_type: type[nn.Module], norm: str) -> type[nn.Module]:
+    """Declare that in every ``block_type`` module the fusion point is its child norm ``norm``.
+
+    ``exchange="auto"`` then uses it (subclasses included). Returns ``block_type``,
+    and :func:`exchange_point` is the same as a class decorator. Registering a type
+    again replaces its rule.
+    """
+    if not isinstance(block_type, type) or not issubclass(block_type, nn.Module):
+        raise TypeError(f"block_type must be an nn.Module subclass, got {block_type!r}")
+    if not isinstance(norm, str) or not norm:
+        raise TypeError(f"norm must be the attribute name of the block's norm (e.g. 'bn2'), got {norm!r}")
+    _EXCHANGE_POINTS[block_type] = norm
+    return block_type
+
+
+def exchange_point(norm: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: ``@cen.exchange_point("bn2")`` on a block is ``register_exchange_point(Block, "bn2")``."""
+    return lambda block_type: register_exchange_point(block_type, norm)
+
+
+def exchange_points() -> dict[type[nn.Module], str]:
+    """A copy of the registry: ``{block type: name of its exchanging norm}``."""
+    return dict(_EXCHANGE_POINTS)
+
+
+register_exchange_point(Bottleneck, "bn2")
+register_exchange_point(BasicBlock, "bn1")
+
+
+def _known_blocks() -> str:
+    return ", ".join(f"{t.__module__}.{t.__qualname__} -> {n}" for t, n in _EXCHANGE_POINTS.items())
 
 
 def auto_exchange_names(module: nn.Module) -> set[str]:
-    """Qualified names of the norms where the paper exchanges (see module docstring)."""
+    """Qualified names of the norms where ``exchange="auto"`` exchanges (see :func:`register_exchange_point`)."""
     names = set()
     for name, sub in module.named_modules():
-        for block_type, child in _AUTO_EXCHANGE.items():
+        for block_type, child in _EXCHANGE_POINTS.items():
             if isinstance(sub, block_type):
+                if not isinstance(getattr(sub, child, None), nn.Module):
+                    raise TypeError(
+                        f"{name or 'module'} is a {block_type.__name__}, registered to exchange after its norm "
+                        f"{child!r}, but has no child module {child!r}"
+                    )
                 names.add(f"{name}.{child}" if name else child)
     return names
 
@@ -58,25 +103,38 @@ def _twin_type(norm: nn.Module) -> type[_ModalityNorm] | None:
     return None
 
 
-def make_twin(norm: nn.Module, num_modalities: int, *, exchange: bool, threshold: float) -> _ModalityNorm:
+def make_twin(
+    norm: nn.Module,
+    num_modalities: int,
+    *,
+    exchange: bool = False,
+    threshold: float = THRESHOLD,
+    fusion: str | None = None,
+    fusion_options: Mapping[str, object] | None = None,
+) -> _ModalityNorm:
     """A modality-aware copy of ``norm`` with its parameters and statistics in every modality's slot.
 
-    A norm without affine parameters gets ``gamma = 1, beta = 0`` trainable ones
-    when it exchanges (the test reads ``|gamma|``), and stays non-affine otherwise.
+    ``fusion`` (a strategy name) makes it a fusion point; ``exchange=True`` is
+    short for ``fusion="exchange"``. A norm without affine parameters gets
+    ``gamma = 1, beta = 0`` trainable ones when it is a fusion point (the
+    strategies read ``gamma``), and stays non-affine otherwise.
     """
     twin_type = _twin_type(norm)
     if twin_type is None:
         raise TypeError(f"cannot convert {type(norm).__name__}: expected BatchNorm1d/2d, SyncBatchNorm or InstanceNorm2d")
-    affine = norm.affine or exchange
+    if fusion is None and exchange:
+        fusion = "exchange"
+    affine = norm.affine or fusion is not None
     twin = twin_type(
         norm.num_features,
         num_modalities,
-        exchange=exchange,
         threshold=threshold,
         eps=norm.eps,
         momentum=norm.momentum,
         affine=affine,
         track_running_stats=norm.track_running_stats,
+        fusion=fusion,
+        fusion_options=dict(fusion_options) if fusion is not None and fusion_options else None,
     )
     ref = next(iter(norm.parameters()), None)
     ref = ref if ref is not None else next(iter(norm.buffers()), None)
@@ -97,7 +155,9 @@ def make_twin(norm: nn.Module, num_modalities: int, *, exchange: bool, threshold
     return twin
 
 
-def _exchange_predicate(module: nn.Module, exchange: ExchangeSpec, candidates: list[str]) -> Callable[[str, nn.Module], bool]:
+def _exchange_predicate(
+    module: nn.Module, exchange: ExchangeSpec, candidates: list[str], num_modalities: int
+) -> Callable[[str, nn.Module], bool]:
     if exchange is None or exchange is False:
         return lambda name, m: False
     if exchange is True:
@@ -109,6 +169,14 @@ def _exchange_predicate(module: nn.Module, exchange: ExchangeSpec, candidates: l
                 "a collection of qualified norm names, or a predicate(name, module)"
             )
         names = auto_exchange_names(module)
+        if not names and num_modalities > 1 and candidates:
+            raise ValueError(
+                f"exchange='auto' found no known block in {type(module).__name__} (known: {_known_blocks()}); "
+                f"choose the fusion points with exchange=[norm names, e.g. {candidates[:3]}] or "
+                "exchange=predicate(name, norm) -> bool, declare your block with "
+                "cen.register_exchange_point(BlockType, 'norm_attribute'), or pass exchange=False for "
+                "private norms without fusion"
+            )
         return lambda name, m: name in names
     if callable(exchange):
         return exchange
@@ -128,20 +196,31 @@ def convert(
     module: nn.Module,
     num_modalities: int,
     *,
-    threshold: float = 2e-2,
+    fusion: str = "exchange",
+    fusion_options: Mapping[str, object] | None = None,
+    shared_convs: bool = True,
+    threshold: float = THRESHOLD,
     exchange: ExchangeSpec = "auto",
 ) -> nn.Module:
     """Make ``module`` run on ``num_modalities`` stacked modalities with private norms.
 
     Args:
         module: any ``nn.Module``; converted in place (the converted module is
-            also returned, and must be used when ``module`` itself is a norm).
+            also returned, and must be used when ``module`` itself is a norm or
+            a convolution).
         num_modalities: ``M >= 1``.
-        threshold: ``theta`` of the exchanging norms.
-        exchange: ``"auto"`` (where the paper exchanges, see the module
-            docstring), ``True`` (every converted norm), ``False``/``None``
-            (none), a collection of qualified module names, or a predicate
-            ``(name, norm) -> bool``.
+        fusion: the strategy applied at every fusion point, a name from
+            :func:`cen.core.fusions.fusion_names` (``"exchange"``: paper Eq. 6).
+        fusion_options: keyword options of that strategy (e.g. ``{"fraction": 0.3}``).
+        shared_convs: False gives every modality private copies of each
+            ``Conv2d`` and ``Linear`` (:mod:`cen.core.unshared`), initialised
+            from the original weights.
+        threshold: ``theta`` of the norms at the fusion points.
+        exchange: where the fusion points are: ``"auto"`` (the registered
+            blocks, see :func:`register_exchange_point`; an error if the
+            network has none and ``M > 1``), ``True`` (every converted norm),
+            ``False``/``None`` (none), a collection of qualified norm names, or
+            a predicate ``(name, norm) -> bool``.
 
     Returns:
         The converted module. Norms already modality-aware are left alone if
@@ -153,6 +232,11 @@ def convert(
         raise ValueError(f"num_modalities must be an int >= 1, got {num_modalities!r}")
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0 (it is compared with |gamma|), got {threshold!r}")
+    if fusion_options is not None and not isinstance(fusion_options, Mapping):
+        raise TypeError(f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}")
+    check_fusion_options(fusion, fusion_options)  # a bad name or option fails even without fusion points
+    if not isinstance(shared_convs, bool):
+        raise TypeError(f"shared_convs must be a bool, got {shared_convs!r}")
 
     candidates = []
     for name, sub in module.named_modules():
@@ -169,14 +253,21 @@ def convert(
             f"{type(module).__name__} has no BatchNorm1d/2d, SyncBatchNorm or InstanceNorm2d to convert, "
             f"so exchange={exchange!r} cannot be applied; pass exchange=False to only check, or add norms"
         )
-    should_exchange = _exchange_predicate(module, exchange, candidates)
+    should_exchange = _exchange_predicate(module, exchange, candidates, num_modalities)
 
-    if "" in candidates:  # the module is itself a norm
-        return make_twin(module, num_modalities, exchange=bool(should_exchange("", module)), threshold=threshold)
+    # Build every twin first, so that an error leaves the module untouched.
+    twins = {}
     for name in candidates:
+        norm = module.get_submodule(name) if name else module
+        point = bool(should_exchange(name, norm))
+        twins[name] = make_twin(
+            norm, num_modalities, threshold=threshold, fusion=fusion if point else None, fusion_options=fusion_options
+        )
+    if "" in twins:  # the module is itself a norm
+        return twins[""]
+    for name, twin in twins.items():
         parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        norm = getattr(parent, child)
-        twin = make_twin(norm, num_modalities, exchange=bool(should_exchange(name, norm)), threshold=threshold)
-        setattr(parent, child, twin)
+        setattr(module.get_submodule(parent_name) if parent_name else module, child, twin)
+    if not shared_convs:
+        module = unshare(module, num_modalities)
     return module

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from cen.core.context import present_modalities
+from cen.core.defaults import ENSEMBLE_KEY
 from cen.core.ensemble import Ensemble
 from cen.core.norms import _ModalityNorm
 from cen.core.stacking import check_names, stack, unstack
@@ -22,13 +24,16 @@ class MultiModal(nn.Module):
         ensemble: ``True`` to add a learned :class:`cen.Ensemble` (or pass one);
             its output is returned under ``"ensemble"``.
 
-    At inference some modalities may be missing: the norms then use only the
-    present modalities' slices, the exchange averages over the present ones
-    (none with one) and the ensemble renormalises ``alpha`` over them. In
-    training every modality must be given.
+    At inference some modalities may be missing: the call then runs inside
+    :func:`cen.core.context.present_modalities`, so the norms use only the
+    present modalities' slices, the fusions combine only the present ones
+    (the exchange averages over them, none with one) and the ensemble
+    renormalises ``alpha`` over them. In training every modality must be given.
+    No state is stored on the modules, so calls from several threads, or
+    models sharing modules, do not interfere.
     """
 
-    ENSEMBLE_KEY = "ensemble"
+    ENSEMBLE_KEY = ENSEMBLE_KEY
 
     def __init__(self, model: nn.Module, names: Sequence[str], *, ensemble: bool | Ensemble = False) -> None:
         super().__init__()
@@ -51,7 +56,6 @@ class MultiModal(nn.Module):
         elif isinstance(ensemble, Ensemble) and ensemble.names != self.names:
             raise ValueError(f"the ensemble's names {list(ensemble.names)} differ from {list(self.names)}")
         self.ensemble = ensemble or None
-        self._norms = [m for m in model.modules() if isinstance(m, _ModalityNorm)]
 
     def present_names(self, inputs: Mapping[str, Tensor]) -> tuple[str, ...]:
         """The names of ``inputs`` in model order, after checking them."""
@@ -72,17 +76,11 @@ class MultiModal(nn.Module):
         """``{name: Tensor(B, ...)}`` -> ``{name: Tensor(B, ...)}`` (plus ``"ensemble"``)."""
         present = self.present_names(inputs)
         x = stack(inputs, names=present)
-        if len(present) == len(self.names):
+        if len(present) == len(self.names):  # enters no context: ContextVar.set would break a compiled graph
             out = self.model(x)
         else:
-            idx = tuple(self.names.index(n) for n in present)
-            for norm in self._norms:
-                norm.present = idx
-            try:
+            with present_modalities(tuple(self.names.index(n) for n in present)):
                 out = self.model(x)
-            finally:
-                for norm in self._norms:
-                    norm.present = None
         if not isinstance(out, Tensor):
             raise TypeError(f"the wrapped model must return a Tensor(B*M, ...), got {type(out).__name__}")
         outputs = unstack(out, present)

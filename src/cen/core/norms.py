@@ -4,9 +4,13 @@ On a sample-major stacked batch ``(B*M, C, *S)`` the view ``(B, M*C, *S)`` is
 free, and in it channel ``m*C + c`` is modality ``m``'s channel ``c``. One
 ordinary batch (or instance) norm over ``M*C`` channels on that view therefore
 *is* ``M`` private norms: statistics, scale and shift per modality and channel,
-in one kernel. With ``exchange=True`` the norm then applies channel exchange
-(:func:`cen.core.exchange.exchange`) with a keep-mask recomputed from the
-current ``|gamma|`` at every call.
+in one kernel. A norm built with a ``fusion`` is a *fusion point*: after
+normalising it hands its output to that strategy (:mod:`cen.core.fusions`;
+``exchange=True`` is short for ``fusion="exchange"``, paper Eq. 6, with a
+keep-mask recomputed from the current ``|gamma|`` at every call).
+
+The modalities present in a batch come from :func:`cen.core.context.present_modalities`
+(all of them by default), never from state stored on the module.
 
 Parameters and buffers have shape ``(M*C,)`` with index ``m*C + c``;
 :attr:`gamma` is the ``(M, C)`` view of ``weight``.
@@ -22,7 +26,7 @@ activation into and out of the norm.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -30,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules._functions import SyncBatchNorm as _sync_batch_norm
 
-from cen.core.exchange import exchange as apply_exchange
-from cen.core.exchange import exchange_split
+from cen.core.context import current_present
+from cen.core.defaults import THRESHOLD
+from cen.core.fusions import Fusion, build_fusion
 
 
 def _split_route() -> bool:
@@ -87,11 +92,13 @@ class _ModalityNorm(nn.Module):
         num_modalities: int,
         *,
         exchange: bool = False,
-        threshold: float = 2e-2,
+        threshold: float = THRESHOLD,
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        fusion: str | Fusion | None = None,
+        fusion_options: dict | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
@@ -100,11 +107,14 @@ class _ModalityNorm(nn.Module):
             raise ValueError(f"num_modalities must be an int >= 1, got {num_modalities!r}")
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0 (it is compared with |gamma|), got {threshold!r}")
-        if exchange and not affine:
-            raise ValueError("exchange=True needs affine=True: the exchange test reads |gamma|")
+        if fusion is None and exchange:
+            fusion = "exchange"
+        if fusion is not None and not affine:
+            raise ValueError(f"a fusion point (fusion={fusion!r}) needs affine=True: the strategies read gamma")
+        if fusion_options and not isinstance(fusion, str):
+            raise ValueError("fusion_options are only meaningful with a fusion given by name")
         self.num_features = num_features
         self.num_modalities = num_modalities
-        self.exchange = bool(exchange)
         self.threshold = float(threshold)
         self.eps = eps
         self.momentum = momentum
@@ -125,9 +135,30 @@ class _ModalityNorm(nn.Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        # Indices of the modalities present in the current batch, set by
-        # cen.MultiModal for missing-modality inference; None means all of them.
-        self.present: tuple[int, ...] | None = None
+        if isinstance(fusion, str):
+            fusion = build_fusion(fusion, num_features, num_modalities, fusion_options)
+        elif fusion is not None and not isinstance(fusion, Fusion):
+            raise TypeError(f"fusion must be a strategy name or a cen.core.fusions.Fusion, got {type(fusion).__name__}")
+        self.register_module("fusion", fusion)
+
+    # -- the fusion point -------------------------------------------------
+    @property
+    def exchange(self) -> bool:
+        """Whether this norm is a fusion point (has a :attr:`fusion`).
+
+        Setting False removes the fusion; setting True on a norm without one adds
+        the ``exchange`` strategy (the meaning this flag had before strategies).
+        """
+        return self.fusion is not None
+
+    @exchange.setter
+    def exchange(self, value: bool) -> None:
+        if not value:
+            self.fusion = None
+        elif self.fusion is None:
+            if self.weight is None:
+                raise ValueError("exchange=True needs affine=True: the exchange test reads |gamma|")
+            self.fusion = build_fusion("exchange", self.num_features, self.num_modalities)
 
     # -- the parameters seen per modality ---------------------------------
     @property
@@ -138,12 +169,13 @@ class _ModalityNorm(nn.Module):
         return self.weight.view(self.num_modalities, self.num_features)
 
     def exchange_mask(self) -> Tensor:
-        """Bool ``(M, C)``: true where modality ``m`` replaces channel ``c`` now (``|gamma| < threshold``)."""
+        """Bool ``(M, C)``: where ``|gamma| < threshold`` now (the channels Eq. 6 replaces)."""
         return self.gamma.detach().abs() < self.threshold
 
     def extra_repr(self) -> str:
+        fusion = self.fusion.name if self.fusion is not None else None
         return (
-            f"{self.num_features}, num_modalities={self.num_modalities}, exchange={self.exchange}, "
+            f"{self.num_features}, num_modalities={self.num_modalities}, fusion={fusion!r}, "
             f"threshold={self.threshold}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}"
         )
@@ -156,6 +188,24 @@ class _ModalityNorm(nn.Module):
 
     def _normalize(self, x: Tensor, weight, bias, running_mean, running_var, update_stats: bool) -> Tensor:
         raise NotImplementedError
+
+    def _present(self) -> tuple[int, ...] | None:
+        """The present modalities from :func:`cen.core.context.present_modalities`, checked; None for all."""
+        idx = current_present()
+        if idx is None:
+            return None
+        if idx[-1] >= self.num_modalities:
+            raise ValueError(f"present modalities {idx} given, but this norm has only {self.num_modalities} modalities")
+        if len(idx) == self.num_modalities:
+            return None
+        if self.training:
+            raise RuntimeError("a modality may be missing only at inference; call .eval() first")
+        if self.fusion is not None and self.fusion.needs_all:
+            raise ValueError(
+                f"fusion {self.fusion.name!r} reads every modality and is not defined with modalities missing "
+                f"(present: {idx} of {self.num_modalities})"
+            )
+        return idx
 
     def _check_input(self, x: Tensor, present: int) -> None:
         if x.dim() - 2 not in self._spatial_dims:
@@ -173,29 +223,34 @@ class _ModalityNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``Tensor(B*K, C, *S)`` -> same shape, for the ``K`` present modalities."""
-        idx = self.present
+        idx = self._present()
         num = self.num_modalities if idx is None else len(idx)
         self._check_input(x, num)
-        if idx is not None and self.training:
-            raise RuntimeError("a modality may be missing only at inference; call .eval() first")
         batch = x.shape[0] // num
         update_stats = self.training and self.track_running_stats
         if update_stats:
             self.num_batches_tracked.add_(1)
-        keep = None
-        if self.exchange and num > 1:
-            keep = ~self.exchange_mask()
-            if idx is not None:
-                keep = keep[list(idx)]
-        params = [self._select(t, idx) for t in (self.weight, self.bias, self.running_mean, self.running_var)]
+        weight, bias, running_mean, running_var = (
+            self._select(t, idx) for t in (self.weight, self.bias, self.running_mean, self.running_var)
+        )
+        fusion = self.fusion
+        if fusion is not None and fusion.takes_affine:  # the strategy applies the scale and shift itself
+            norm_weight, norm_bias = None, None
+        else:
+            norm_weight, norm_bias = weight, bias
+        split_shape = (batch, num, self.num_features, *x.shape[2:])
         if self._split_ok(x):
-            y = self._normalize_split(x.view(batch, num, self.num_features, *x.shape[2:]), *params, update_stats)
-            if keep is not None:
-                y = exchange_split(y, keep)
+            y = self._normalize_split(x.view(split_shape), norm_weight, norm_bias, running_mean, running_var, update_stats)
+            if fusion is not None:
+                y = fusion(y, x.view(split_shape), weight.view(num, -1), bias.view(num, -1), self.threshold, idx)
             return y.view(x.shape)
-        y = self._normalize(x.reshape(batch, num * self.num_features, *x.shape[2:]), *params, update_stats)
-        if keep is not None:
-            y = apply_exchange(y, keep)
+        y = self._normalize(x.reshape(batch, num * self.num_features, *x.shape[2:]), norm_weight, norm_bias,
+                            running_mean, running_var, update_stats)  # fmt: skip
+        if fusion is not None:
+            y = fusion(
+                y.view(split_shape), x.view(split_shape), weight.view(num, -1), bias.view(num, -1), self.threshold, idx,
+                flat=True,
+            )  # fmt: skip
         # A plain reshape would return a view of y; the in-place ReLU or residual
         # add that usually follows a norm would then make autograd copy the whole
         # activation in backward (CopySlices). _unsafe_view is the same zero-copy
@@ -268,9 +323,12 @@ class ModalityBatchNorm2d(_ModalityBatchNorm):
     Args:
         num_features: channels ``C`` per modality.
         num_modalities: ``M``.
-        exchange: apply paper Eq. 6 after normalising.
+        exchange: short for ``fusion="exchange"`` (paper Eq. 6 after normalising).
         threshold: ``theta``; a channel of modality ``m`` is replaced where ``|gamma[m, c]| < theta``.
         eps, momentum, affine, track_running_stats: as :class:`torch.nn.BatchNorm2d`.
+        fusion: a strategy name from :mod:`cen.core.fusions` (or a built
+            :class:`~cen.core.fusions.Fusion`), applied after normalising; None for none.
+        fusion_options: keyword options of the named strategy.
     """
 
     _spatial_dims = (2,)

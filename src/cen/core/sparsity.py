@@ -1,4 +1,11 @@
-"""The sparsity penalty on the exchanging norms' scales (paper Eq. 4).
+"""The sparsity penalty on the scales of the norms at fusion points (paper Eq. 4).
+
+Penalised are the norms at fusion points whose strategy is penalised
+(:attr:`cen.core.fusions.Fusion.penalised`): every strategy except ``fixed`` and
+``random``, whose channel choice ignores ``gamma`` (the paper's "no l1" rows).
+So ``exchange`` is the method, ``discard`` uses the same ``gamma``, and ``none``
+with a non-zero lambda is "l1 alone"; for the other strategies the penalty
+applies only if the caller's lambda is non-zero.
 
 With ``mode="disjoint"`` (the method) the channels of each exchanging norm are
 split into ``M`` contiguous groups and modality ``m`` is penalised on group
@@ -15,29 +22,28 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from cen.core.groups import disjoint_groups
 from cen.core.norms import _ModalityNorm
 
 SPARSITY_MODES = ("disjoint", "all")
 
 
-def exchanging_norms(model: nn.Module) -> Iterator[tuple[str, _ModalityNorm]]:
-    """``(qualified name, norm)`` for every modality norm of ``model`` that exchanges.
-
-    A norm of a single modality has nothing to exchange with and is not listed,
-    so a unimodal network gets no sparsity penalty.
-    """
+def fusion_points(model: nn.Module) -> Iterator[tuple[str, _ModalityNorm]]:
+    """``(qualified name, norm)`` for every modality norm of ``model`` that has a fusion strategy."""
     for name, module in model.named_modules():
-        if isinstance(module, _ModalityNorm) and module.exchange and module.num_modalities > 1:
+        if isinstance(module, _ModalityNorm) and module.fusion is not None:
             yield name, module
 
 
-def disjoint_groups(num_modalities: int, num_features: int, device=None) -> Tensor:
-    """Bool ``(M, C)``: row ``m`` marks the contiguous channel group modality ``m`` is penalised on.
+def exchanging_norms(model: nn.Module) -> Iterator[tuple[str, _ModalityNorm]]:
+    """``(qualified name, norm)`` for every norm the sparsity penalty applies to (see module docstring).
 
-    Channel ``c`` belongs to group ``floor(c * M / C)``; with ``M = 2`` these are the halves.
+    A norm of a single modality has nothing to fuse with and is not listed, so a
+    unimodal network gets no sparsity penalty.
     """
-    group = torch.arange(num_features, device=device) * num_modalities // num_features
-    return group.unsqueeze(0) == torch.arange(num_modalities, device=device).unsqueeze(1)
+    for name, module in fusion_points(model):
+        if module.fusion.penalised and module.num_modalities > 1:
+            yield name, module
 
 
 def _check_mode(mode: str) -> None:
@@ -53,7 +59,7 @@ def _penalised(norm: _ModalityNorm, mode: str) -> Tensor | None:
 
 
 def sparsity_loss(model: nn.Module, mode: str = "disjoint") -> Tensor:
-    """``sum |gamma|`` over the exchanging norms of ``model`` (multiply by lambda yourself).
+    """``sum |gamma|`` over the penalised norms of ``model`` (:func:`exchanging_norms`; multiply by lambda yourself).
 
     Returns a scalar tensor (zero, on the model's device, if nothing exchanges).
     """

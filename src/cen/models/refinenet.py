@@ -46,7 +46,7 @@ happens after each BasicBlock's ``bn1`` (see :mod:`cen.core.convert`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -244,6 +244,11 @@ class RefineNetCEN(MultiModal):
             passed to :func:`cen.convert` as its ``exchange`` argument (norm names
             relative to the encoder, e.g. ``"layer4.0.bn2"``).
         ensemble: add the learned ``alpha``-ensemble (only with two or more modalities).
+        fusion: the strategy at the encoder's fusion points, a name from
+            :func:`cen.fusion_names` (default ``"exchange"``, paper Eq. 6); see :mod:`cen.core.fusions`.
+        fusion_options: keyword options of that strategy (e.g. ``{"fraction": 0.3}`` for ``"fixed"``).
+        shared_convs: False gives every modality private encoder convolutions
+            (one grouped convolution per layer, see :mod:`cen.core.unshared`).
         dropout: probability of the decoder's dropouts (0.5 as the reference).
         decoder_widths: the decoder's four stage widths, deepest first (default:
             the reference's (512, 256, 256, 256), capped by the encoder's stage
@@ -271,6 +276,9 @@ class RefineNetCEN(MultiModal):
         *,
         exchange: bool | ExchangeSpec = True,
         ensemble: bool = True,
+        fusion: str = "exchange",
+        fusion_options: Mapping[str, object] | None = None,
+        shared_convs: bool = True,
         dropout: float = 0.5,
         decoder_widths: Sequence[int] | None = None,
     ) -> None:
@@ -288,7 +296,10 @@ class RefineNetCEN(MultiModal):
             raise ValueError(f"decoder_widths must be 4 positive ints (layer4 stage first), got {decoder_widths!r}")
         encoder = build_resnet_encoder(backbone, pretrained)
         spec: ExchangeSpec = "auto" if exchange is True else exchange
-        convert(encoder, len(names), threshold=float(threshold), exchange=spec)
+        convert(
+            encoder, len(names), fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs,
+            threshold=float(threshold), exchange=spec,
+        )  # fmt: skip
         decoder = RefineNetDecoder(
             stage_channels(backbone), num_classes, widths=decoder_widths, dropout=float(dropout)
         )
@@ -303,6 +314,9 @@ class RefineNetCEN(MultiModal):
             "threshold": float(threshold),
             "exchange": exchange if isinstance(exchange, bool) else "custom",
             "ensemble": self.ensemble is not None,
+            "fusion": fusion,
+            "fusion_options": dict(fusion_options or {}),
+            "shared_convs": bool(shared_convs),
             "dropout": float(dropout),
             "decoder_widths": list(decoder.widths),
         }

@@ -1,0 +1,55 @@
+"""Which modalities a stacked batch holds, passed to the norms as an explicit context.
+
+A stacked batch normally holds every modality a network was converted for. At
+inference some may be missing; the modality norms then need the indices of the
+present ones to pick their slots. :func:`present_modalities` declares them for
+the duration of a ``with`` block, in a :class:`contextvars.ContextVar`: the value
+belongs to the calling thread (and asyncio task), not to any module, so two
+threads, or two models sharing modules, never see each other's setting.
+
+``torch.compile`` reads the variable (and guards on its value), so a compiled
+model stays one graph; entering the block inside a compiled function is a graph
+break (dynamo does not trace ``ContextVar.set``), which only the
+missing-modality path of :class:`cen.MultiModal` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from itertools import pairwise
+
+_PRESENT: ContextVar[tuple[int, ...] | None] = ContextVar("cen_present_modalities", default=None)
+
+
+@contextmanager
+def present_modalities(indices: Sequence[int] | None) -> Iterator[tuple[int, ...] | None]:
+    """Declare that stacked batches inside the block hold only modalities ``indices``.
+
+    Args:
+        indices: increasing modality indices (in the order the network was
+            converted for), e.g. ``(0, 2)`` for the first and third of three;
+            ``None`` means all of them.
+
+    The norms then read the slots of these modalities and the fusions combine
+    only them. Only valid at inference (the norms refuse it in training).
+    """
+    if indices is not None:
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise TypeError(f"present_modalities expects a sequence of modality indices, got {indices!r}")
+        indices = tuple(indices)
+        if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+            raise ValueError(f"present_modalities expects a non-empty sequence of indices >= 0, got {indices!r}")
+        if any(a >= b for a, b in pairwise(indices)):
+            raise ValueError(f"present_modalities expects strictly increasing indices (model order), got {indices!r}")
+    token = _PRESENT.set(indices)
+    try:
+        yield indices
+    finally:
+        _PRESENT.reset(token)
+
+
+def current_present() -> tuple[int, ...] | None:
+    """The indices declared by the innermost :func:`present_modalities` block, or None (all)."""
+    return _PRESENT.get()
