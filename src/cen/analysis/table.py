@@ -1,0 +1,291 @@
+"""The comparison table of a folder of runs (``cen table RUNS_PARENT``): one row per run.
+
+Each row holds the run's final test scores of one branch (the ensemble, else the branch
+``train.select`` names, else the first modality) from ``results.json``: pixel acc, mean acc
+and mIoU in % for segmentation, L1 / RMSE / FID / KID (x100) for translation, then any other
+numeric score, by key; the parameter count (the first ``info`` record of ``metrics.jsonl``:
+every network the run trains, so translation counts G + D); the train time (``sweep.json``,
+else the span of the ``metrics.jsonl`` time stamps without the pauses after an interrupt);
+and the paper's number of the recipe of the same name (:mod:`cen.analysis.paper`).
+
+Runs that have not finished are listed with their status (unfinished, interrupted, failed,
+pending) and no scores, never left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cen.analysis.paper import PaperRow, paper_row
+from cen.analysis.runs import (
+    RUN_FILES,
+    _read_config,
+    _read_results,
+    numeric_scores,
+    read_records,
+)
+from cen.analysis.sweep import SWEEP_FILE, format_seconds, read_sweep
+from cen.core.defaults import ENSEMBLE_KEY
+from cen.tasks.errors import UserError
+
+#: score key -> (column label, factor to the printed unit, higher is better); in this order.
+SCORES: dict[str, tuple[str, float, bool]] = {
+    "pixel_acc": ("pixel acc %", 100.0, True),
+    "mean_acc": ("mean acc %", 100.0, True),
+    "miou": ("mIoU %", 100.0, True),
+    "l1": ("L1", 1.0, False),
+    "rmse": ("RMSE", 1.0, False),
+    "fid": ("FID", 1.0, False),
+    "kid": ("KID x100", 1.0, False),  # results.json holds KID x100 already
+    "kid_std": ("KID std x100", 1.0, False),
+}
+#: ``--sort`` keys besides the score keys.
+SORT_KEYS = ("name", "status", "params", "time", "paper")
+
+
+class TableError(UserError, ValueError):
+    """A folder that holds no runs, or a bad ``--sort`` key."""
+
+
+@dataclass
+class Row:
+    """One run of the table. ``scores`` are as in results.json (segmentation fractions, not %)."""
+
+    name: str
+    status: str
+    task: str = "segmentation"
+    branch: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    params: int | None = None
+    seconds: float | None = None
+    paper: PaperRow | None = None
+    order: int = 0  # position in sweep.json (runs not in it follow, by name)
+
+
+def choose_branch(test: dict, config: dict) -> str:
+    """The reported branch: the ensemble, else ``train.select`` when it names one, else the first modality."""
+    if ENSEMBLE_KEY in test:
+        return ENSEMBLE_KEY
+    select = str((config.get("train") or {}).get("select", "auto"))
+    if select != "auto" and select in test:
+        return select
+    for mod in config.get("modalities") or []:
+        if str(mod) in test:
+            return str(mod)
+    return next(iter(test), "")
+
+
+def train_seconds(records: Sequence[dict]) -> float | None:
+    """Seconds between the first and last time stamps, without the gaps that follow an ``interrupted`` record."""
+    stamps = [(float(r["time"]), r.get("kind") == "info" and r.get("event") == "interrupted")
+              for r in records if isinstance(r.get("time"), (int, float))]
+    if len(stamps) < 2:
+        return None
+    total = 0.0
+    for (before, paused), (after, _) in itertools.pairwise(stamps):
+        if not paused:
+            total += max(after - before, 0.0)
+    return total
+
+
+def _status(path: Path | None, results: dict | None, records: list[dict], entry: dict) -> str:
+    recorded = str(entry.get("status", ""))
+    if results is not None:
+        return "done" if isinstance(results.get("test"), dict) else "done (no test scores)"
+    if path is None:
+        if recorded == "failed":
+            return f"failed: {entry.get('error', '')}".rstrip(": ")
+        return "pending" if recorded in ("", "pending") else f"{recorded} (no run folder)"
+    step = max((int(r.get("step", 0)) for r in records if isinstance(r.get("step"), int)), default=0)
+    at = f" (step {step})" if records else ""
+    interrupted = any(r.get("kind") == "info" and r.get("event") == "interrupted" for r in records[-1:])
+    if recorded == "failed":
+        return f"failed{at}: {entry.get('error', '')}".rstrip(": ")
+    if recorded == "interrupted" or interrupted:
+        return f"interrupted{at}"
+    if recorded == "running":
+        return f"running{at}"
+    return f"unfinished{at}"
+
+
+def read_row(name: str, path: Path | None, entry: dict | None = None) -> Row:
+    """The table row of the run folder ``path`` (None: a run only listed in sweep.json)."""
+    entry = entry or {}
+    notes: list[str] = []  # what is missing is said by the status; the report lists the details
+    config = _read_config(path, notes) if path is not None else {}
+    records = read_records(path / "metrics.jsonl", notes) if path is not None else []
+    results = _read_results(path, notes) if path is not None else None
+    task = str(config.get("task") or "segmentation")
+    row = Row(name=name, status=_status(path, results, records, entry), task=task, paper=paper_row(name, task))
+    test = (results or {}).get("test")
+    if isinstance(test, dict) and test:
+        row.branch = choose_branch(test, config)
+        row.scores = numeric_scores(test.get(row.branch) or {})
+    row.params = next((int(r["params"]) for r in records
+                       if r.get("kind") == "info" and isinstance(r.get("params"), int)), None)
+    seconds = entry.get("seconds")
+    row.seconds = float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else train_seconds(records)
+    return row
+
+
+def collect_rows(parent: str | Path) -> list[Row]:
+    """A row per run in ``parent``: each sub-folder holding a run file, and each run listed in its sweep.json.
+
+    Raises:
+        TableError: ``parent`` is not a folder, is itself a run folder, or holds no runs.
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        raise TableError(f"{parent}: no such folder (expected the parent folder of runs, e.g. cen sweep's --out)")
+    if any((parent / f).is_file() for f in RUN_FILES):
+        raise TableError(f"{parent} is a run folder itself; give the folder that holds the runs ({parent.parent})")
+    sweep = read_sweep(parent)
+    folders = {p.name: p for p in parent.iterdir() if p.is_dir() and any((p / f).exists() for f in RUN_FILES)}
+    names = list(sweep) + sorted(n for n in folders if n not in sweep)
+    if not names:
+        raise TableError(f"{parent}: no runs in this folder (expected sub-folders with {' / '.join(RUN_FILES)} "
+                         f"or a {SWEEP_FILE})")
+    rows = []
+    for i, name in enumerate(names):
+        row = read_row(name, folders.get(name), sweep.get(name))
+        row.order = i
+        rows.append(row)
+    return rows
+
+
+def score_keys(rows: Sequence[Row]) -> list[str]:
+    """The score columns: the known scores present, in :data:`SCORES` order, then the others by name."""
+    present = {k for r in rows for k in r.scores}
+    return [k for k in SCORES if k in present] + sorted(present - set(SCORES))
+
+
+def sort_rows(rows: Sequence[Row], key: str | None) -> list[Row]:
+    """``rows`` by ``key`` (best first for scores, smallest first for params / time); missing values last.
+
+    ``None`` keeps the sweep's order (then the names).
+    """
+    if key is None:
+        return sorted(rows, key=lambda r: r.order)
+    if key == "name":
+        return sorted(rows, key=lambda r: r.name)
+    if key == "status":
+        return sorted(rows, key=lambda r: (r.status, r.order))
+    known = set(SORT_KEYS) | set(SCORES) | {k for r in rows for k in r.scores}
+    if key not in known:
+        raise TableError(f"--sort {key}: not a column; expected one of {sorted(known)}")
+
+    def value(row: Row) -> float | None:
+        if key == "params":
+            return row.params
+        if key == "time":
+            return row.seconds
+        if key == "paper":
+            return -row.paper.value if row.paper and row.paper.value is not None else None
+        v = row.scores.get(key)
+        if v is None:
+            return None
+        return -v if SCORES.get(key, ("", 1.0, True))[2] else v
+
+    return sorted(rows, key=lambda r: (value(r) is None, value(r) if value(r) is not None else 0.0, r.order))
+
+
+def _score_label(key: str) -> str:
+    return SCORES[key][0] if key in SCORES else key
+
+
+def _scaled(key: str, value: float | None) -> float | None:
+    return None if value is None else value * (SCORES[key][1] if key in SCORES else 1.0)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.4f}"
+
+
+def _fmt_params(params: int | None) -> str:
+    """``118.20 M``, ``2.1 k``, ``512``."""
+    if params is None:
+        return ""
+    if params >= 1e6:
+        return f"{params / 1e6:.2f} M"
+    return f"{params / 1e3:.1f} k" if params >= 1e3 else str(params)
+
+
+def _paper_header(rows: Sequence[Row]) -> tuple[str, bool]:
+    """The paper column's header and whether each cell must name its metric (rows of several metrics)."""
+    metrics = {r.paper.metric for r in rows if r.paper and (r.paper.value is not None or r.paper.text)}
+    if len(metrics) == 1:
+        return f"paper {_score_label(metrics.pop())}", False
+    return "paper", True
+
+
+def _paper_cell(row: Row, with_metric: bool) -> str:
+    p = row.paper
+    if p is None or (p.value is None and not p.text):
+        return ""
+    cell = p.display()
+    if p.extra:
+        cell += " (" + ", ".join(f"{_score_label(k)} {v:g}" for k, v in p.extra) + ")"
+    return f"{_score_label(p.metric)} {cell}" if with_metric else cell
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """A Markdown table of ``rows`` (scores in the units of :data:`SCORES`)."""
+    keys = score_keys(rows)
+    paper_head, with_metric = _paper_header(rows)
+    head = ["run", "status", "branch", *(_score_label(k) for k in keys), "params", "train time", paper_head,
+            "paper row"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":---", ":---", ":---"] + ["---:"] * (len(keys) + 3) + [":---"]) + "|"]
+    for r in rows:
+        cells = [r.name, r.status, r.branch, *(_fmt(_scaled(k, r.scores.get(k))) for k in keys),
+                 _fmt_params(r.params), format_seconds(r.seconds), _paper_cell(r, with_metric),
+                 r.paper.description if r.paper else ""]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    sources = sorted({r.paper.source for r in rows if r.paper and (r.paper.value is not None or r.paper.text)})
+    if sources:
+        lines += ["", "Paper numbers: " + "; ".join(sources) + " (not measured on this data)."]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: Sequence[Row]) -> str:
+    """The same table as CSV, with full precision: scores in the units of :data:`SCORES`, params, seconds."""
+    keys = score_keys(rows)
+    units = {k: k + ("_pct" if SCORES.get(k, ("", 1.0))[1] == 100.0 else "") for k in keys}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run", "status", "task", "branch", *(units[k] for k in keys), "params", "train_seconds",
+                     "paper_metric", "paper_value", "paper_source", "paper_row"])
+    for r in rows:
+        p = r.paper
+        writer.writerow([
+            r.name, r.status, r.task, r.branch,
+            *("" if r.scores.get(k) is None else repr(_scaled(k, r.scores[k])) for k in keys),
+            "" if r.params is None else r.params, "" if r.seconds is None else round(r.seconds, 1),
+            p.metric if p else "", p.display() if p else "", p.source if p else "", p.description if p else "",
+        ])
+    return out.getvalue()
+
+
+def write_table(parent: str | Path, out: str | Path | None = None, *, sort: str | None = None) -> tuple[str, list[Path]]:
+    """Read the runs of ``parent`` and write ``table.md`` and ``table.csv`` into ``out`` (default ``parent``).
+
+    Returns the Markdown text and the paths written.
+    """
+    from cen.atomic import atomic_write_text
+
+    rows = sort_rows(collect_rows(parent), sort)
+    folder = Path(out) if out is not None else Path(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows)
+    paths = [folder / "table.md", folder / "table.csv"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], csv_text(rows))
+    return text, paths
