@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import cen
+from cen.core.defaults import THRESHOLD
 from cen.core.norms import ModalityBatchNorm2d
+from cen.core.unshared import ModalityConv2d
 from cen.models import RefineNetCEN, count_parameters
 from cen.models.refinenet import RefineNetDecoder, default_decoder_widths
 
@@ -155,6 +159,58 @@ def test_encoder_and_decoder_parameters_partition_the_model():
     by_rule = {id(p) for n, p in model.named_parameters() if re.match(".*conv1.*|.*bn1.*|.*layer.*", n)}
     assert by_rule - {id(p) for p in model.decoder.parameters()} == {id(p) for p in enc}
     assert model.names == ("rgb", "depth")
+
+
+# -- fusion strategies and unshared convolutions ------------------------------------
+
+
+@pytest.mark.parametrize("fusion", cen.fusion_names())
+def test_every_fusion_builds_a_working_model(fusion):
+    torch.manual_seed(0)
+    model = RefineNetCEN("resnet18", 5, ("rgb", "depth"), decoder_widths=SMALL, fusion=fusion).train()
+    points = {n: m.fusion.name for n, m in model.encoder.named_modules() if getattr(m, "fusion", None) is not None}
+    assert len(points) == 8 and set(points.values()) == {fusion}  # after bn1 of ResNet-18's 8 BasicBlocks
+    assert all(n.endswith(".bn1") for n in points)
+    assert model.config["fusion"] == fusion
+    out = model(_inputs(size=64))
+    target = torch.randint(0, 5, (2, 16, 16))
+    sum(nn.functional.cross_entropy(out[n], target) for n in ("rgb", "depth")).backward()
+    bad = [n for n, p in model.model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert bad == []
+    assert model.encoder.layer3[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_unshared_encoder_convolutions_with_a_fusion_and_the_concat_head():
+    torch.manual_seed(0)
+    model = RefineNetCEN(
+        "resnet18", 5, ("rgb", "depth", "normal"), decoder_widths=SMALL, fusion="sum", shared_convs=False, head="concat"
+    ).train()
+    assert isinstance(model.encoder.conv1, ModalityConv2d) and model.encoder.conv1.weight.shape == (3 * 64, 3, 7, 7)
+    assert type(model.decoder.clf_conv) is nn.Conv2d  # the decoder is built after the conversion: shared
+    assert model.config["shared_convs"] is False and model.concat_head.fuse.in_channels == 3 * 16
+    out = model(_inputs(size=64, names=("rgb", "depth", "normal")))
+    assert list(out) == ["rgb", "depth", "normal", "ensemble"]
+    out["ensemble"].square().mean().backward()
+    w = model.encoder.conv1.weight.grad.view(3, 64, 3, 7, 7)
+    assert all(w[m].abs().sum() > 0 for m in range(3))  # every modality's private stem feeds the fused output
+    with pytest.raises(ValueError, match=r"fusion 'fixed': fraction must be a number in \(0, 1\), got 1.5"):
+        _meta("resnet18", 5, fusion="fixed", fusion_options={"fraction": 1.5})
+
+
+def test_default_threshold_is_the_shared_constant():
+    assert inspect.signature(RefineNetCEN).parameters["threshold"].default == THRESHOLD
+    model = _meta("resnet18", 5)
+    assert model.config["threshold"] == THRESHOLD
+    assert {m.threshold for m in model.encoder.modules() if isinstance(m, ModalityBatchNorm2d)} == {THRESHOLD}
+
+
+def test_config_rebuilds_the_model():
+    model = RefineNetCEN("resnet18", 5, ("rgb", "depth"), decoder_widths=SMALL, fusion="discard", threshold=0.1)
+    cfg = model.config
+    assert (cfg["head"], cfg["fusion"], cfg["fusion_options"], cfg["shared_convs"]) == ("ensemble", "discard", {}, True)
+    again = RefineNetCEN(**cfg)
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert again.config == cfg
 
 
 # -- weights --------------------------------------------------------------------

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+import cen
 from cen.core.defaults import ENSEMBLE_KEY, TRANSLATION_THRESHOLD
 from cen.core.norms import ModalityInstanceNorm2d
+from cen.core.unshared import ModalityConv2d
 from cen.models import UNetCEN, UNetGenerator, count_parameters
 
 NAMES = ("reshading", "edge_texture")
@@ -191,5 +193,48 @@ def test_config_records_the_arguments():
         "ensemble": False,
         "dropout": 0.5,
         "exchange": True,
+        "head": "ensemble",
+        "fusion": "exchange",
+        "fusion_options": {},
+        "shared_convs": True,
     }
     assert model.ensemble is None
+    again = UNetCEN(**model.config)
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert again.config == model.config
+
+
+# -- fusion strategies ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", cen.fusion_names())
+def test_every_fusion_builds_a_working_generator(fusion):
+    torch.manual_seed(0)
+    model = UNetCEN(NAMES, ngf=8, num_downs=4, fusion=fusion).train()
+    gen = model.generator
+    points = {name: m.fusion.name for name, m in gen.named_modules() if getattr(m, "fusion", None) is not None}
+    assert points == {"down.1.norm": fusion, "down.2.norm": fusion}
+    assert model.config["fusion"] == fusion
+    out = model(_inputs(size=32))
+    assert all(v.shape == (2, 3, 32, 32) and torch.isfinite(v).all() for v in out.values())
+    sum(out[n].abs().mean() for n in NAMES).backward()
+    assert [n for n, p in gen.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()] == []
+    assert gen.down[1].conv.weight.grad.abs().sum() > 0
+
+
+def test_fusion_options_and_unshared_convolutions_reach_the_generator():
+    torch.manual_seed(0)
+    model = UNetCEN(NAMES, ngf=8, num_downs=4, fusion="fixed", fusion_options={"fraction": 0.25}, shared_convs=False)
+    gen = model.generator
+    assert cen.exchange_stats(gen) == {"down.1.norm": [0.25, 0.25], "down.2.norm": [0.25, 0.25]}
+    # Down-convolutions become one grouped convolution with a slot per input; transposed ones stay shared.
+    assert all(isinstance(b.conv, ModalityConv2d) for b in gen.down)
+    assert gen.down[1].conv.weight.shape == (2 * 16, 8, 4, 4)
+    assert all(type(b.conv) is nn.ConvTranspose2d for b in gen.up)
+    assert (model.config["fusion_options"], model.config["shared_convs"]) == ({"fraction": 0.25}, False)
+    out = model(_inputs(size=32))
+    out[NAMES[1]].abs().mean().backward()
+    w = gen.down[1].conv.weight.grad.view(2, 16, 8, 4, 4)
+    assert w[1].abs().sum() > 0 and w[0].abs().sum() > 0  # input 0's kernel reaches output 1 through the exchange
+    with pytest.raises(ValueError, match="unknown fusion 'bogus'; known: exchange"):
+        UNetCEN(NAMES, ngf=4, num_downs=3, fusion="bogus")

@@ -53,9 +53,10 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from cen.core.convert import ExchangeSpec, convert
-from cen.core.multimodal import MultiModal
+from cen.core.defaults import THRESHOLD
 from cen.core.stacking import check_names
 from cen.models.backbones import BACKBONES, build_resnet_encoder, check_backbone, stage_channels
+from cen.models.heads import ConcatFusionHead, HeadedMultiModal, check_head
 
 # Decoder width of each stage of the reference model, from the deepest (layer4)
 # to the shallowest (layer1).
@@ -186,7 +187,8 @@ class RefineNetDecoder(nn.Module):
     def _up(x: Tensor, like: Tensor) -> Tensor:
         return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
+    def features(self, features: Sequence[Tensor]) -> Tensor:
+        """``(l1, l2, l3, l4)`` -> the classifier's input ``(N, widths[3], h1, w1)`` (before the last dropout)."""
         l1, l2, l3, l4 = features
         l4 = self.dropout(l4)
         l3 = self.dropout(l3)
@@ -208,8 +210,15 @@ class RefineNetDecoder(nn.Module):
 
         y = self.adapt_stage4_b2_joint_varout_dimred(self.adapt_stage4_b(self.p_ims1d2_outl4_dimred(l1)))
         x = F.relu(y + x)
-        x = self.mflow_conv_g4_b(self.mflow_conv_g4_pool(x))
-        return self.clf_conv(self.dropout(x))
+        return self.mflow_conv_g4_b(self.mflow_conv_g4_pool(x))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Dropout and ``clf_conv``: :meth:`features`' ``(N, widths[3], h, w)`` -> logits ``(N, num_classes, h, w)``."""
+        return self.clf_conv(self.dropout(features))
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """``(l1, l2, l3, l4)`` -> logits ``(N, num_classes, h1, w1)`` at the resolution of ``l1``."""
+        return self.classify(self.features(features))
 
 
 class Segmenter(nn.Module):
@@ -220,13 +229,21 @@ class Segmenter(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """Stacked images ``(B*M, 3, H, W)`` -> the decoder's last features ``(B*M, widths[3], H/4, W/4)``."""
         if x.dim() != 4:
             raise ValueError(f"expected a stacked image batch (B*M, C, H, W), got shape {tuple(x.shape)}")
-        return self.decoder(self.encoder(x))
+        return self.decoder.features(self.encoder(x))
+
+    def predict(self, features: Tensor) -> Tensor:
+        """:meth:`features` -> per-row logits ``(B*M, K, H/4, W/4)`` (dropout and the shared classifier)."""
+        return self.decoder.classify(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predict(self.features(x))
 
 
-class RefineNetCEN(MultiModal):
+class RefineNetCEN(HeadedMultiModal):
     """CEN with a RefineNet decoder: ``{name: Tensor(B, 3, H, W)}`` -> ``{name: logits, ..., "ensemble": logits}``.
 
     Args:
@@ -234,7 +251,8 @@ class RefineNetCEN(MultiModal):
         num_classes: number of classes ``K >= 1``.
         modalities: modality names, in order (their norms' slots and ``alpha`` follow it).
             One name gives a plain unimodal RefineNet on the same code path.
-        threshold: ``theta`` of the exchange (``|gamma| < theta`` exchanges).
+        threshold: ``theta`` of the exchange (``|gamma| < theta`` exchanges),
+            default :data:`cen.core.defaults.THRESHOLD`.
         pretrained: backbone weights: ``None`` (random), ``"imagenet"`` (torchvision's
             ``IMAGENET1K_V1``, downloaded on first use), a torchvision ``WeightsEnum``
             member, or the path of a local torchvision-style ResNet state dict. They are
@@ -243,7 +261,15 @@ class RefineNetCEN(MultiModal):
             ``False`` converts with private norms and no exchange; any other value is
             passed to :func:`cen.convert` as its ``exchange`` argument (norm names
             relative to the encoder, e.g. ``"layer4.0.bn2"``).
-        ensemble: add the learned ``alpha``-ensemble (only with two or more modalities).
+        ensemble: add a fused output (only with two or more modalities), made by ``head``.
+        head: ``"ensemble"`` (the paper's learned ``alpha``-ensemble of the detached
+            branch logits) or ``"concat"`` (Table A's concat-fusion block, see
+            :mod:`cen.models.heads`): the decoder features before the last dropout,
+            ``(B*M, widths[3], H/4, W/4)``, viewed as ``(B, M*widths[3], H/4, W/4)``,
+            go through 3x3 conv ``M*widths[3] -> widths[3]`` (no bias),
+            ``BatchNorm2d(widths[3])``, ReLU, dropout and a 3x3 classifier with bias
+            (as ``clf_conv``), not detached: the fused loss also trains the decoder
+            and the encoder. Every modality must then be given, at inference too.
         fusion: the strategy at the encoder's fusion points, a name from
             :func:`cen.fusion_names` (default ``"exchange"``, paper Eq. 6); see :mod:`cen.core.fusions`.
         fusion_options: keyword options of that strategy (e.g. ``{"fraction": 0.3}`` for ``"fixed"``).
@@ -254,16 +280,25 @@ class RefineNetCEN(MultiModal):
             the reference's (512, 256, 256, 256), capped by the encoder's stage
             widths, i.e. (512, 256, 128, 64) for ResNet-18/34).
 
+    ``shared_convs=False`` unshares the encoder's convolutions only; the decoder
+    is built after the conversion and stays shared by the modalities.
+
     Output: a dict with a ``Tensor(B, K, ceil(H/4), ceil(W/4))`` per given modality
-    and, with the ensemble, ``"ensemble"``. At inference (``.eval()``) any non-empty
-    subset of the modalities may be given: the norms then use the given modalities'
-    slots, the exchange averages over them only (none with one) and the ensemble
-    renormalises ``alpha`` over them. The decoder works per sample, so it needs
-    nothing special.
+    and, with a fused output, ``"ensemble"`` (:data:`cen.core.defaults.ENSEMBLE_KEY`,
+    made by ``head``); :attr:`output_names` lists the keys. At inference (``.eval()``)
+    any non-empty subset of the modalities may be given with ``head="ensemble"``:
+    the norms then use the given modalities' slots, the fusion combines them only
+    (the exchange: none with one) and the ensemble renormalises ``alpha`` over them.
+    The decoder works per sample, so it needs nothing special. ``head="concat"``,
+    ``shared_convs=False`` and ``fusion="gated_sum"`` need every modality (one-line
+    ``ValueError`` otherwise).
 
     State dict: ``model.encoder.*`` (torchvision ResNet names, norms of ``M*C``
     channels with modality ``m``'s channel ``c`` at ``m*C + c``), ``model.decoder.*``
-    and ``ensemble.alpha``.
+    and ``ensemble.alpha`` (head ``"ensemble"``) or ``concat_head.fuse.weight``,
+    ``concat_head.norm.*``, ``concat_head.out.1.*`` (head ``"concat"``).
+    ``config`` holds the constructor arguments (``pretrained`` excepted; a custom
+    ``exchange`` spec is recorded as ``"custom"``).
     """
 
     def __init__(
@@ -271,11 +306,12 @@ class RefineNetCEN(MultiModal):
         backbone: str = "resnet101",
         num_classes: int = 40,
         modalities: Sequence[str] = ("rgb", "depth"),
-        threshold: float = 2e-2,
+        threshold: float = THRESHOLD,
         pretrained: None | str | os.PathLike | WeightsEnum = None,
         *,
         exchange: bool | ExchangeSpec = True,
         ensemble: bool = True,
+        head: str = "ensemble",
         fusion: str = "exchange",
         fusion_options: Mapping[str, object] | None = None,
         shared_convs: bool = True,
@@ -294,6 +330,8 @@ class RefineNetCEN(MultiModal):
             len(decoder_widths) != 4 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
         ):
             raise ValueError(f"decoder_widths must be 4 positive ints (layer4 stage first), got {decoder_widths!r}")
+        fused = bool(ensemble) and len(names) > 1
+        check_head(head, len(names), bool(ensemble))
         encoder = build_resnet_encoder(backbone, pretrained)
         spec: ExchangeSpec = "auto" if exchange is True else exchange
         convert(
@@ -303,7 +341,12 @@ class RefineNetCEN(MultiModal):
         decoder = RefineNetDecoder(
             stage_channels(backbone), num_classes, widths=decoder_widths, dropout=float(dropout)
         )
-        super().__init__(Segmenter(encoder, decoder), names, ensemble=bool(ensemble) and len(names) > 1)
+        concat = None
+        if head == "concat":
+            width = decoder.widths[3]
+            out = nn.Sequential(nn.Dropout(p=float(dropout)), conv3x3(width, num_classes, bias=True))
+            concat = ConcatFusionHead(len(names), width, norm=nn.BatchNorm2d(width), out=out)
+        super().__init__(Segmenter(encoder, decoder), names, concat_head=concat, ensemble=fused)
         self.backbone = backbone
         self.num_classes = num_classes
         self.threshold = float(threshold)
@@ -313,7 +356,8 @@ class RefineNetCEN(MultiModal):
             "modalities": list(names),
             "threshold": float(threshold),
             "exchange": exchange if isinstance(exchange, bool) else "custom",
-            "ensemble": self.ensemble is not None,
+            "ensemble": fused,
+            "head": head,
             "fusion": fusion,
             "fusion_options": dict(fusion_options or {}),
             "shared_convs": bool(shared_convs),
@@ -339,7 +383,7 @@ class RefineNetCEN(MultiModal):
         return self.model.encoder.parameters()
 
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
-        """Everything else: the decoder, the classifier and the ensemble's ``alpha``.
+        """Everything else: the decoder, the classifier and the ensemble's ``alpha`` (or the concat-fusion block).
 
         As in the reference training script, where ``alpha`` falls in the decoder
         group (learning rate and weight decay of the decoder).
@@ -348,7 +392,10 @@ class RefineNetCEN(MultiModal):
         return (p for p in self.parameters() if id(p) not in encoder_ids)
 
     def extra_repr(self) -> str:
-        return f"backbone={self.backbone!r}, num_classes={self.num_classes}, modalities={list(self.names)}"
+        return (
+            f"backbone={self.backbone!r}, num_classes={self.num_classes}, modalities={list(self.names)}, "
+            f"head={self.head!r}"
+        )
 
 
 def count_parameters(module: nn.Module) -> int:

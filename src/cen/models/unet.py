@@ -23,7 +23,8 @@ the norms of the down-blocks that have one (blocks 2 .. ``num_downs - 1``, i.e.
 blocks 2-7 of the reference's 8) exchange channels (paper Eq. 6). The
 up-blocks do not exchange. Each input gets its own output through the shared
 generator; a learned ``alpha`` fuses them (:class:`cen.Ensemble`, branches
-detached).
+detached), or, with ``head="concat"``, a concat-fusion block on their last
+features (:mod:`cen.models.heads`).
 
 With fewer levels (e.g. ``num_downs=6`` for 64x64 images) the same rules hold:
 exchange after the norm of every down-block but the first and the last, dropout
@@ -34,7 +35,7 @@ have sides that are multiples of ``2**num_downs``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,8 @@ from torch import Tensor, nn
 
 from cen.core.convert import convert
 from cen.core.defaults import TRANSLATION_THRESHOLD
-from cen.core.multimodal import MultiModal
 from cen.core.stacking import check_names
+from cen.models.heads import ConcatFusionHead, HeadedMultiModal, check_head
 
 #: Number of innermost up-blocks followed by dropout (the reference: deconv1-3).
 DROPOUT_BLOCKS = 3
@@ -167,21 +168,34 @@ class UNetGenerator(nn.Module):
                 f"height and width must be multiples of {self.multiple}"
             )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """Images ``(N, in, H, W)`` -> the input of the last convolution, ``(N, 2*ngf, H/2, W/2)``.
+
+        That is ``relu(cat([up-block n-1's output, down-block 1's output]))``: the
+        last up-block applies its ReLU and then only its transposed convolution
+        (no norm, no dropout), see :meth:`predict`.
+        """
         self.check_input(x)
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
         x = skips.pop()  # the bottleneck
-        for j, block in enumerate(self.up):
+        for j, block in enumerate(self.up[:-1]):
             if j > 0:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x)
-        return torch.tanh(x)
+        return F.relu(torch.cat([x, skips.pop()], dim=1))
+
+    def predict(self, features: Tensor) -> Tensor:
+        """:meth:`features` -> images ``(N, out, H, W)`` in [-1, 1]: the last transposed convolution and ``tanh``."""
+        return torch.tanh(self.up[-1].conv(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predict(self.features(x))
 
 
-class UNetCEN(MultiModal):
+class UNetCEN(HeadedMultiModal):
     """CEN image translation: ``{name: Tensor(B, in, H, W)}`` -> ``{name: Tensor(B, out, H, W), ..., "ensemble": ...}``.
 
     A :class:`UNetGenerator` converted with :func:`cen.convert` for the given
@@ -195,19 +209,41 @@ class UNetCEN(MultiModal):
         in_channels, out_channels, ngf, num_downs, dropout: as :class:`UNetGenerator`.
         threshold: ``theta`` of the exchange (``|gamma| < theta`` exchanges);
             the reference's 1e-2 by default.
-        ensemble: add the learned ``alpha``-ensemble (only with two or more inputs).
-        exchange: ``False`` keeps the private norms but never exchanges.
+        ensemble: add a fused output (only with two or more inputs), made by ``head``.
+        head: ``"ensemble"`` (the learned ``alpha``-ensemble of the detached
+            branch outputs) or ``"concat"`` (the concat-fusion block, see
+            :mod:`cen.models.heads`): the features the last up-block's transposed
+            convolution reads, ``relu(cat(...))`` of shape ``(B*M, 2*ngf, H/2, W/2)``,
+            viewed as ``(B, M*2*ngf, H/2, W/2)``, go through 3x3 conv
+            ``M*2*ngf -> 2*ngf`` (no bias), an affine ``InstanceNorm2d(2*ngf)``
+            tracking running statistics (as the generator's), ReLU, a
+            ``ConvTranspose2d(2*ngf, out, 4, stride 2, pad 1)`` and ``tanh``, like the
+            branches. Not detached: the fused loss also trains the generator.
+            Every input must then be given, at inference too.
+        exchange: ``False`` keeps the private norms but has no fusion point.
+        fusion: the strategy at the fusion points (the norms of down-blocks
+            2 .. ``num_downs - 1``), a name from :func:`cen.fusion_names`
+            (default ``"exchange"``, paper Eq. 6); see :mod:`cen.core.fusions`.
+        fusion_options: keyword options of that strategy.
+        shared_convs: False gives every input private copies of the down-blocks'
+            convolutions (one grouped convolution each, :mod:`cen.core.unshared`);
+            the up-blocks' transposed convolutions stay shared, as
+            :func:`cen.convert` unshares ``Conv2d`` and ``Linear`` only.
 
-    Output values are in [-1, 1] (``tanh``); the ensemble is
-    ``sum_m softmax(alpha)_m * out_m`` with the branches detached (the ensemble
-    loss trains ``alpha`` only). At inference (``.eval()``) any non-empty subset
-    of the inputs may be given. Note that the reference evaluates the generator
-    in train mode (instance statistics, dropout on); ``.eval()`` uses the norms'
-    running statistics.
+    Output values are in [-1, 1] (``tanh``); with ``head="ensemble"`` the fused
+    output is ``sum_m softmax(alpha)_m * out_m`` with the branches detached (the
+    ensemble loss trains ``alpha`` only). At inference (``.eval()``) any non-empty
+    subset of the inputs may be given with ``head="ensemble"``
+    (``head="concat"``, ``shared_convs=False`` and ``fusion="gated_sum"`` need every
+    input). Note that the reference evaluates the generator in train mode
+    (instance statistics, dropout on); ``.eval()`` uses the norms' running
+    statistics.
 
     State dict: ``model.down.{i}.conv.*``, ``model.down.{i}.norm.*`` (``M*C``
     channels, input ``m``'s channel ``c`` at ``m*C + c``), ``model.up.{j}.*``,
-    ``ensemble.alpha``. ``config`` holds the constructor arguments.
+    ``ensemble.alpha`` (head ``"ensemble"``) or ``concat_head.fuse.weight``,
+    ``concat_head.norm.*``, ``concat_head.out.0.*`` (head ``"concat"``).
+    ``config`` holds the constructor arguments, so ``UNetCEN(**config)`` rebuilds it.
     """
 
     def __init__(
@@ -220,16 +256,32 @@ class UNetCEN(MultiModal):
         num_downs: int = 8,
         threshold: float = TRANSLATION_THRESHOLD,
         ensemble: bool = True,
+        head: str = "ensemble",
         dropout: float = 0.5,
         exchange: bool = True,
+        fusion: str = "exchange",
+        fusion_options: Mapping[str, object] | None = None,
+        shared_convs: bool = True,
     ) -> None:
         names = check_names(modalities, "modalities")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
             raise ValueError(f"threshold must be a number >= 0 (it is compared with |gamma|), got {threshold!r}")
+        check_head(head, len(names), bool(ensemble))
+        fused = bool(ensemble) and len(names) > 1
         generator = UNetGenerator(in_channels, out_channels, ngf, num_downs, dropout=dropout)
         spec = generator.exchange_norm_names() if exchange else False
-        convert(generator, len(names), threshold=float(threshold), exchange=spec)
-        super().__init__(generator, names, ensemble=bool(ensemble) and len(names) > 1)
+        convert(
+            generator, len(names), fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs,
+            threshold=float(threshold), exchange=spec,
+        )  # fmt: skip
+        concat = None
+        if head == "concat":
+            width = 2 * ngf
+            out = nn.Sequential(
+                nn.ConvTranspose2d(width, out_channels, kernel_size=4, stride=2, padding=1), nn.Tanh()
+            )
+            concat = ConcatFusionHead(len(names), width, norm=instance_norm(width), out=out)
+        super().__init__(generator, names, concat_head=concat, ensemble=fused)
         self.threshold = float(threshold)
         self.config = {
             "modalities": list(names),
@@ -238,9 +290,13 @@ class UNetCEN(MultiModal):
             "ngf": ngf,
             "num_downs": num_downs,
             "threshold": float(threshold),
-            "ensemble": self.ensemble is not None,
+            "ensemble": fused,
+            "head": head,
             "dropout": float(dropout),
             "exchange": bool(exchange),
+            "fusion": fusion,
+            "fusion_options": dict(fusion_options or {}),
+            "shared_convs": bool(shared_convs),
         }
 
     @property
@@ -250,7 +306,10 @@ class UNetCEN(MultiModal):
 
     def extra_repr(self) -> str:
         g = self.model
-        return f"modalities={list(self.names)}, ngf={g.ngf}, num_downs={g.num_downs}, threshold={self.threshold}"
+        return (
+            f"modalities={list(self.names)}, ngf={g.ngf}, num_downs={g.num_downs}, threshold={self.threshold}, "
+            f"head={self.head!r}"
+        )
 
 
 __all__ = ["DownBlock", "UNetCEN", "UNetGenerator", "UpBlock", "down_widths"]
