@@ -286,3 +286,13 @@ def test_convert_checkpoint_command_options_and_errors(reference_model, tmp_path
     config = _read_written(dst)["config"]
     assert config["modalities"] == ["normal", "reshading"] and config["data"]["target"] == "depth_zbuffer"
     assert config["model"]["threshold"] == 0.03
+
+
+@pytest.mark.parametrize("kwargs", [{"head": "concat"}, {"fusion": "sum"}])
+def test_reference_export_refuses_what_the_format_cannot_hold(kwargs):
+    from cen.models import UNetCEN
+    from cen.models.reference_translation import to_reference_generator_state_dict
+
+    model = UNetCEN(["reshading", "edge_texture"], ngf=4, num_downs=5, **kwargs)
+    with pytest.raises(ValueError, match="reference format cannot hold"):
+        to_reference_generator_state_dict(model)

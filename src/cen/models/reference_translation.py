@@ -317,6 +317,14 @@ def to_reference_generator_state_dict(model: UNetCEN, *, unused_norms: bool = Tr
     values (weight 1, bias 0, mean 0, variance 1), so the key set is the reference's.
     A single-input model gets ``alpha = [1.]``.
     """
+    cfg = model.config
+    unlike = {k: cfg.get(k) for k, v in (("head", "ensemble"), ("fusion", "exchange"), ("shared_convs", True))
+              if cfg.get(k, v) != v}
+    if unlike:
+        raise ValueError(
+            f"the reference generator has an ensemble head, exchange fusion and shared convolutions; this model has "
+            f"{unlike}, which the reference format cannot hold"
+        )
     state = model.state_dict()
     out: dict[str, Tensor] = {}
     for key, entry in reference_generator_key_map(model).items():
