@@ -107,3 +107,44 @@ def test_bad_modality_and_class_count(nyu_root):
         NYUDv2(nyu_root, "train.txt", modalities=("rgb", "hha"))
     with pytest.raises(ValueError, match="num_classes must be in"):
         NYUDv2(nyu_root, "train.txt", num_classes=0)
+
+
+def test_taskonomy_bad_arguments_are_one_line_errors(taskonomy_root):
+    cases = [
+        ({"decode": "tf"}, r"decode='tf' unknown; expected one of \('linear', 'reference'\)"),
+        ({"inputs": ["reshading", "reshading"]}, "repeat a domain"),
+        ({"inputs": ["reshading", "rgb"]}, "target domain 'rgb' is also an input"),
+        ({"inputs": ["normal"], "target": "nromal"}, "unknown Taskonomy domain 'nromal'"),
+        ({"channels": 1, "decode": "reference"}, "decode='reference' gives 3 channels"),
+    ]
+    for kwargs, pattern in cases:
+        with pytest.raises(ValueError, match=pattern) as err:
+            Taskonomy(taskonomy_root, "train.txt", **kwargs)
+        assert "\n" not in str(err.value)
+
+
+def test_taskonomy_view_missing_a_default_domain(taskonomy_root):
+    (taskonomy_root / "edge_texture" / "point_40_view_0_domain_edge_texture.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"point_40_view_0_domain_edge_texture\.png: no such file "
+                                                r"\(edge_texture\), named by .*train\.txt:1") as err:
+        Taskonomy(taskonomy_root, "train.txt")
+    assert "\n" not in str(err.value)
+
+
+def test_taskonomy_sizes_differ_within_a_sample(taskonomy_root):
+    write_png(taskonomy_root / "reshading" / "point_41_view_1_domain_reshading.png", np.zeros((10, 16), np.uint8))
+    ds = Taskonomy(taskonomy_root, "train.txt")
+    with pytest.raises(ValueError, match="all modalities of a sample must have the same size") as err:
+        ds[1]
+    msg = str(err.value)
+    assert "point_41_view_1_domain_edge_texture.png is 12x16" in msg and "reshading.png is 10x16" in msg
+    assert "train.txt:2" in msg and "\n" not in msg
+
+
+def test_taskonomy_reference_decoding_of_other_16bit_domains(taskonomy_root):
+    write_png(taskonomy_root / "keypoints2d" / "point_40_view_0_domain_keypoints2d.png", np.ones((12, 16), np.uint16))
+    write_png(taskonomy_root / "keypoints2d" / "point_41_view_1_domain_keypoints2d.png", np.ones((12, 16), np.uint16))
+    ds = Taskonomy(taskonomy_root, "train.txt", inputs=["keypoints2d"], decode="reference")
+    with pytest.raises(ValueError, match="domain 'keypoints2d'; decode='reference' knows fixed maxima only for"):
+        ds[0]
+    assert Taskonomy(taskonomy_root, "train.txt", inputs=["keypoints2d"])[0]["keypoints2d"].shape == (3, 12, 16)

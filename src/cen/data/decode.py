@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
+from cen.data.constants import (
+    IGNORE_INDEX,
+    REFERENCE_DEPTH_SCALE,
+    TASKONOMY_REFERENCE_MAXIMA,
+)
 
 
 def _chw(arr: np.ndarray, channels: int | None, path: Path) -> torch.Tensor:
@@ -44,9 +48,10 @@ class ImageDecoder:
 
 @dataclass(frozen=True)
 class DepthDecoder:
-    """16-bit depth (e.g. millimetres) x ``scale`` -> (C, H, W) float32, one channel
-    replicated to ``channels``. Holes (0) stay 0. The reference preprocessing is
-    ``scale = 1/5000`` with 3 channels."""
+    """16-bit depth x ``scale`` -> (C, H, W) float32, one channel replicated to
+    ``channels``. Holes (0) stay 0. The reference preprocessing is ``scale = 1/5000``
+    with 3 channels: NYUDv2 as distributed with the reference stores depth in units of
+    1/5000 m, so this gives metres."""
 
     scale: float = REFERENCE_DEPTH_SCALE
     channels: int = 3
@@ -56,7 +61,7 @@ class DepthDecoder:
         if arr.dtype != np.uint16 or arr.ndim != 2:
             raise ValueError(
                 f"{path}: depth image is {arr.dtype} with shape {arr.shape}; expected a 16-bit single-channel PNG "
-                "(depth in millimetres)"
+                "(NYUDv2: depth in units of 1/5000 m, 0 = hole)"
             )
         return _chw(arr, self.channels, path) * self.scale
 
@@ -116,3 +121,53 @@ class MaskDecoder:
         if arr.max(initial=0) > 255:
             raise ValueError(f"{path}: label values above 255; expected 8-bit class ids")
         return torch.from_numpy(np.ascontiguousarray(arr).astype(np.uint8, copy=False))
+
+
+@dataclass(frozen=True)
+class TaskonomyReferenceDecoder:
+    """A Taskonomy domain decoded as the reference translation code does, (3, H, W)
+    float32 holding ``k / 255`` for 8-bit values ``k`` (so ``x * 255`` recovers them
+    exactly):
+
+    * 8-bit files as they are (grey replicated to 3 channels);
+    * 16-bit files of a domain with a fixed maximum in
+      :data:`~cen.data.constants.TASKONOMY_REFERENCE_MAXIMA`: depth domains
+      ``log(1 + raw)`` computed in uint16 (so the invalid value 65535 wraps to 0 and
+      gives ``log 0 = -inf``, which the cast to 8 bits turns into 0), then
+      ``value / maximum * 255`` truncated to uint8 (values above the maximum, absent
+      from Taskonomy, are clipped to 255), replicated to 3 channels.
+
+    Every domain is an ordinary image afterwards (``kind="image"``): the reference
+    resizes all of them bilinearly and flips normal maps like pictures.
+    """
+
+    domain: str
+    maximum: float | None = None
+    kind: str = "image"
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        if arr.dtype == np.uint16:
+            if self.maximum is None:
+                raise ValueError(
+                    f"{path}: 16-bit image of domain {self.domain!r}; decode='reference' knows fixed maxima only for "
+                    f"{', '.join(TASKONOMY_REFERENCE_MAXIMA)} (use decode='linear')"
+                )
+            arr = reference_quantise(arr, self.domain, self.maximum)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"{path}: {arr.dtype} image; expected an 8- or 16-bit PNG")
+        return _chw(arr, 3, path) / 255.0
+
+
+def reference_quantise(raw: np.ndarray, domain: str, maximum: float) -> np.ndarray:
+    """uint16 ``raw`` (H, W) of ``domain`` -> uint8 (H, W) as the reference: depth
+    domains ``log(1 + raw)`` (uint16 arithmetic: 65535 -> log 0 -> 0), edges ``raw``;
+    then ``/ maximum * 255``, truncated (not rounded) to 0..255."""
+    if domain.startswith("depth"):
+        with np.errstate(divide="ignore"):
+            value = np.log(raw + np.uint16(1))  # float32, as numpy computes it on uint16; 65535 wraps to 0 -> -inf
+    else:
+        value = raw
+    with np.errstate(invalid="ignore"):
+        scaled = value / maximum * 255
+    scaled = np.where(np.isfinite(scaled), scaled, 0)
+    return np.clip(np.floor(scaled), 0, 255).astype(np.uint8)

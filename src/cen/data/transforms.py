@@ -13,18 +13,21 @@ once per call, so every modality and the mask get the same scale, crop and flip:
 * a horizontal flip negates the x component of normal maps.
 
 Ready pipelines: :func:`segmentation_train`, :func:`segmentation_eval`,
-:func:`translation_train`, :func:`translation_eval`.
+:func:`translation_train`, :func:`translation_eval` and, for the reference Taskonomy
+decoding, :func:`translation_reference_train`, :func:`translation_reference_eval`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2._utils import query_size
 
 from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
@@ -58,7 +61,7 @@ class RandomScale(v2.Transform):
         self.shorter_side = shorter_side
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = query_size(flat_inputs)
+        h, w = v2.query_size(flat_inputs)
         s = float(torch.empty(()).uniform_(*self.scale_range))
         if self.shorter_side is not None:
             s *= self.shorter_side / min(h, w)
@@ -185,13 +188,65 @@ def translation_eval(size: int = 256) -> v2.Compose:
     return v2.Compose([v2.Resize((size, size), antialias=True), ToSignedUnit()])
 
 
+class PILBilinearResize:
+    """Resize every image of the sample to ``size`` x ``size`` with PIL's bilinear
+    filter on 8-bit values, as the reference translation code does.
+
+    Inputs are (C, H, W) floats holding 8-bit values / 255 (what
+    ``Taskonomy(decode="reference")`` gives); outputs hold the resized 8-bit values /
+    255. 3-channel images are resized as PIL RGB images, others channel by channel."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        self.size = int(size)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        plain = x.as_subclass(torch.Tensor)
+        arr = (plain * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        box = (self.size, self.size)
+        if arr.shape[2] == 3:
+            out = np.array(Image.fromarray(arr, "RGB").resize(box, Image.BILINEAR))
+        else:
+            out = np.stack([np.array(Image.fromarray(arr[..., c], "L").resize(box, Image.BILINEAR))
+                            for c in range(arr.shape[2])], axis=2)
+        y = torch.from_numpy(out).permute(2, 0, 1).float() / 255.0
+        return tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {k: v if isinstance(v, tv_tensors.Mask) or k == "mask" else self._resize(v) for k, v in sample.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+def translation_reference_train(load_size: int = 286, crop_size: int = 256, hflip_p: float = 0.5) -> v2.Compose:
+    """The reference translation training pipeline, for ``Taskonomy(decode="reference")``:
+    PIL bilinear resize of the 8-bit images to ``load_size`` square, random crop
+    ``crop_size``, horizontal flip (no special case for normal maps), values to [-1, 1]."""
+    steps: list[Any] = [PILBilinearResize(load_size), v2.RandomCrop(crop_size)]
+    if hflip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip_p))
+    steps.append(ToSignedUnit())
+    return v2.Compose(steps)
+
+
+def translation_reference_eval(size: int = 256) -> v2.Compose:
+    """The reference translation evaluation pipeline: PIL bilinear resize to ``size``
+    square, values to [-1, 1]."""
+    return v2.Compose([PILBilinearResize(size), ToSignedUnit()])
+
+
 __all__ = [
     "NormalizeModalities",
+    "PILBilinearResize",
     "RandomScale",
     "ToSignedUnit",
     "default_normalization",
     "segmentation_eval",
     "segmentation_train",
     "translation_eval",
+    "translation_reference_eval",
+    "translation_reference_train",
     "translation_train",
 ]
