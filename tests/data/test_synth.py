@@ -9,14 +9,21 @@ import pytest
 import torch
 
 from cen.data import NYUDv2, Taskonomy
-from cen.data.synth import CLASS_NAMES, NUM_CLASSES, TASKONOMY_DOMAINS, ensure_generated, generate, read_marker
+from cen.data.synth import (
+    CLASS_NAMES,
+    GENERATED_DOMAINS,
+    NUM_CLASSES,
+    ensure_generated,
+    generate,
+    read_marker,
+)
 from cen.data.synth.classes import BOX, CYLINDER, FLOOR, POSTER, RUG, SPHERE, WALL
 from cen.data.synth.layouts import sample_rng
 from cen.data.synth.render import render
 from cen.data.synth.scene import sample_scene
 from cen.data.synth.sensor import depth_sigma, sensor_depth
 
-SMALL = dict(height=24, width=32)
+SMALL = {"height": 24, "width": 32}
 
 
 def files_of(root):
@@ -48,11 +55,11 @@ def test_layouts_lists_and_metadata(tmp_path):
     s = ds[0]
     assert s["rgb"].shape == (3, 24, 32) and s["mask"].max() < NUM_CLASSES
     assert (s["depth"] == 0).any() or True  # holes are allowed, not required at this size
-    t = Taskonomy(root / "taskonomy", "train.txt", inputs=[d for d in TASKONOMY_DOMAINS if d != "rgb"], target="rgb")
+    t = Taskonomy(root / "taskonomy", "train.txt", inputs=[d for d in GENERATED_DOMAINS if d != "rgb"], target="rgb")
     st = t[3]
     assert set(st) == {"depth_zbuffer", "normal", "reshading", "edge_texture", "target"}
-    # the same scene in both layouts: identical RGB, and depth agrees (mm vs 1/512 m)
-    torch.testing.assert_close(st["target"], ds[3]["rgb"])
+    # the same scene in both layouts, under another light: depth agrees (mm vs 1/512 m)
+    assert st["target"].shape == ds[3]["rgb"].shape and not torch.equal(st["target"], ds[3]["rgb"])
     nyu_m = ds[3]["depth"][0] * 5  # x 1/5000 -> metres / 5
     tk_m = st["depth_zbuffer"][0] * 16
     valid = (nyu_m > 0) & (tk_m > 0)
@@ -79,7 +86,7 @@ def _plane_residual(depth, sel_fit, sel_test):
 
 def test_posters_and_rugs_have_the_geometry_of_their_wall_or_floor():
     checked = {POSTER: 0, RUG: 0}
-    for rng, scene, buf in scenes(40):
+    for rng, _scene, buf in scenes(40):
         label, surface, depth = buf["label"], buf["surface"], buf["depth"]
         noisy, valid = sensor_depth(depth, rng)
         for cls, host in ((POSTER, WALL), (RUG, FLOOR)):
@@ -102,7 +109,7 @@ def test_shape_only_classes_share_the_albedo_distribution():
     ratios = {BOX: [], CYLINDER: [], SPHERE: [], WALL: []}
     for _, scene, buf in scenes(150, h=24, w=32):
         base = scene.base_albedo
-        for i, solid in enumerate(scene.solids):
+        for solid in scene.solids:
             ratios[solid.kind].append(solid.albedo / base)
         ratios[WALL].extend(a / base for a in scene.surface_albedo)
         # rendered object pixels carry the plain material, never a pattern
@@ -157,7 +164,7 @@ def test_ensure_generated_only_once(tmp_path, monkeypatch):
 
 
 def test_interrupted_generation_is_never_complete(tmp_path, monkeypatch):
-    import cen.data.synth.layouts as layouts
+    from cen.data.synth import layouts
 
     root = tmp_path / "synth"
     real = layouts.write_sample
@@ -190,3 +197,61 @@ def test_bad_settings():
         generate("/nonexistent/never", 3, splits=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="num must be >= 1"):
         generate("/nonexistent/never", 0)
+
+
+def test_taskonomy_layout_inputs_each_carry_what_the_other_lacks():
+    """Taskonomy layout: rgb = albedo x reshading (+ noise), with a strong directional
+    light; reshading is blind to posters and rugs (flat on their host), edge_texture is
+    blind to shading (computed from the albedo alone)."""
+    from cen.data.synth.layouts import (
+        TASKONOMY_AMBIENT,
+        relight,
+        render_sample,
+        taskonomy_rng,
+    )
+
+    shading_spread, poster_edges = [], []
+    for i in range(30):
+        rng = sample_rng(0, i)
+        scene = sample_scene(rng, 30, 40)
+        buf = render(scene)
+        s = render_sample(0, i, 30, 40)
+        ambient = float(taskonomy_rng(0, i).uniform(*TASKONOMY_AMBIENT))
+        shading = relight(buf["shading"], scene.ambient, ambient)
+        assert TASKONOMY_AMBIENT[0] <= ambient <= TASKONOMY_AMBIENT[1]
+        assert np.abs(s["reshading"] / 255.0 - shading).max() <= 0.5 / 255 + 1e-6
+        clean = buf["albedo"] * shading[..., None]
+        assert np.abs(s["taskonomy_rgb"] / 255.0 - clean).mean() < 0.04  # sensor noise only
+        # the NYUDv2 layout keeps its own (mostly ambient) light
+        assert np.abs(s["rgb"] / 255.0 - buf["albedo"] * (buf["shading"] * scene.exposure)[..., None]).mean() < 0.04
+        shading_spread.append(np.percentile(shading, 95) - np.percentile(shading, 5))
+        # edges: the same for any light (albedo only); strong at poster and rug borders
+        flat = np.isin(buf["label"], [POSTER, RUG])
+        if flat.sum() > 20:
+            poster_edges.append(s["edge_texture"][flat].mean() / max(1.0, s["edge_texture"][~flat].mean()))
+        # reshading does not see posters or rugs: the same shading as the host surface
+        for cls, host in ((POSTER, WALL), (RUG, FLOOR)):
+            for surf in np.unique(buf["surface"][buf["label"] == cls]):
+                on, base = (buf["surface"] == surf) & (buf["label"] == cls), (buf["surface"] == surf) & (buf["label"] == host)
+                if on.sum() and base.sum():
+                    assert abs(shading[on].mean() - shading[base].mean()) < 1e-4
+    assert np.median(shading_spread) > 0.2  # shading changes RGB a lot in this layout
+    assert len(poster_edges) >= 5 and np.median(poster_edges) > 2
+
+
+def test_ensure_generated_replaces_an_older_generator_version(tmp_path):
+    from cen.data.synth.build import GENERATOR_VERSION, MARKER
+
+    root = tmp_path / "synth"
+    ensure_generated(root, 3, seed=2, **SMALL)
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({**marker, "generator_version": GENERATOR_VERSION - 1}))
+    (root / "rgb" / "000000.png").write_bytes(b"old")
+    ensure_generated(root, 3, seed=2, **SMALL)
+    assert read_marker(root)["generator_version"] == GENERATOR_VERSION
+    assert (root / "rgb" / "000000.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # no temporary or old copy left
+    # an older version with *other* settings is still refused
+    (root / MARKER).write_text(json.dumps({**marker, "generator_version": 1, "seed": 9}))
+    with pytest.raises(FileExistsError, match="other settings"):
+        ensure_generated(root, 3, seed=2, **SMALL)

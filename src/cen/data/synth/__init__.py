@@ -6,18 +6,24 @@ only when a completed one with the same settings is not already there. The class
 needed for some of them: see :mod:`cen.data.synth.classes`.
 """
 
-from cen.data.synth.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, SynthClass
 from cen.data.synth.build import DEFAULT_SPLITS, ensure_generated, generate, read_marker
-from cen.data.synth.layouts import TASKONOMY_DOMAINS, render_sample
+from cen.data.synth.classes import (
+    CLASS_NAMES,
+    CLASSES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SynthClass,
+)
+from cen.data.synth.layouts import GENERATED_DOMAINS, render_sample
 
 __all__ = [
     "CLASSES",
     "CLASS_NAMES",
     "DEFAULT_SPLITS",
+    "GENERATED_DOMAINS",
     "IGNORE_INDEX",
     "NUM_CLASSES",
     "SynthClass",
-    "TASKONOMY_DOMAINS",
     "ensure_generated",
     "generate",
     "read_marker",

@@ -15,10 +15,12 @@ from tqdm.auto import tqdm
 
 from cen.data.synth import layouts
 from cen.data.synth.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from cen.data.synth.layouts import TASKONOMY_AMBIENT
 from cen.data.synth.sensor import MAX_RANGE_M, TASKONOMY_DEPTH_UNITS_PER_M
 
-#: Bump when the renderer changes what a (seed, index) produces.
-GENERATOR_VERSION = 1
+#: Bump when the renderer changes what a (seed, index) produces. 2: the Taskonomy layout
+#: is relit (mostly directional light); the NYUDv2 layout's bytes are those of version 1.
+GENERATOR_VERSION = 2
 DEFAULT_SPLITS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: Written last by :func:`generate`: its presence means the data set is complete.
@@ -78,11 +80,13 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
         "settings": settings,
         "encodings": {
             "rgb": "8-bit RGB PNG",
-            "depth": "16-bit PNG, z-buffer depth in millimetres, 0 = hole",
+            "depth": "16-bit PNG, z-buffer depth in millimetres (not NYUDv2's 1/5000 m), 0 = hole",
             "masks": "8-bit PNG, class ids 0..num_classes-1 (labels are complete: no ignore pixels)",
             "taskonomy/depth_zbuffer": f"16-bit PNG, z-buffer depth in 1/{TASKONOMY_DEPTH_UNITS_PER_M:g} m, 65535 = invalid",
             "taskonomy/normal": "8-bit RGB PNG, (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
-            "taskonomy/reshading": "8-bit grey PNG, ambient + Lambertian shading in [0, 1]",
+            "taskonomy/rgb": "8-bit RGB PNG, the same scene relit: albedo x shading (ambient share "
+                             f"{TASKONOMY_AMBIENT[0]:g}-{TASKONOMY_AMBIENT[1]:g}, exposure 1) + noise",
+            "taskonomy/reshading": "8-bit grey PNG, the shading of taskonomy/rgb (ambient + Lambertian) in [0, 1]",
             "taskonomy/edge_texture": "16-bit grey PNG, Sobel magnitude of the albedo luminance (unit step = 65535)",
         },
         "max_depth_range_m": MAX_RANGE_M,
@@ -123,7 +127,8 @@ and rugs lie flat on a wall or the floor, so depth cannot see them.
 - NYUDv2 layout at the root: `rgb/`, `depth/`, `masks/` and `train.txt`, `val.txt`,
   `test.txt` with lines `rgb/000003.png<TAB>masks/000003.png<TAB>depth/000003.png`.
 - Taskonomy layout in `taskonomy/`: `<domain>/point_<P>_view_0_domain_<domain>.png` and
-  list files of `{{domain}}` templates.
+  list files of `{{domain}}` templates. The same scenes under a mostly directional light,
+  so that RGB depends on both shading and texture (the translation task).
 
 {enc}
 """
@@ -211,6 +216,9 @@ def ensure_generated(
     to call from several processes at once (e.g. distributed ranks): the first rename
     wins and the others discard their copy.
 
+    A completed generation with the same settings by an older generator version (see
+    :data:`GENERATOR_VERSION`) is replaced by a fresh one: it holds only generated files.
+
     Raises:
         FileExistsError: ``out_dir`` exists but holds something else (files without a
             completion marker, or a generation with other settings). Nothing is deleted.
@@ -220,13 +228,24 @@ def ensure_generated(
     """
     root = Path(out_dir)
     wanted = settings_dict(num, height, width, seed, splits)
+    stale = False
+
+    def older_version(found: dict[str, Any] | None) -> bool:
+        if found is None or found.get("generator_version", 0) >= GENERATOR_VERSION:
+            return False
+        return {k: v for k, v in found.items() if k != "generator_version"} == {
+            k: v for k, v in wanted.items() if k != "generator_version"}
 
     def check_existing() -> dict[str, Any] | None:
+        nonlocal stale
         if not root.exists():
             return None
         found = read_marker(root)
         if found == wanted:
             return {**json.loads((root / "classes.json").read_text()), "root": str(root)}
+        if older_version(found):
+            stale = True
+            return None
         if found is not None:
             raise FileExistsError(
                 f"{root} holds generated scenes with other settings {found}; expected {wanted}. "
@@ -244,10 +263,18 @@ def ensure_generated(
         return existing
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    trash = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
     try:
         generate(tmp, num, height, width, seed, splits, progress=progress, workers=workers)
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
+        if stale:
+            if read_marker(root) == wanted:  # another process replaced it meanwhile
+                return {**json.loads((root / "classes.json").read_text()), "root": str(root)}
+            try:
+                os.rename(root, trash)
+            except FileNotFoundError:
+                pass
         try:
             os.rename(tmp, root)
         except OSError:
@@ -256,8 +283,9 @@ def ensure_generated(
                 raise
             return existing
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, trash):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return {**json.loads((root / "classes.json").read_text()), "root": str(root)}
 
 

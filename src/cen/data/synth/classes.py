@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cen.data.constants import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class SynthClass:
@@ -40,6 +42,8 @@ CLASSES: tuple[SynthClass, ...] = (
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 NUM_CLASSES: int = len(CLASSES)
-IGNORE_INDEX: int = 255
 
 WALL, FLOOR, RUG, POSTER, BOX, CYLINDER, SPHERE = range(NUM_CLASSES)
+
+__all__ = ["BOX", "CLASSES", "CLASS_NAMES", "CYLINDER", "FLOOR", "IGNORE_INDEX", "NUM_CLASSES", "POSTER", "RUG", "SPHERE",
+           "WALL", "SynthClass"]

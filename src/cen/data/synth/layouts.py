@@ -11,6 +11,14 @@ Taskonomy layout (under ``taskonomy/``)::
 
     <domain>/point_7_view_0_domain_<domain>.png
     train.txt           lines "{domain}/point_7_view_0_domain_{domain}.png"
+
+The Taskonomy layout shows the same scenes (geometry, materials, labels) under another
+light: mostly directional (ambient share :data:`TASKONOMY_AMBIENT`) at a fixed exposure,
+where the NYUDv2 layout's light is mostly ambient. Its ``rgb`` is albedo x that shading,
+``reshading`` that shading (geometry and light, no albedo) and ``edge_texture`` the
+albedo's luminance edges (materials, posters and rugs, no shading): each input carries
+what the other lacks. Under the NYUDv2 layout's faint shading RGB hardly depends on
+shading, so shading + texture edges -> RGB could not show fusion (see docs/data.md).
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ from cen.data.synth.scene import sample_scene
 
 NYUDV2_DIRS: tuple[str, ...] = ("rgb", "depth", "masks")
 TASKONOMY_DIR = "taskonomy"
-TASKONOMY_DOMAINS: tuple[str, ...] = ("rgb", "depth_zbuffer", "normal", "reshading", "edge_texture")
+#: The Taskonomy domains the generator writes (a subset of :data:`cen.data.TASKONOMY_DOMAINS`).
+GENERATED_DOMAINS: tuple[str, ...] = ("rgb", "depth_zbuffer", "normal", "reshading", "edge_texture")
+#: Range of the ambient share of the Taskonomy layout's light (NYUDv2 layout: 0.7-0.85).
+TASKONOMY_AMBIENT: tuple[float, float] = (0.2, 0.4)
 PNG_COMPRESS_LEVEL = 1
 #: zlib run-length strategy: faster than the default and smaller on noisy sensor images.
 PNG_COMPRESS_TYPE = zlib.Z_RLE
@@ -40,23 +51,40 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
+def taskonomy_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of the Taskonomy layout's light and noise of sample ``index``,
+    separate from :func:`sample_rng` so that the NYUDv2 layout does not depend on it."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
+
+
+def relight(shading: np.ndarray, ambient: float, new_ambient: float) -> np.ndarray:
+    """Shading ``ambient + (1 - ambient) * lambert`` (H, W) recomputed with another
+    ambient share: ``new_ambient + (1 - new_ambient) * lambert``."""
+    lambert = (shading - ambient) / (1.0 - ambient)
+    return (new_ambient + (1.0 - new_ambient) * np.clip(lambert, 0.0, 1.0)).astype(shading.dtype)
+
+
 def render_sample(seed: int, index: int, height: int, width: int) -> dict[str, np.ndarray]:
     """Render sample ``index`` and encode every modality as written to disk.
 
-    Returns uint8 ``rgb`` (H, W, 3), ``mask`` (H, W), ``normal`` (H, W, 3),
-    ``reshading`` (H, W); uint16 ``depth_mm`` (H, W), ``depth_zbuffer`` (H, W, 1/512 m,
-    65535 invalid), ``edge_texture`` (H, W)."""
+    Returns uint8 ``rgb`` (H, W, 3, NYUDv2 layout), ``mask`` (H, W), ``taskonomy_rgb``
+    (H, W, 3), ``normal`` (H, W, 3), ``reshading`` (H, W); uint16 ``depth_mm`` (H, W),
+    ``depth_zbuffer`` (H, W, 1/512 m, 65535 invalid), ``edge_texture`` (H, W)."""
     rng = sample_rng(seed, index)
     scene = sample_scene(rng, height, width)
     buf = render(scene)
     noisy, valid = sensor.sensor_depth(buf["depth"], rng)
+    rgb = sensor.sensor_rgb(buf["albedo"], buf["shading"], scene.exposure, rng)
+    t_rng = taskonomy_rng(seed, index)
+    t_shading = relight(buf["shading"], scene.ambient, float(t_rng.uniform(*TASKONOMY_AMBIENT)))
     return {
-        "rgb": sensor.sensor_rgb(buf["albedo"], buf["shading"], scene.exposure, rng),
+        "rgb": rgb,
         "mask": buf["label"],
         "depth_mm": sensor.encode_depth_mm(noisy, valid),
+        "taskonomy_rgb": sensor.sensor_rgb(buf["albedo"], t_shading, 1.0, t_rng),
         "depth_zbuffer": sensor.encode_depth_taskonomy(noisy, valid),
         "normal": sensor.encode_normal(buf["normal"]),
-        "reshading": sensor.encode_unit(buf["shading"]),
+        "reshading": sensor.encode_unit(t_shading),
         "edge_texture": sensor.texture_edges(buf["albedo"]),
     }
 
@@ -87,7 +115,7 @@ def make_dirs(root: Path) -> None:
     """Create the directories of both layouts under ``root``."""
     for d in NYUDV2_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
-    for d in TASKONOMY_DOMAINS:
+    for d in GENERATED_DOMAINS:
         (root / TASKONOMY_DIR / d).mkdir(parents=True, exist_ok=True)
 
 
@@ -99,8 +127,8 @@ def write_sample(root: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     (root / "depth" / name).write_bytes(_png_bytes(arrays["depth_mm"]))
     (root / "masks" / name).write_bytes(_png_bytes(arrays["mask"]))
     tdir = root / TASKONOMY_DIR
-    for domain in TASKONOMY_DOMAINS:
-        data = rgb if domain == "rgb" else _png_bytes(arrays[domain])
+    for domain in GENERATED_DOMAINS:
+        data = _png_bytes(arrays["taskonomy_rgb" if domain == "rgb" else domain])
         path = tdir / taskonomy_template(index).format(domain=domain)
         path.write_bytes(data)
 

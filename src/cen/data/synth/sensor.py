@@ -50,7 +50,9 @@ def sensor_depth(depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 def encode_depth_mm(noisy: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """NYUDv2 encoding: uint16 millimetres, 0 = hole."""
+    """The generated NYUDv2 layout's encoding: uint16 millimetres, 0 = hole (NYUDv2 as
+    distributed with the reference uses units of 1/5000 m; see docs/data.md for why the
+    scenes keep millimetres)."""
     mm = np.clip(np.rint(noisy * 1000.0), 1, 65535).astype(np.uint16)
     return np.where(valid, mm, 0).astype(np.uint16)
 
