@@ -67,3 +67,10 @@ def test_check_missing_root_and_lists(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["data", "check", str(tmp_path / "empty"), "--layout", "nyudv2", "--quiet"]) == 1
     assert "no list file found" in capsys.readouterr().out
+
+
+def test_check_8bit_depth_is_a_problem_that_states_the_unit(nyu_root, capsys):
+    write_png(nyu_root / "depth" / "000002.png", np.ones((12, 16), np.uint8))
+    assert main(["data", "check", str(nyu_root), "--layout", "nyudv2", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "depth/000002.png: 8-bit image; expected 16-bit for depth" in out and "1/5000 m" in out

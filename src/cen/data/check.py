@@ -1,14 +1,19 @@
 """Validating a data set on disk: every problem, one line each, naming the file.
 
-Used by ``cen data check``; the loaders raise on the first problem instead.
+Used by ``cen data check``; the loaders raise on the first problem instead. A file
+whose bit depth differs from its modality's documented one is a problem (exit status
+1), not a warning: the decoded values depend on the bit depth (an 8-bit file among
+16-bit ones of the same domain is read on another scale, and the reference Taskonomy
+decoding's fixed maxima assume the 16-bit values), so such a data set trains on
+inconsistent inputs even where the loader accepts each file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,6 +27,10 @@ from cen.data.taskonomy import TASKONOMY_DOMAINS, check_domain, domain_decoder
 
 LAYOUTS: tuple[str, ...] = ("nyudv2", "taskonomy", "folder")
 DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
+
+
+#: What the bit depth of a role means, added to bit-depth problems.
+BIT_HINTS: dict[str, str] = {"depth": "16-bit depth; NYUDv2 as distributed with the reference: units of 1/5000 m, 0 = hole"}
 
 
 def check_entry(entry: Entry, decoders: Mapping[str, Callable],
@@ -42,7 +51,8 @@ def check_entry(entry: Entry, decoders: Mapping[str, Callable],
         want = (bits or {}).get(role)
         got = 16 if arr.dtype == np.uint16 else 8
         if want is not None and got != want:
-            problems.append(f"{path}: {got}-bit image; expected {want}-bit for {role} [{entry.where()}]")
+            hint = f" ({BIT_HINTS[role]})" if role in BIT_HINTS else ""
+            problems.append(f"{path}: {got}-bit image; expected {want}-bit for {role}{hint} [{entry.where()}]")
             continue
         try:
             decoder(arr, path)
@@ -128,7 +138,7 @@ def check_dataset(
         k = _num_classes(root, num_classes, NYUDV2_NUM_CLASSES)
         decoders = {"rgb": ImageDecoder(), "depth": DepthDecoder(), "mask": MaskDecoder(k, IGNORE_INDEX)}
         bits = {"rgb": 8, "depth": 16, "mask": 8}
-        parse = lambda lf: nyudv2_entries(root, lf)  # noqa: E731
+        parse = lambda lf: nyudv2_entries(root, lf)
     elif layout == "taskonomy":
         if domains:
             try:
@@ -143,7 +153,7 @@ def check_dataset(
                 return [f"{root}: no Taskonomy domain folder found; known domains: {', '.join(TASKONOMY_DOMAINS)}"]
         decoders = {d: domain_decoder(d) for d in names}
         bits = {d: TASKONOMY_DOMAINS[d].bits for d in names}
-        parse = lambda lf: taskonomy_entries(root, lf, names)  # noqa: E731
+        parse = lambda lf: taskonomy_entries(root, lf, names)
     else:
         if mask is not None and not (root / mask).is_dir():
             mask = None
@@ -158,7 +168,7 @@ def check_dataset(
             k = _num_classes(root, num_classes, 256)
             decoders["mask"] = MaskDecoder(k, IGNORE_INDEX)
         bits = {m: 16 for m in mods if infer_kind(m) == "depth"}
-        parse = lambda lf: folder_entries(root, lf, mods, mask=mask)  # noqa: E731
+        parse = lambda lf: folder_entries(root, lf, mods, mask=mask)
 
     for lf in lists:
         try:

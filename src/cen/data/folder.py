@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from cen.data.base import MultiModalDataset, Transform
 from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
@@ -37,7 +37,8 @@ class FolderDataset(MultiModalDataset):
         ext: file extension, one for all folders or a mapping folder -> extension.
         kinds: optional mapping modality -> ``"image" | "depth" | "normal"``; by default
             inferred from the name (:func:`infer_kind`).
-        depth_scale: multiplies 16-bit depth (reference 1/5000 for millimetres).
+        depth_scale: multiplies 16-bit depth (reference 1/5000: metres from NYUDv2's units of 1/5000 m;
+            use 1e-3 for millimetres).
         channels: grey images and depth are replicated to this many channels.
         ignore_index: ignored label value.
     """

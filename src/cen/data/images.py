@@ -32,9 +32,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             mode = img.mode
             if mode in ("RGBA", "CMYK", "YCbCr"):
                 img = img.convert("RGB")
-            elif mode == "LA":
-                img = img.convert("L")
-            elif mode == "1":
+            elif mode == "LA" or mode == "1":
                 img = img.convert("L")
             arr = np.array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

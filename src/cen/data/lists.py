@@ -7,9 +7,9 @@ An :class:`Entry` is one sample: the files of each role (a modality name or
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True)

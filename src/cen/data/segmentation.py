@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from cen.data.base import MultiModalDataset, Transform
-from cen.data.constants import IGNORE_INDEX, NYUDV2_NUM_CLASSES, REFERENCE_DEPTH_SCALE, SUNRGBD_NUM_CLASSES
+from cen.data.constants import (
+    IGNORE_INDEX,
+    NYUDV2_NUM_CLASSES,
+    REFERENCE_DEPTH_SCALE,
+    SUNRGBD_NUM_CLASSES,
+)
 from cen.data.decode import DepthDecoder, ImageDecoder, MaskDecoder
 from cen.data.lists import nyudv2_entries, raise_if_missing
 
@@ -16,7 +21,8 @@ SEGMENTATION_MODALITIES: tuple[str, ...] = ("rgb", "depth")
 class NYUDv2(MultiModalDataset):
     """NYUDv2 as distributed with the reference code (and the generated scenes).
 
-    Layout: ``root/rgb/*.png`` (8-bit RGB), ``root/depth/*.png`` (16-bit, millimetres,
+    Layout: ``root/rgb/*.png`` (8-bit RGB), ``root/depth/*.png`` (16-bit, units of
+    1/5000 m as distributed with the reference, millimetres in the generated scenes,
     0 = hole), ``root/masks/*.png`` (8-bit class ids, 255 = ignore) and list files with
     lines ``rgb/000003.png<TAB>masks/000003.png<TAB>depth/000003.png``.
 
@@ -27,7 +33,8 @@ class NYUDv2(MultiModalDataset):
         transform: joint transform of the sample dict (see :mod:`cen.data.transforms`).
         num_classes: label values must be < this or ``ignore_index`` (40 for NYUDv2;
             pass the generated scenes' ``NUM_CLASSES`` for them).
-        depth_scale: multiplies the raw 16-bit depth; the reference 1/5000 maps 5 m to 1.
+        depth_scale: multiplies the raw 16-bit depth; the reference 1/5000 gives metres for NYUDv2 (raw
+            25000 = 5 m) and metres / 5 for the generated scenes (millimetres).
         depth_channels: depth is replicated to this many channels (3, as the reference).
         ignore_index: label value that is ignored.
 

@@ -11,7 +11,8 @@ other images are plain ``tv_tensors.Image``; labels are ``tv_tensors.Mask``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
