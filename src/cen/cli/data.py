@@ -7,17 +7,26 @@ import json
 import os
 import sys
 
+from cen.tasks.errors import UserError
+
+
+class DataArgumentError(UserError, ValueError):
+    """An argument of ``cen data`` that cannot be used."""
+
 
 def _synth(args: argparse.Namespace) -> int:
     from cen.data.synth import generate
 
-    splits = tuple(float(x) for x in args.splits.split(","))
+    try:
+        splits = tuple(float(x) for x in args.splits.split(","))
+    except ValueError:
+        raise DataArgumentError(f"--splits {args.splits!r}: expected three comma-separated fractions, "
+                                "e.g. 0.8,0.1,0.1") from None
     try:
         info = generate(args.out, args.num, height=args.height, width=args.width, seed=args.seed,
                         splits=splits, progress=not args.quiet, workers=args.workers)
-    except ValueError as err:
-        print(f"cen data synth: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # generate() checks the arguments (num, sizes, splits) before any work
+        raise DataArgumentError(str(err)) from err
     counts = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     print(f"wrote {args.num} scenes ({counts}) to {info['root']}; "
           f"{info['num_classes']} classes: {', '.join(c['name'] for c in info['classes'])}")
