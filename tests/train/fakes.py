@@ -23,7 +23,7 @@ class FakeScenes(Dataset):
         for _ in range(n):
             a = (torch.rand(1, size // 8, size // 8, generator=g) > 0.5).float()
             b = (torch.rand(1, size // 8, size // 8, generator=g) > 0.5).float()
-            up = lambda t: t.repeat_interleave(8, 1).repeat_interleave(8, 2)  # noqa: E731
+            up = lambda t: t.repeat_interleave(8, 1).repeat_interleave(8, 2)
             a, b = up(a), up(b)
             mask = (a[0] + 2 * b[0]).long().clamp(max=2)
             if ignore:

@@ -80,9 +80,9 @@ def test_resume_flag_and_existing_run(trained, capsys):
     assert main(["train", *_args(trained)]) == 2
     assert "--resume" in capsys.readouterr().err
     # Resuming a finished run changes nothing and still reports the scores.
-    before = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["model"]
+    before = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["models"]["model"]
     assert main(["train", *_args(trained), "--resume"]) == 0
-    after = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["model"]
+    after = torch.load(trained / "runs" / "scenes" / "last.pt", weights_only=True)["models"]["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -39,7 +39,11 @@ def test_overrides_merge_with_lists_and_indices():
     [
         (["train.bogus=1"], "unknown config key 'train.bogus'; valid keys under 'train' are: batch_size"),
         (["optim.stages=[{epoch: 2}]"], "valid keys under 'optim.stages[0]' are: decoder_lr, encoder_lr, epochs"),
-        (["nonsense=1"], "valid keys are: data, eval, loss, modalities, model, optim, run, train"),
+        (["nonsense=1"], "valid keys are: data, eval, loss, modalities, model, optim, run, task, train"),
+        (["task=detection"], "task='detection' is not valid; expected one of ['segmentation'"),
+        (["model.name=vgg"], "model.name='vgg' is not valid; expected one of ["),
+        (["data.dataset=imagenet"], "data.dataset='imagenet' is not valid; expected one of ["),
+        (["model.ngf=0"], "model.ngf must be >= 1"),
         (["train.batch_size=abc"], "train.batch_size"),
         (["model.bn_stats=sometimes"], "expected one of ['train', 'frozen']"),
         (["loss.sparsity_mode=half"], "expected one of ['disjoint', 'all', 'none']"),

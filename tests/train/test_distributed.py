@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cen.train.builders import TinySegNet
+from cen.tasks.segmentation import TinySegNet
 from cen.train.config import load_config
 from cen.train.runlog import read_metrics
 from cen.train.trainer import Trainer
@@ -53,11 +53,11 @@ def test_two_gloo_processes_match_one(tmp_path):
     one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert one["progress"]["global_step"] == two["progress"]["global_step"] == 4
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for key, value in one["models"]["model"].items():
+        torch.testing.assert_close(two["models"]["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     torch.manual_seed(cfg.train.seed)
     initial = TinySegNet(3, ["rgb", "depth"]).state_dict()
-    assert not torch.allclose(initial["model.1.weight"], one["model"]["model.1.weight"])  # it did train
+    assert not torch.allclose(initial["model.1.weight"], one["models"]["model"]["model.1.weight"])  # it did train
     val1 = [r["scores"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "val"]
     val2 = [r["scores"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "val"]
     assert len(val1) == len(val2) == 2

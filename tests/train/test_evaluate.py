@@ -11,8 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cen
-from cen.train.evaluate import evaluate, format_per_class, format_table, predict_scores
-from cen.train.metrics import SegmentationMetrics
+from cen.tasks.segmentation.evaluate import (
+    evaluate,
+    format_per_class,
+    format_table,
+    predict_scores,
+)
+from cen.tasks.segmentation.metrics import SegmentationMetrics
 
 K = 4
 

@@ -27,7 +27,7 @@ def _signal_during_step(trainer, step, signals):
 
 
 def _params(path):
-    return torch.load(path, weights_only=True)["model"]
+    return torch.load(path, weights_only=True)["models"]["model"]
 
 
 @pytest.mark.parametrize("stop_step, sig", [(3, signal.SIGINT), (2, signal.SIGTERM)])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cen.train.metrics import SegmentationMetrics, scores_from_confusion
+from cen.tasks.segmentation.metrics import SegmentationMetrics, scores_from_confusion
 
 
 def _one_hot_logits(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -181,7 +181,7 @@ def test_compute_sums_over_processes(tmp_path):
 
 
 def test_deterministic_cuda_counting_path_agrees_with_bincount():
-    from cen.train.metrics import _count_pairs
+    from cen.tasks.segmentation.metrics import _count_pairs
 
     idx = torch.randint(0, 17, (1000,))
     assert torch.equal(_count_pairs(idx, 17, accumulate=True), torch.bincount(idx, minlength=17))

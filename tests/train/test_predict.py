@@ -8,15 +8,15 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from cen.atomic import atomic_torch_save as atomic_save
 from cen.cli.main import main
 from cen.cli.predict import read_inputs
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from cen.train import builders
-from cen.atomic import atomic_torch_save as atomic_save
-from cen.train.checkpoint import FORMAT, VERSION
+from cen.tasks import build_task
+from cen.tasks.segmentation.evaluate import predict_scores
+from cen.tasks.segmentation.visualize import colorize
+from cen.train.checkpoint import FORMAT, TRAINING, VERSION
 from cen.train.config import load_config
-from cen.train.evaluate import predict_scores
-from cen.train.visualize import colorize
 
 K = 5
 
@@ -26,14 +26,14 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("predict")
     cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}"])
     torch.manual_seed(0)
-    model = builders.build_model(cfg)
+    model = build_task(cfg).build_model()
     with torch.no_grad():  # make the branches disagree a little
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    atomic_save({"format": FORMAT, "version": VERSION, "model": model.state_dict(),
+    atomic_save({"format": FORMAT, "version": VERSION, "kind": TRAINING, "models": {"model": model.state_dict()},
                  "config": OmegaConf.to_container(cfg, resolve=True),
                  "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
-                 "meta": builders.model_meta(cfg)}, d / "best.pt")
+                 "meta": build_task(cfg).meta()}, d / "best.pt")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")

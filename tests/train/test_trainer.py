@@ -4,18 +4,18 @@ import pytest
 import torch
 
 from cen.core.norms import _ModalityNorm
-from cen.train.builders import EpochSampler, TinySegNet
+from cen.tasks.segmentation import SegmentationLoss, TinySegNet, check_labels
 from cen.train.checkpoint import CheckpointError
 from cen.train.config import load_config
 from cen.train.distributed import DeviceError
-from cen.train.losses import SegmentationLoss, check_labels
+from cen.train.loaders import EpochSampler
 from cen.train.runlog import read_metrics
 from cen.train.trainer import RunExistsError, Trainer
 from tests.train.fakes import FakeScenes, fake_datasets, tiny_overrides
 
 
 def _params(path):
-    return torch.load(path, weights_only=True)["model"]
+    return torch.load(path, weights_only=True)["models"]["model"]
 
 
 def test_run_writes_config_metrics_checkpoints_and_scores(tmp_path, capsys):
@@ -31,7 +31,7 @@ def test_run_writes_config_metrics_checkpoints_and_scores(tmp_path, capsys):
     assert kinds.count("train") == 4 and kinds.count("val") == 2 and kinds[-1] == "test"
     val = [r for r in records if r["kind"] == "val"][-1]
     assert set(val["scores"]) == {"rgb", "depth", "ensemble"} and set(val["alpha"]) == {"rgb", "depth"}
-    assert list(val["exchange"].values())[0].keys() == {"rgb", "depth"}  # fraction per layer and modality
+    assert next(iter(val["exchange"].values())).keys() == {"rgb", "depth"}  # fraction per layer and modality
     assert set(out["test"]["ensemble"]) >= {"pixel_acc", "mean_acc", "miou", "per_class_iou"}
     assert json.loads((run / "results.json").read_text())["best_epoch"] in (1, 2)
     table = capsys.readouterr().out
@@ -75,7 +75,7 @@ def test_sampler_resumes_mid_epoch_and_shards_global_batches():
 def test_unimodal_config_trains_on_the_same_path(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, "modalities=[depth]", "eval.test=false"))
     trainer = Trainer(cfg, datasets=fake_datasets())
-    assert trainer.select == "depth" and trainer.model.ensemble is None
+    assert trainer.task.select == "depth" and trainer.model.ensemble is None
     trainer.fit()
     val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"][-1]
     assert set(val["scores"]) == {"depth"}

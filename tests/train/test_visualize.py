@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cen.train.visualize import IMAGENET_MEAN, IMAGENET_STD, colorize, palette, prediction_grid, save_prediction_grid
+from cen.tasks.segmentation.visualize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    colorize,
+    palette,
+    prediction_grid,
+    save_prediction_grid,
+)
 
 
 def test_palette_is_fixed_distinct_and_255_is_black():

@@ -1,12 +1,19 @@
-"""``cen predict``: segment one RGB-D image with a trained checkpoint.
+"""``cen predict``: run a checkpoint on one sample (segment an RGB-D image, or translate domains).
 
     cen predict --checkpoint runs/scenes/best.pt --rgb A.png --depth B.png --out pred.png
+    cen predict --checkpoint G.pt --input reshading=a.png --input edge_texture=b.png --out generated/
 
-The images are read and preprocessed as the data loaders do (RGB 8-bit -> [0, 1]
--> ImageNet mean/std; depth 16-bit millimetres x 1/5000, replicated to 3
+The task comes from the checkpoint's config. Translation decodes each ``--input`` as
+its Taskonomy domain (``data.decode`` of the config), applies the evaluation transform,
+runs the generator (``eval.generator_mode``) and writes ``OUT/<branch>.png`` for every
+branch and the ensemble.
+
+Segmentation: the model is rebuilt from the checkpoint by :func:`cen.load_model`; the images are
+read and preprocessed as the data loaders do (RGB 8-bit -> [0, 1] -> ImageNet
+mean/std; depth 16-bit in units of 1/5000 m x 1/5000 -> metres, replicated to 3
 channels), the model runs at the image's full size, the chosen output (the
 ensemble by default) is upsampled bilinearly to that size, and its arg-max is
-written as a colour PNG (:func:`cen.train.visualize.colorize` palette) and, with
+written as a colour PNG (:func:`cen.tasks.segmentation.visualize.colorize` palette) and, with
 ``--labels``, as a PNG of raw class ids. Without ``--depth`` (or ``--rgb``) the
 model runs on the given modality alone (missing-modality inference).
 """
@@ -14,18 +21,20 @@ model runs on the given modality alone (missing-modality inference).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from cen.train.evaluate import UPSAMPLE_MODES
+from cen.core.defaults import ENSEMBLE_KEY
+from cen.tasks.errors import UserError
+from cen.tasks.segmentation.evaluate import UPSAMPLE_MODES
 
 INPUT_FLAGS = {"rgb": "--rgb", "depth": "--depth"}
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """Bad input to ``cen predict``: the message says which argument and what was expected."""
 
 
@@ -38,8 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
     p.add_argument("--rgb", metavar="PATH", help="8-bit RGB image")
-    p.add_argument("--depth", metavar="PATH", help="16-bit depth PNG in millimetres (0 = no measurement)")
-    p.add_argument("--out", required=True, metavar="PATH", help="colour PNG of the predicted classes")
+    p.add_argument("--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)")
+    p.add_argument("--input", action="append", metavar="NAME=PATH",
+                   help="an input by modality or domain name (repeatable), e.g. --input reshading=a.png")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png")
     p.add_argument("--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)")
     p.add_argument("--grid", metavar="PATH", help="also write input | depth | prediction side by side")
     p.add_argument("--modalities", nargs="+", metavar="NAME",
@@ -58,57 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cen.train.checkpoint import CheckpointError
-
-    try:
-        predict(args)
-    except (PredictError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"cen predict: error: {err}", file=sys.stderr)
-        return 2
+    predict(args)
     return 0
-
-
-# -- the checkpoint ------------------------------------------------------------
-def load_model(path: str | Path, map_location="cpu") -> nn.Module:
-    """The model of a ``cen train`` checkpoint (or a ``cen convert-checkpoint`` output), weights loaded.
-
-    Uses ``cen.train.checkpoint.load_model_from_checkpoint`` when that exists;
-    otherwise rebuilds the model from the checkpoint's resolved config (with
-    ``model.pretrained`` cleared: the weights come from the checkpoint) and
-    loads its state dict strictly.
-    """
-    from cen.train import checkpoint as ckpt_mod
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    loader = getattr(ckpt_mod, "load_model_from_checkpoint", None)
-    if loader is not None:
-        model = loader(path, map_location=map_location)
-        return model[0] if isinstance(model, tuple) else model
-    try:
-        ckpt = ckpt_mod.load_checkpoint(path, map_location)
-    except ckpt_mod.CheckpointError:
-        # Not a training checkpoint: perhaps a converted reference one.
-        state, meta = ckpt_mod.load_model_weights(path, map_location)
-        if not all(k in meta for k in ("backbone", "modalities", "num_classes")):
-            raise
-        from cen.models import RefineNetCEN
-
-        model = RefineNetCEN(backbone=meta["backbone"], num_classes=int(meta["num_classes"]),
-                             modalities=list(meta["modalities"]))
-        ckpt_mod.load_model_state(model, state, str(path))
-        return model
-    if not isinstance(ckpt.get("config"), dict):
-        raise ckpt_mod.CheckpointError(f"{path} holds no config; cannot tell which model to build")
-    from cen.train import builders
-    from cen.train.config import from_container
-
-    cfg = from_container(ckpt["config"])
-    cfg.model.pretrained = None
-    model = builders.build_model(cfg)
-    ckpt_mod.load_model_state(model, ckpt["model"], str(path))
-    return model
 
 
 # -- the images ----------------------------------------------------------------
@@ -130,7 +93,10 @@ def read_inputs(paths: dict[str, str], depth_scale: float | None = None) -> dict
         raise PredictError(f"{desc} (width x height); the modalities must be pixel-aligned images of one size")
     decoders = {"rgb": ImageDecoder(channels=3),
                 "depth": DepthDecoder(scale=REFERENCE_DEPTH_SCALE if depth_scale is None else depth_scale)}
-    sample = {name: decoders[name](arr, Path(paths[name])) for name, arr in arrays.items()}
+    try:
+        sample = {name: decoders[name](arr, Path(paths[name])) for name, arr in arrays.items()}
+    except ValueError as err:  # an image of the wrong kind (e.g. 8-bit depth): the user's file
+        raise PredictError(str(err)) from None
     sample = segmentation_eval()(sample)  # the loaders' evaluation normalisation
     return {name: torch.as_tensor(sample[name]).float().unsqueeze(0) for name in arrays}
 
@@ -148,35 +114,69 @@ def _device(spec: str) -> torch.device:
     return device
 
 
-def predict(args: argparse.Namespace) -> torch.Tensor:
-    """Do what ``cen predict`` does; returns the (H, W) int64 label map."""
-    from PIL import Image
-
-    from cen.train.evaluate import model_modalities, predict_scores
-    from cen.train.visualize import colorize, save_prediction_grid
-
+def _given_inputs(args: argparse.Namespace) -> dict[str, str]:
+    """``{name: path}`` from ``--rgb``, ``--depth`` and ``--input NAME=PATH``."""
     given = {name: getattr(args, name) for name in INPUT_FLAGS if getattr(args, name)}
+    for item in args.input or ():
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise PredictError(f"--input {item!r}: expected NAME=PATH, e.g. --input reshading=a.png")
+        if name in given:
+            raise PredictError(f"input {name!r} is given twice")
+        given[name] = path
     if not given:
-        raise PredictError("give at least one input image: --rgb PATH and/or --depth PATH")
+        raise PredictError("give at least one input image: --rgb PATH and/or --depth PATH, or --input NAME=PATH")
     if args.modalities:
         extra = [m for m in args.modalities if m not in given]
         if extra:
             raise PredictError(f"--modalities {extra} have no image; given: {sorted(given)}")
         given = {m: given[m] for m in args.modalities}
+    return given
+
+
+def predict(args: argparse.Namespace):
+    """Do what ``cen predict`` does; returns the task's prediction (segmentation: the (H, W) label map)."""
+    from cen.train.checkpoint import load_model_with_config
+
+    given = _given_inputs(args)
+    if not args.scales or any(not (s > 0 and math.isfinite(s)) for s in args.scales):
+        raise PredictError(f"--scales must be positive numbers, got {args.scales}")
     device = _device(args.device)
-    inputs = read_inputs(given, args.depth_scale)  # before the model: cheap errors first
-    model = load_model(args.checkpoint)
+    for name, path in given.items():  # cheap errors before the model
+        if not Path(path).is_file():
+            flag = f"{INPUT_FLAGS[name]} {path}" if name in INPUT_FLAGS else f"--input {name}={path}"
+            raise FileNotFoundError(f"{flag}: no such file")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+    model, cfg = load_model_with_config(args.checkpoint)
+    from cen.tasks.segmentation.evaluate import model_modalities
+
     names = model_modalities(model)
     if names is not None:
-        unknown = [m for m in inputs if m not in names]
+        unknown = [m for m in given if m not in names]
         if unknown:
             raise PredictError(f"{args.checkpoint}: the model takes the modalities {list(names)}; {unknown} is not one of them")
+    if cfg.task not in PREDICTORS:
+        raise PredictError(f"{args.checkpoint}: cen predict knows the tasks {sorted(PREDICTORS)}, not {cfg.task!r}")
+    return PREDICTORS[cfg.task](args, model, cfg, given, device)
+
+
+def _predict_segmentation(args, model, cfg, given, device) -> torch.Tensor:
+    from PIL import Image
+
+    from cen.tasks.segmentation.evaluate import predict_scores
+    from cen.tasks.segmentation.visualize import colorize, save_prediction_grid
+
+    other = [n for n in given if n not in INPUT_FLAGS]
+    if other:
+        raise PredictError(f"segmentation reads --rgb and --depth images; {other} cannot be read")
+    inputs = read_inputs(given, args.depth_scale)
     model.to(device).eval()
     inputs = {k: v.to(device) for k, v in inputs.items()}
     scores = predict_scores(model, inputs, scales=tuple(args.scales), flip=args.flip, upsample=args.upsample)
     branch = args.branch
     if branch is None:
-        branch = "ensemble" if "ensemble" in scores else (next(iter(scores)) if len(scores) == 1 else None)
+        branch = ENSEMBLE_KEY if ENSEMBLE_KEY in scores else (next(iter(scores)) if len(scores) == 1 else None)
         if branch is None:
             raise PredictError(f"the model has no ensemble; choose an output with --branch: {list(scores)}")
     if branch not in scores:
@@ -196,3 +196,41 @@ def predict(args: argparse.Namespace) -> torch.Tensor:
         save_prediction_grid(args.grid, cpu.get("rgb"), cpu.get("depth"), None, labels)
     print(f"{branch} prediction of {labels.shape[1]}x{labels.shape[0]} pixels written to {out}", file=sys.stderr)
     return labels
+
+
+def _predict_translation(args, model, cfg, given, device) -> dict[str, torch.Tensor]:
+    """Every branch's generated image as ``OUT/<branch>.png`` (OUT a folder)."""
+    from PIL import Image
+
+    from cen.data.images import read_image
+    from cen.data.taskonomy import domain_decoder
+    from cen.data.tvtensors import unwrap_sample, wrap
+    from cen.tasks import build_task
+    from cen.tasks.translation.task import image_array
+
+    sample, sizes = {}, {}
+    for name, path in given.items():
+        try:
+            decoder = domain_decoder(name, 3, decode=cfg.data.decode)
+            arr = read_image(path)
+            sample[name] = wrap(decoder(arr, Path(path)), decoder.kind)
+        except ValueError as err:
+            raise PredictError(f"--input {name}={path}: {err}") from None
+        sizes[name] = tuple(arr.shape[:2])
+    if len(set(sizes.values())) > 1:
+        raise PredictError(f"the inputs differ in size (height, width): {sizes}; they must be pixel-aligned")
+    sample = unwrap_sample(build_task(cfg).eval_transform()(sample))
+    inputs = {k: v.float().unsqueeze(0).to(device) for k, v in sample.items()}
+    model.to(device).train(cfg.eval.generator_mode == "train")
+    with torch.no_grad():
+        outputs = {k: v for k, v in model(inputs).items() if isinstance(v, torch.Tensor) and v.ndim == 4}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for branch, image in outputs.items():
+        Image.fromarray(image_array(image[0])).save(out / f"{branch}.png")
+    print(f"{', '.join(outputs)} images written to {out}/", file=sys.stderr)
+    return outputs
+
+
+#: ``task`` of the checkpoint's config -> what cen predict does with its model.
+PREDICTORS = {"segmentation": _predict_segmentation, "translation": _predict_translation}

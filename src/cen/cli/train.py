@@ -8,9 +8,10 @@ CONFIG is a YAML file, or the name of one in the repository's ``configs/``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from cen.tasks.errors import UserError
 
 EPILOG = (
     "overrides use dotted keys, e.g. modalities=[rgb] train.batch_size=4 loss.sparsity_weight=0 "
@@ -21,7 +22,7 @@ EPILOG = (
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a CEN segmentation model from a config",
+        "train", help="train a CEN model (segmentation or another task) from a config",
         description="Train (and finally test) a model from a YAML config with key=value overrides.",
         epilog=EPILOG,
     )
@@ -35,7 +36,9 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser(
         "eval", help="evaluate a checkpoint on the test (or validation) split",
-        description="Score every branch (modalities and ensemble) of a checkpoint: pixel acc, mean acc, mIoU.",
+        description="Score every branch (modalities and ensemble) of a checkpoint with its task's metrics "
+        "(segmentation: pixel acc, mean acc, mIoU). The model is rebuilt from the checkpoint (cen.load_model); "
+        "the data come from CONFIG.",
         epilog=EPILOG,
     )
     e.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
@@ -50,6 +53,10 @@ def register(subparsers) -> None:
     e.add_argument("--out", default=None, metavar="DIR", help="write scores.json (and images) here")
     e.set_defaults(func=run_eval)
     _intermixed(e)
+
+
+class EvalArgumentError(UserError, ValueError):
+    """A ``cen eval`` option that the checkpoint's task does not take."""
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -87,25 +94,6 @@ def resolve_config_path(name: str) -> Path:
     return path  # load_config reports it missing
 
 
-def _errors():
-    from cen.train.checkpoint import CheckpointError
-    from cen.train.config import ConfigError
-    from cen.train.distributed import DeviceError
-    from cen.train.trainer import RunExistsError
-
-    return (ConfigError, CheckpointError, DeviceError, RunExistsError, FileNotFoundError, ValueError, KeyError, FloatingPointError)
-
-
-def _fail(command: str, err: Exception) -> int:
-    import os
-
-    rank = os.environ.get("RANK")
-    prefix = f"cen {command}: error" + (f" (process {rank})" if rank not in (None, "0") else "")
-    text = err.args[0] if isinstance(err, KeyError) and err.args else err
-    print(f"{prefix}: {text}", file=sys.stderr)
-    return 2
-
-
 def run_train(args: argparse.Namespace) -> int:
     from cen.train import distributed
     from cen.train.config import load_config
@@ -116,8 +104,6 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(resolve_config_path(args.config), args.overrides)
         trainer = Trainer(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite)
         trainer.fit()
-    except _errors() as err:
-        return _fail("train", err)
     except TrainingInterrupted as stop:
         print(f"cen train: {stop}", file=sys.stderr)
         return 130  # the shell's code for "stopped by SIGINT"
@@ -131,49 +117,49 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         return _eval(args)
-    except _errors() as err:
-        return _fail("eval", err)
     finally:
         distributed.shutdown()
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cen.train import builders, distributed
-    from cen.train.checkpoint import check_meta, load_model_state, load_model_weights
+    from cen.atomic import atomic_write_json
+    from cen.tasks import build_task
+    from cen.train import distributed, loaders
+    from cen.train.checkpoint import check_meta, load_model_with_config
     from cen.train.config import load_config
-    from cen.train.evaluate import evaluate
-    from cen.train.evaluate import format_table
-    from cen.train.trainer import _jsonable
+    from cen.train.runlog import jsonable
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
+    task = build_task(cfg)
+    options = task.test_options()
+    given = {"scales": list(args.scales) if args.scales else None, "flip": args.flip}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in task.eval_options:
+            raise EvalArgumentError(f"--{name} does not apply to task {task.name!r} (its options: "
+                                    f"{list(task.eval_options) or 'none'})")
+        options[name] = value
     info, device = distributed.init(cfg.train.device)
-    state, meta = load_model_weights(args.checkpoint)
-    check_meta(meta, builders.model_meta(cfg), args.checkpoint)
+    model, saved = load_model_with_config(args.checkpoint)
+    check_meta(build_task(saved).meta(), task.meta(), args.checkpoint)
     if info.is_main:
-        builders.prepare_data(cfg)
+        task.prepare_data()
     distributed.barrier()
-    dataset = builders.build_datasets(cfg, splits=(args.split,))[args.split]
-    model = builders.build_model(cfg)
-    load_model_state(model, state, args.checkpoint)
+    dataset = task.build_datasets(splits=(args.split,))[args.split]
     model.to(device)
-    loader = builders.eval_loader(dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
-                                  num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    scales = tuple(args.scales) if args.scales else tuple(cfg.eval.scales)
-    flip = cfg.eval.flip if args.flip is None else args.flip
+    loader = loaders.eval_loader(dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
+                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     out = Path(args.out) if args.out else None
-    results = evaluate(
-        model, loader, cfg.data.num_classes, scales=scales, flip=flip, upsample=cfg.eval.upsample, device=device,
-        ignore_index=cfg.loss.ignore_index, progress=info.is_main and cfg.train.progress,
-        modalities=tuple(cfg.modalities), image_dir=out / "images" if out and args.images else None,
-        num_images=args.images,
+    results = task.evaluate(
+        {task.primary: model}, loader, device=device, progress=info.is_main and cfg.train.progress,
+        image_dir=out / "images" if out and args.images else None, num_images=args.images, **options,
     )
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
-        title = f"{args.checkpoint} on {list_file}, scales {list(scales)}{', flip' if flip else ''} (%):"
-        print(format_table(results, title=title), flush=True)
+        title = f"{args.checkpoint} on {list_file}{task.describe_options(options)}:"
+        print(task.format_table(results, title=title), flush=True)
         if out:
-            out.mkdir(parents=True, exist_ok=True)
-            record = {"checkpoint": str(args.checkpoint), "split": args.split, "scales": list(scales),
-                      "flip": flip, "scores": results}
-            (out / "scores.json").write_text(json.dumps(_jsonable(record), indent=2), encoding="utf-8")
+            record = {"checkpoint": str(args.checkpoint), "split": args.split, **options, "scores": results}
+            atomic_write_json(out / "scores.json", jsonable(record))
     return 0

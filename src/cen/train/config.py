@@ -12,16 +12,19 @@ error that lists the valid keys at that level.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cen.data.constants import IGNORE_INDEX
+from cen.tasks.errors import ConfigError
+from cen.tasks.registry import DATASETS, MODELS, TASKS
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+__all__ = ["Config", "ConfigError", "from_container", "load_config", "validate"]
 
 
 @dataclass
@@ -37,16 +40,19 @@ class GenerateConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "scenes"  # scenes | nyudv2 | sunrgbd
+    dataset: str = "scenes"  # a name of cen.tasks.DATASETS: scenes | nyudv2 | sunrgbd | taskonomy | folder
     root: str = "data/generated/scenes"
     train_list: str = "train.txt"
-    val_list: Optional[str] = "val.txt"  # model selection (best.pt); must not be the test list
+    val_list: str | None = "val.txt"  # model selection (best.pt); must not be the test list
     val_fraction: float = 0.1  # with val_list null: hold out this share of train_list for validation
     val_seed: int = 0  # which samples are held out
     test_list: str = "test.txt"  # final evaluation only
-    num_classes: int = 40
+    num_classes: int = 40  # segmentation
+    target: str | None = "rgb"  # translation: the target domain (sample key "target")
+    decode: str = "linear"  # translation (taskonomy, scenes): linear | reference (cen.data.Taskonomy decode=)
+    load_size: int | None = None  # translation: resize to this square before the random crop (null: crop_size)
     # training augmentation (the reference: shorter side 350, scale 0.5-2.0, crop 500)
-    short_side: Optional[int] = None
+    short_side: int | None = None
     crop_size: Any = None  # crop, padded with ignore: an int (square) or [H, W]; null = whole images
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -57,14 +63,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "refinenet"  # refinenet | tiny (a small smoke-test network)
+    name: str = "refinenet"  # a name of cen.tasks.MODELS: refinenet | tiny (a small smoke-test network) | unet
     backbone: str = "resnet18"
-    pretrained: Optional[str] = None  # None, "imagenet" (torchvision weights) or a local file
-    threshold: float = 2e-2  # theta
+    pretrained: str | None = None  # None, "imagenet" (torchvision weights) or a local file
+    threshold: float | None = None  # theta; null: the task's (segmentation 2e-2, translation 1e-2)
     exchange: bool = True
     ensemble: bool = True
-    decoder_widths: Optional[list[int]] = None  # RefineNet stage widths, deepest first; null = the reference's
+    decoder_widths: list[int] | None = None  # RefineNet stage widths, deepest first; null = the reference's
     bn_stats: str = "train"  # train | frozen (reference: norms in eval mode, gamma/beta still train)
+    ngf: int = 64  # translation: generator width (pix2pix U-Net)
+    num_downs: int = 8  # translation: U-Net levels (input sides must be divisible by 2**num_downs)
+    ndf: int = 64  # translation: discriminator width (PatchGAN)
 
 
 @dataclass
@@ -80,6 +89,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    betas: list[float] | None = None  # Adam's; null: the task's (segmentation torch's, translation [0.5, 0.999])
     reset_each_stage: bool = True  # fresh optimiser state per stage, as the reference re-creates them
 
 
@@ -90,7 +100,8 @@ class LossConfig:
     sparsity_per_output: bool = False  # reference: the l1 term once per output (M+1 times)
     sparsity_solver: str = "gradient"  # gradient: l1 in the loss (paper) | proximal: soft-threshold after each step
     ensemble_weight: float = 1.0
-    ignore_index: int = 255
+    l1_weight: float = 100.0  # translation: weight of the L1 to the target per branch (pix2pix)
+    ignore_index: int = IGNORE_INDEX
     resize: str = "logits"  # logits: upsample logits (bilinear) to the mask | masks: downsample masks (nearest), as the reference
 
 
@@ -103,7 +114,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: last.pt at epoch ends only
     log_every: int = 10  # steps between loss records in metrics.jsonl / TensorBoard
     max_steps: int = 0  # stop after this many optimiser steps in all (0: run every epoch)
-    select: str = "auto"  # branch whose val mIoU picks best.pt; auto: ensemble if present, else the first modality
+    select: str = "auto"  # branch whose val score picks best.pt; auto: ensemble if present, else the first modality
+    select_metric: str = "auto"  # the score of that branch: auto = the task's (segmentation miou, translation l1)
     progress: bool = True
 
 
@@ -115,6 +127,9 @@ class EvalConfig:
     upsample: str = "bilinear"  # logits to the mask size: bilinear | bicubic (the reference's cv2.INTER_CUBIC)
     num_images: int = 4  # prediction images saved after each evaluation
     test: bool = True  # evaluate best.pt on data.test_list at the end
+    generator_mode: str = "eval"  # translation: run the generator in eval mode, or train mode as the reference
+    features: str = "auto"  # translation FID/KID features: auto | inception | scenes
+    feature_weights: str | None = None  # local weights file of those features (inception needs one)
 
 
 @dataclass
@@ -125,6 +140,7 @@ class RunConfig:
 
 @dataclass
 class Config:
+    task: str = "segmentation"  # a name of cen.tasks.TASKS
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,15 +151,18 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+#: Keys whose values are registry names: checked against the registry (one place to add a name).
+REGISTERED = {"task": TASKS, "data.dataset": DATASETS, "model.name": MODELS}
+
 CHOICES = {
-    "data.dataset": ("scenes", "nyudv2", "sunrgbd"),
-    "model.name": ("refinenet", "tiny"),
     "model.bn_stats": ("train", "frozen"),
     "optim.name": ("sgd", "adam"),
     "loss.sparsity_mode": ("disjoint", "all", "none"),
     "loss.sparsity_solver": ("gradient", "proximal"),
     "loss.resize": ("logits", "masks"),
     "eval.upsample": ("bilinear", "bicubic"),
+    "eval.generator_mode": ("eval", "train"),
+    "eval.features": ("auto", "inception", "scenes"),
 }
 
 BASE_KEY = "base"
@@ -200,7 +219,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as exc:  # yaml syntax errors
+    except Exception as exc:  # noqa: BLE001  (yaml syntax errors of any kind)
         raise ConfigError(f"{path}: not a valid YAML config: {exc}") from None
     if data is None:
         data = {}
@@ -275,6 +294,10 @@ def _schema_at(key: str):
 
 def validate(cfg: DictConfig) -> None:
     """Value checks the type schema cannot express."""
+    for key, registry in REGISTERED.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in registry:
+            raise ConfigError(f"{key}={value!r} is not valid; expected one of {list(registry.names())}")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -294,13 +317,16 @@ def validate(cfg: DictConfig) -> None:
         "eval.batch_size": cfg.eval.batch_size,
         "data.num_classes": cfg.data.num_classes,
         "train.eval_every": cfg.train.eval_every,
+        "model.ngf": cfg.model.ngf,
+        "model.num_downs": cfg.model.num_downs,
+        "model.ndf": cfg.model.ndf,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.loss.sparsity_weight < 0:
         raise ConfigError(f"loss.sparsity_weight (lambda) must be >= 0, got {cfg.loss.sparsity_weight}")
-    if cfg.model.threshold < 0:
+    if cfg.model.threshold is not None and cfg.model.threshold < 0:
         raise ConfigError(f"model.threshold (theta) must be >= 0, got {cfg.model.threshold}")
     if not cfg.eval.scales or any(s <= 0 for s in cfg.eval.scales):
         raise ConfigError(f"eval.scales must be positive numbers, got {list(cfg.eval.scales)}")
@@ -339,10 +365,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         cfg.run.name = Path(path).stem if path is not None else "run"
     validate(cfg)
     return cfg
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
 
 
 def from_container(data: dict) -> DictConfig:

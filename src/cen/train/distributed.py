@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cen.tasks.errors import UserError
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """A requested device that this machine does not have."""
 
 
@@ -47,9 +48,9 @@ class DistInfo:
 def env_info() -> DistInfo:
     """Rank and world size as set by ``torchrun`` (one process when unset)."""
     return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
 
 
@@ -108,15 +109,6 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every process."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Synchronise every batch norm of ``model``: cen's modality norms and plain ``nn.BatchNorm*``.
 
@@ -129,7 +121,3 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     convert_modality_norms(model)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (itself otherwise)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -35,7 +35,7 @@ class StopRequest:
         self.stream = stream
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:  # noqa: PYI034  (final class in practice)
         self.requested = False
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:

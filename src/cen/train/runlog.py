@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: tensors to numbers, nan/inf to None."""
+def jsonable(value: Any) -> Any:
+    """JSON-safe: tensors to numbers, nan/inf to None, mapping keys to strings."""
     if hasattr(value, "item") and getattr(value, "numel", lambda: 2)() == 1:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -40,7 +39,7 @@ class RunLog:
         """One JSON line ``{"kind", "step", "time", **fields}``; nested numbers also go to TensorBoard."""
         if not self.enabled:
             return
-        line = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **_clean(fields)}
+        line = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **jsonable(fields)}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
         if self.writer is not None:

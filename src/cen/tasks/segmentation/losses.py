@@ -24,12 +24,13 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cen.core.defaults import ENSEMBLE_KEY
 from cen.core.sparsity import sparsity_loss, sparsity_shrink_
+from cen.data.constants import IGNORE_INDEX
+from cen.tasks.errors import DataError
 
-ENSEMBLE_KEY = "ensemble"
 
-
-def check_labels(mask: Tensor, num_classes: int, ignore_index: int = 255, where: str = "") -> None:
+def check_labels(mask: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX, where: str = "") -> None:
     """Raise a clear error when ``mask`` holds a label ``>= num_classes`` (other than ``ignore_index``).
 
     Call it on the CPU batch, before it moves to a device (no host sync).
@@ -40,7 +41,7 @@ def check_labels(mask: Tensor, num_classes: int, ignore_index: int = 255, where:
     high, low = int(valid.max()), int(valid.min())
     if high >= num_classes or low < 0:
         bad = sorted({int(v) for v in valid.unique() if v >= num_classes or v < 0})
-        raise ValueError(
+        raise DataError(
             f"{where + ': ' if where else ''}the masks hold labels {bad[:10]} outside 0..{num_classes - 1} "
             f"(data.num_classes={num_classes}, ignore index {ignore_index}); set data.num_classes to at least "
             f"{high + 1} or map those labels to {ignore_index}"
@@ -80,7 +81,7 @@ class SegmentationLoss(nn.Module):
         sparsity_mode: str = "disjoint",
         sparsity_per_output: bool = False,
         ensemble_weight: float = 1.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         resize: str = "logits",
         sparsity_solver: str = "gradient",
     ) -> None:

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "colorize", "palette", "save_prediction_grid", "prediction_grid"]
+from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "colorize", "palette", "prediction_grid", "save_prediction_grid"]
+
 _GAP = 4  # white pixels between panels
 
 
@@ -49,7 +49,7 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def colorize(labels, *, ignore_index: int | None = 255, colours: np.ndarray | None = None) -> np.ndarray:
+def colorize(labels, *, ignore_index: int | None = IGNORE_INDEX, colours: np.ndarray | None = None) -> np.ndarray:
     """Label map ``(H, W)`` (Tensor or array) -> ``(H, W, 3)`` uint8 RGB; ``ignore_index`` is black."""
     lab = _to_numpy(labels)
     if lab.ndim != 2:
@@ -102,7 +102,7 @@ def prediction_grid(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     depth_cmap: str = "viridis",
-    ignore_index: int | None = 255,
+    ignore_index: int | None = IGNORE_INDEX,
 ) -> np.ndarray:
     """``input | depth | ground truth | prediction`` side by side as an ``(H, W', 3)`` uint8 array.
 

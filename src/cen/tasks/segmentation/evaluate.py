@@ -24,12 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cen.train.metrics import SegmentationMetrics
+from cen.core.defaults import ENSEMBLE_KEY
+from cen.data.constants import IGNORE_INDEX
+from cen.tasks.base import is_main_process
+from cen.tasks.segmentation.metrics import SegmentationMetrics
 
 __all__ = ["evaluate", "format_per_class", "format_table", "model_modalities", "predict_scores"]
 
@@ -117,10 +119,6 @@ def predict_scores(
     return total
 
 
-def _is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(m, m.training) for m in model.modules()]
 
@@ -135,12 +133,12 @@ def evaluate(
     flip: bool = False,
     upsample: str = "bilinear",
     device: str | torch.device = "cpu",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     progress: bool = True,
     modalities: Sequence[str] | None = None,
     image_dir: str | Path | None = None,
     num_images: int = 0,
-    image_branch: str = "ensemble",
+    image_branch: str = ENSEMBLE_KEY,
 ) -> dict[str, dict[str, float | list[float | None]]]:
     """Score every branch of ``model`` over ``loader``.
 
@@ -166,7 +164,7 @@ def evaluate(
 
     Returns:
         ``{branch: scores}`` in the model's output order, each as
-        :func:`cen.train.metrics.scores_from_confusion` (fractions in [0, 1]),
+        :func:`cen.tasks.segmentation.metrics.scores_from_confusion` (fractions in [0, 1]),
         computed from confusion matrices summed over all processes when
         :mod:`torch.distributed` is initialised (every process must call this).
     """
@@ -177,7 +175,7 @@ def evaluate(
     model.eval()
     metrics: dict[str, SegmentationMetrics] = {}
     saved = 0
-    show = progress and _is_main_process()
+    show = progress and is_main_process()
     try:
         bar = tqdm(loader, desc="eval", unit="batch", disable=not show, dynamic_ncols=True, leave=False)
         for i, batch in enumerate(bar):
@@ -197,7 +195,7 @@ def evaluate(
                 if name not in metrics:
                     metrics[name] = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
                 metrics[name].update(score, mask)
-            if image_dir is not None and saved < num_images and _is_main_process():
+            if image_dir is not None and saved < num_images and is_main_process():
                 saved += _save_images(image_dir, batch, scores, image_branch, num_images - saved, saved, ignore_index)
     finally:
         for module, mode in modes:
@@ -208,7 +206,7 @@ def evaluate(
 
 
 def _save_images(image_dir, batch, scores, branch, limit, start, ignore_index) -> int:
-    from cen.train.visualize import save_prediction_grid
+    from cen.tasks.segmentation.visualize import save_prediction_grid
 
     name = branch if branch in scores else next(iter(scores))
     pred = scores[name].argmax(1).cpu()

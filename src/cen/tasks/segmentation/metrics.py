@@ -35,6 +35,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from cen.data.constants import IGNORE_INDEX
+
 __all__ = ["SegmentationMetrics", "scores_from_confusion"]
 
 
@@ -113,7 +115,7 @@ class SegmentationMetrics:
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int | None = 255,
+        ignore_index: int | None = IGNORE_INDEX,
         device: str | torch.device | None = None,
         *,
         process_group=None,
@@ -133,7 +135,7 @@ class SegmentationMetrics:
     def device(self) -> torch.device:
         return self.confmat.device
 
-    def to(self, device: str | torch.device) -> "SegmentationMetrics":
+    def to(self, device: str | torch.device) -> SegmentationMetrics:
         """Move the state to ``device`` (returns ``self``)."""
         self.confmat = self.confmat.to(device)
         self._device_fixed = True
