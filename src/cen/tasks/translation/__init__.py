@@ -1,0 +1,1 @@
+"""Multimodal image-to-image translation (the paper's second task)."""

@@ -1,0 +1,33 @@
+"""Translation models by name (``model.name``): ``unet``, the CEN pix2pix U-Net generator.
+
+The discriminator (:class:`cen.models.PatchDiscriminator`) is the task's second network,
+built by :class:`~cen.tasks.translation.task.TranslationTask`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cen.core.defaults import TRANSLATION_THRESHOLD
+from cen.tasks.registry import MODELS
+
+#: Channels of every domain as the loaders give them (grey domains are replicated to 3).
+CHANNELS = 3
+
+
+@MODELS.register("unet")
+def unet(cfg) -> nn.Module:
+    from cen.models import UNetCEN
+
+    m = cfg.model
+    threshold = TRANSLATION_THRESHOLD if m.threshold is None else float(m.threshold)
+    return UNetCEN(list(cfg.modalities), in_channels=CHANNELS, out_channels=CHANNELS, ngf=int(m.ngf),
+                   num_downs=int(m.num_downs), threshold=threshold, ensemble=bool(m.ensemble),
+                   exchange=bool(m.exchange))
+
+
+def discriminator(cfg) -> nn.Module:
+    """The shared PatchGAN judging ``cat([input, real or generated target])`` (6 channels)."""
+    from cen.models import PatchDiscriminator
+
+    return PatchDiscriminator(in_channels=2 * CHANNELS, ndf=int(cfg.model.ndf))
