@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import cen
 from cen.cli.main import main as cli_main
 from cen.models import RefineNetCEN
 from cen.models.reference import (
     ReferenceCheckpointError,
     convert_reference_state_dict,
     infer_reference_config,
-    load_converted,
     load_reference_checkpoint,
     reference_key_map,
     to_reference_state_dict,
@@ -216,13 +216,38 @@ def test_convert_checkpoint_command_writes_a_loadable_checkpoint(reference_model
     assert cli_main(["convert-checkpoint", str(src), str(dst), "--threshold", str(THRESHOLD)]) == 0
     assert "resnet50" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
-    model = load_converted(dst).eval()
+    obj = torch.load(dst, map_location="cpu", weights_only=True)
+    assert set(obj) == {"format", "version", "kind", "model", "config"}
+    assert (obj["format"], obj["version"], obj["kind"]) == ("cen-checkpoint", 2, "weights")
+    # Everything that rebuilds the model is recorded, non-default decoder widths and threshold included.
+    assert obj["config"] == {
+        "task": "segmentation",
+        "modalities": ["rgb", "depth"],
+        "data": {"num_classes": NUM_CLASSES},
+        "model": {
+            "name": "refinenet",
+            "backbone": "resnet50",
+            "threshold": THRESHOLD,
+            "exchange": True,
+            "ensemble": True,
+            "decoder_widths": list(WIDTHS),
+        },
+    }
+    model = cen.load_model(dst).eval()
     assert model.names == ("rgb", "depth") and model.num_classes == NUM_CLASSES
     assert model.decoder.widths == WIDTHS and model.threshold == THRESHOLD
     with torch.no_grad():
         ref_outs, _ = reference_model([rgb.clone(), depth.clone()])
         ours = model({"rgb": rgb, "depth": depth})
     _assert_same(ours, ref_outs)
+
+    # A threshold other than the default comes back, in the model's norms too.
+    other = tmp_path / "theta.pt"
+    assert cli_main(["convert-checkpoint", str(src), str(other), "--threshold", "0.05"]) == 0
+    assert torch.load(other, weights_only=True)["config"]["model"]["threshold"] == 0.05
+    reloaded = cen.load_model(other)
+    assert reloaded.threshold == 0.05
+    assert {m.threshold for m in reloaded.modules() if getattr(m, "exchange", False)} == {0.05}
 
 
 def test_command_lists_mismatches(reference_model, tmp_path, capsys):
