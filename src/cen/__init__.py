@@ -28,6 +28,7 @@ __all__ = [
     "exchange_point",
     "exchange_stats",
     "fusion_names",
+    "load_model",
     "nn",
     "present_modalities",
     "register_exchange_point",

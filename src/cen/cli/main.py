@@ -23,7 +23,15 @@ from collections.abc import Sequence
 import cen
 
 # Modules that contribute subcommands, in the order they appear in ``cen --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cen.cli.data", "cen.cli.train", "cen.cli.predict", "cen.cli.convert_checkpoint",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "cen.cli.data",
+    "cen.cli.train",
+    "cen.cli.predict",
+    "cen.cli.convert_checkpoint",
+    "cen.cli.sweep",
+    "cen.cli.table",
+    "cen.cli.report",
+)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "CEN_DEBUG"
 EXIT_USER_ERROR = 2

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from cen.analysis.gamma import GammaTracker
 from cen.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from cen.tasks import build_task
 from cen.tasks.base import Task
@@ -122,6 +123,8 @@ class Trainer:
         if self.info.distributed and self.device.type == "cuda":
             self.models = {k: distributed.convert_sync_batchnorm(m) for k, m in self.models.items()}
         self.optimizers = dict(self.task.configure_optimizers(self.models))
+        # Theorem 1's check: where every penalised gamma of the primary model has been relative to theta.
+        self.gamma = GammaTracker(self.model, mode="all" if cfg.loss.sparsity_mode == "all" else "disjoint")
         self.nets = dict(self.models)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -166,6 +169,7 @@ class Trainer:
             },
             "rng": rng_state(),
             "meta": self.task.meta(),
+            "gamma_tracker": self.gamma.state_dict(),
         }
 
     def save(self, name: str) -> None:
@@ -204,6 +208,10 @@ class Trainer:
         self.best_score, self.best_epoch = p.get("best_score"), p.get("best_epoch")
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        if "gamma_tracker" in ckpt:
+            self.gamma.load_state_dict(ckpt["gamma_tracker"])
+        elif self.gamma.layers:
+            self._say(f"{path} has no gamma history (an older checkpoint): Theorem 1 statistics restart here")
         self._say(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.global_step}")
 
     # -- training -------------------------------------------------------------
@@ -269,6 +277,7 @@ class Trainer:
             loss, parts = self.train_step(batch)
             self.batch += 1
             self.global_step += 1
+            self.gamma.update(self.global_step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} at step {self.global_step}; "
                                          "lower the learning rates")
@@ -331,6 +340,11 @@ class Trainer:
             self.best_score, self.best_epoch = score, self.epoch
         self.log.record("val", self.global_step, epoch=self.epoch, scores=_scalars(results), **summary,
                         **{f"best_{self.task.score_name}": self.best_score}, best_epoch=self.best_epoch)
+        if self.gamma.layers:
+            self.log.record("gamma", self.global_step, epoch=self.epoch, **self.gamma.summary())
+            if self.log.writer is not None:
+                for tag, values in self.gamma.histograms().items():
+                    self.log.writer.add_histogram(f"gamma/{tag}", values, self.global_step)
         value = self.task.format_value
         self._say(f"val {self.task.score_label} {value(score)} (best {value(self.best_score)} at epoch {self.best_epoch})"
                   + ("" if "alpha" not in summary
