@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cen.cli.sweep",
     "cen.cli.table",
     "cen.cli.report",
+    "cen.cli.export",
 )
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "CEN_DEBUG"
