@@ -103,8 +103,10 @@ def test_folder_bad_arguments(folder_root):
 
 
 def test_bad_modality_and_class_count(nyu_root):
-    with pytest.raises(ValueError, match="expected distinct names from"):
+    with pytest.raises(ValueError, match=r"modality 'hha' is not in the data set .*cen data hha.*it has: rgb, depth$"):
         NYUDv2(nyu_root, "train.txt", modalities=("rgb", "hha"))
+    with pytest.raises(ValueError, match="expected distinct folder names"):
+        NYUDv2(nyu_root, "train.txt", modalities=("rgb", "rgb"))
     with pytest.raises(ValueError, match="num_classes must be in"):
         NYUDv2(nyu_root, "train.txt", num_classes=0)
 

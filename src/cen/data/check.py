@@ -19,9 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cen.data.constants import IGNORE_INDEX, NYUDV2_NUM_CLASSES
-from cen.data.decode import DepthDecoder, ImageDecoder, MaskDecoder
-from cen.data.folder import infer_kind
+from cen.data.decode import MaskDecoder, decoder_for_kind
 from cen.data.images import image_size, read_image
+from cen.data.kinds import KIND_BITS, infer_kind
 from cen.data.lists import Entry, folder_entries, nyudv2_entries, taskonomy_entries
 from cen.data.taskonomy import TASKONOMY_DOMAINS, check_domain, domain_decoder
 
@@ -30,7 +30,8 @@ DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
 
 
 #: What the bit depth of a role means, added to bit-depth problems.
-BIT_HINTS: dict[str, str] = {"depth": "16-bit depth; NYUDv2 as distributed with the reference: units of 1/5000 m, 0 = hole"}
+BIT_HINTS: dict[str, str] = {"depth": "16-bit depth; NYUDv2 as distributed with the reference: units of 1/5000 m, 0 = hole",
+                             "hha": "8-bit RGB HHA, as `cen data hha` writes"}
 
 
 def check_entry(entry: Entry, decoders: Mapping[str, Callable],
@@ -51,7 +52,8 @@ def check_entry(entry: Entry, decoders: Mapping[str, Callable],
         want = (bits or {}).get(role)
         got = 16 if arr.dtype == np.uint16 else 8
         if want is not None and got != want:
-            hint = f" ({BIT_HINTS[role]})" if role in BIT_HINTS else ""
+            hint = BIT_HINTS.get(role, BIT_HINTS.get(infer_kind(role)) if role != "mask" else None)
+            hint = f" ({hint})" if hint else ""
             problems.append(f"{path}: {got}-bit image; expected {want}-bit for {role}{hint} [{entry.where()}]")
             continue
         try:
@@ -120,6 +122,8 @@ def check_dataset(
             for nyudv2 (folder: labels are then only checked to be 8-bit).
         domains: Taskonomy domains to check; default every known domain folder in root.
         modalities: folder layout: input folders; default every folder except ``mask``.
+            nyudv2: modalities besides the list columns ``rgb`` and ``depth`` (e.g. ``hha``);
+            default every modality folder holding the first sample's file.
         mask: folder layout: label folder (None: no labels).
         progress: show a progress bar.
     """
@@ -135,10 +139,22 @@ def check_dataset(
     lists, problems = _list_files(root, list_files)
 
     if layout == "nyudv2":
+        from cen.data.segmentation import available_modalities, with_modalities
+
         k = _num_classes(root, num_classes, NYUDV2_NUM_CLASSES)
-        decoders = {"rgb": ImageDecoder(), "depth": DepthDecoder(), "mask": MaskDecoder(k, IGNORE_INDEX)}
-        bits = {"rgb": 8, "depth": 16, "mask": 8}
-        parse = lambda lf: nyudv2_entries(root, lf)
+
+        def parse(lf):  # every modality found beside the list columns, or the ones asked for
+            entries = nyudv2_entries(root, lf)
+            mods = ("rgb", "depth", *(m for m in modalities if m not in ("rgb", "depth"))) if modalities \
+                else available_modalities(root, entries[0])
+            return with_modalities(root, entries, tuple(mods))
+
+        def decoders_of(entries):
+            mods = [r for r in entries[0].files if r != "mask"]
+            decoders = {m: decoder_for_kind(infer_kind(m)) for m in mods}
+            decoders["mask"] = MaskDecoder(k, IGNORE_INDEX)
+            bits = {m: KIND_BITS[infer_kind(m)] for m in mods if KIND_BITS[infer_kind(m)] is not None}
+            return decoders, {**bits, "rgb": 8, "mask": 8}
     elif layout == "taskonomy":
         if domains:
             try:
@@ -154,6 +170,7 @@ def check_dataset(
         decoders = {d: domain_decoder(d) for d in names}
         bits = {d: TASKONOMY_DOMAINS[d].bits for d in names}
         parse = lambda lf: taskonomy_entries(root, lf, names)
+        decoders_of = lambda entries: (decoders, bits)
     else:
         if mask is not None and not (root / mask).is_dir():
             mask = None
@@ -162,13 +179,13 @@ def check_dataset(
         )
         if not mods:
             return [f"{root}: no modality folders found"]
-        makers = {"image": ImageDecoder, "depth": DepthDecoder, "normal": lambda: domain_decoder("normal")}
-        decoders = {m: makers[infer_kind(m)]() for m in mods}
+        decoders = {m: decoder_for_kind(infer_kind(m)) for m in mods}
         if mask is not None:
             k = _num_classes(root, num_classes, 256)
             decoders["mask"] = MaskDecoder(k, IGNORE_INDEX)
-        bits = {m: 16 for m in mods if infer_kind(m) == "depth"}
+        bits = {m: KIND_BITS[infer_kind(m)] for m in mods if KIND_BITS[infer_kind(m)] is not None}
         parse = lambda lf: folder_entries(root, lf, mods, mask=mask)
+        decoders_of = lambda entries: (decoders, bits)
 
     for lf in lists:
         try:
@@ -176,5 +193,5 @@ def check_dataset(
         except (FileNotFoundError, ValueError) as err:
             problems.append(str(err))
             continue
-        groups.append((entries, decoders, bits))
+        groups.append((entries, *decoders_of(entries)))
     return _run(groups, problems, progress)

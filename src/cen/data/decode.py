@@ -1,8 +1,9 @@
 """Turning decoded image arrays into the tensors of a sample.
 
 A decoder is a callable ``(array, path) -> Tensor`` with a ``kind`` attribute
-(``"image"``, ``"depth"``, ``"normal"`` or ``"mask"``) that tells the joint transforms
-how to treat the tensor. Float outputs are (C, H, W) float32; masks are (H, W) uint8
+(``"image"``, ``"depth"``, ``"normal"``, ``"hha"`` or ``"mask"``; see
+:mod:`cen.data.kinds`) that tells the joint transforms how to treat the tensor.
+:func:`decoder_for_kind` gives the decoder of an input modality's kind. Float outputs are (C, H, W) float32; masks are (H, W) uint8
 (the datasets return them as int64).
 """
 
@@ -36,7 +37,8 @@ def _chw(arr: np.ndarray, channels: int | None, path: Path) -> torch.Tensor:
 @dataclass(frozen=True)
 class ImageDecoder:
     """8-bit -> [0, 1] (x / 255), 16-bit -> [0, 1] (x / 65535); (C, H, W) float32,
-    grey replicated to ``channels`` (None keeps the file's channels)."""
+    grey replicated to ``channels`` (None keeps the file's channels). ``kind="hha"``
+    decodes an HHA encoding (8-bit RGB) the same way but keeps its kind."""
 
     channels: int | None = 3
     kind: str = "image"
@@ -156,6 +158,21 @@ class TaskonomyReferenceDecoder:
         elif arr.dtype != np.uint8:
             raise ValueError(f"{path}: {arr.dtype} image; expected an 8- or 16-bit PNG")
         return _chw(arr, 3, path) / 255.0
+
+
+def decoder_for_kind(kind: str, *, depth_scale: float = REFERENCE_DEPTH_SCALE, channels: int = 3):
+    """The decoder of an input modality of ``kind`` (:data:`cen.data.kinds.KINDS`):
+    images and HHA -> :class:`ImageDecoder`, depth -> :class:`DepthDecoder` (x ``depth_scale``),
+    normals -> :class:`NormalDecoder`. Grey images and depth are replicated to ``channels``."""
+    if kind == "image":
+        return ImageDecoder(channels=channels)
+    if kind == "hha":
+        return ImageDecoder(channels=3, kind="hha")
+    if kind == "depth":
+        return DepthDecoder(scale=depth_scale, channels=channels)
+    if kind == "normal":
+        return NormalDecoder()
+    raise ValueError(f"unknown modality kind {kind!r}; expected image, depth, normal or hha")
 
 
 def reference_quantise(raw: np.ndarray, domain: str, maximum: float) -> np.ndarray:

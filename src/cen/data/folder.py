@@ -7,21 +7,11 @@ from collections.abc import Mapping, Sequence
 
 from cen.data.base import MultiModalDataset, Transform
 from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
-from cen.data.decode import DepthDecoder, ImageDecoder, MaskDecoder, NormalDecoder
+from cen.data.decode import MaskDecoder, decoder_for_kind
+from cen.data.kinds import KINDS, check_kind, infer_kind
 from cen.data.lists import folder_entries, raise_if_missing
 
-KINDS: tuple[str, ...] = ("image", "depth", "normal")
-
-
-def infer_kind(modality: str) -> str:
-    """Kind of a modality from its folder name: ``depth*`` -> depth, ``normal*`` ->
-    normal, anything else -> image."""
-    name = modality.lower()
-    if name.startswith("depth"):
-        return "depth"
-    if name.startswith("normal"):
-        return "normal"
-    return "image"
+__all__ = ["KINDS", "FolderDataset", "infer_kind"]
 
 
 class FolderDataset(MultiModalDataset):
@@ -35,7 +25,7 @@ class FolderDataset(MultiModalDataset):
         mask: folder of the 8-bit label images (sample key ``"mask"``), or None.
         num_classes: required when ``mask`` is set: labels must be < this or ``ignore_index``.
         ext: file extension, one for all folders or a mapping folder -> extension.
-        kinds: optional mapping modality -> ``"image" | "depth" | "normal"``; by default
+        kinds: optional mapping modality -> ``"image" | "depth" | "normal" | "hha"``; by default
             inferred from the name (:func:`infer_kind`).
         depth_scale: multiplies 16-bit depth (reference 1/5000: metres from NYUDv2's units of 1/5000 m;
             use 1e-3 for millimetres).
@@ -63,20 +53,13 @@ class FolderDataset(MultiModalDataset):
             raise ValueError(f"modalities {tuple(modalities)!r} invalid; expected distinct folder names (not 'mask')")
         if mask is not None and num_classes is None:
             raise ValueError("num_classes is required when a mask folder is given")
-        kinds = {m: (kinds or {}).get(m, infer_kind(m)) for m in modalities}
-        for m, k in kinds.items():
-            if k not in KINDS:
-                raise ValueError(f"kind {k!r} of modality {m!r} unknown; expected one of {KINDS}")
+        kinds = {m: check_kind((kinds or {}).get(m, infer_kind(m)), m) for m in modalities}
+        self.kinds = kinds
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
         entries = folder_entries(root, split_file, modalities, mask=mask, ext=ext)
         raise_if_missing(entries)
-        makers = {
-            "image": lambda: ImageDecoder(channels=channels),
-            "depth": lambda: DepthDecoder(scale=depth_scale, channels=channels),
-            "normal": NormalDecoder,
-        }
-        decoders = {m: makers[kinds[m]]() for m in modalities}
+        decoders = {m: decoder_for_kind(kinds[m], depth_scale=depth_scale, channels=channels) for m in modalities}
         if mask is not None:
             decoders["mask"] = MaskDecoder(int(num_classes), ignore_index)
         super().__init__(entries, decoders, transform)

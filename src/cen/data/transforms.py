@@ -10,7 +10,9 @@ once per call, so every modality and the mask get the same scale, crop and flip:
   and masks;
 * padding fills images with 0 and the mask with the ignore id; in the pipelines
   below padding comes *after* normalisation, so the padded image is the mean colour;
-* a horizontal flip negates the x component of normal maps.
+* a horizontal flip negates the x component of normal maps;
+* normalisation is per kind by default (:func:`default_normalization`): any number of
+  modalities, whatever their names.
 
 Ready pipelines: :func:`segmentation_train`, :func:`segmentation_eval`,
 :func:`translation_train`, :func:`translation_eval` and, for the reference Taskonomy
@@ -34,12 +36,18 @@ from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 Stats = tuple[Sequence[float], Sequence[float]]
 
 
+#: Prefix of a normalisation key that names a modality kind rather than a sample key.
+KIND_PREFIX = "@"
+
+
 def default_normalization() -> dict[str, Stats]:
-    """Per-modality (mean, std) of the reference recipe: ImageNet statistics for
-    ``rgb``; depth is left as loaded (raw x 1/5000, the reference preprocessing).
-    Add e.g. ``"depth": (mean, std)`` from :func:`cen.data.stats.mean_std` for a
-    per-dataset depth normalisation."""
-    return {"rgb": (IMAGENET_MEAN, IMAGENET_STD)}
+    """Per-kind (mean, std) of the reference recipe: ImageNet statistics for every
+    ``image`` modality (``rgb``, ``shading``, ...) and for ``hha``; depth and normals are
+    left as loaded (raw x 1/5000, the reference preprocessing; unit normals). Keys
+    ``"@<kind>"`` name a kind (:mod:`cen.data.kinds`); add a sample key, e.g.
+    ``"depth": (mean, std)`` from :func:`cen.data.stats.mean_std`, for a per-dataset
+    normalisation of one modality."""
+    return {f"{KIND_PREFIX}image": (IMAGENET_MEAN, IMAGENET_STD), f"{KIND_PREFIX}hha": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 class RandomScale(v2.Transform):
@@ -74,22 +82,43 @@ class RandomScale(v2.Transform):
 class NormalizeModalities:
     """Per-modality ``(x - mean) / std`` on the channels of the named keys.
 
-    ``stats`` maps a sample key to (mean, std), each one value per channel or a single
-    value for all channels. Keys not in ``stats`` and the mask are left alone."""
+    ``stats`` maps a sample key, or ``"@<kind>"`` for every modality of that kind
+    (:mod:`cen.data.kinds`: ``@image``, ``@depth``, ``@normal``, ``@hha``), to (mean, std),
+    each one value per channel or a single value for all channels. A sample key wins
+    over its kind. The kind of a value is its tv_tensor class; a plain tensor's is
+    inferred from its key (:func:`cen.data.kinds.infer_kind`). Entries matched by
+    neither, and the mask, are left alone."""
 
     def __init__(self, stats: Mapping[str, Stats]) -> None:
+        from cen.data.kinds import KINDS
+
         self.stats = {k: (torch.as_tensor(m, dtype=torch.float32), torch.as_tensor(s, dtype=torch.float32))
                       for k, (m, s) in stats.items()}
         for k, (_, s) in self.stats.items():
+            if k.startswith(KIND_PREFIX) and k[len(KIND_PREFIX):] not in KINDS:
+                raise ValueError(f"normalisation key {k!r} names no modality kind; expected one of "
+                                 f"{[KIND_PREFIX + kind for kind in KINDS]} or a sample key")
             if (s <= 0).any():
                 raise ValueError(f"std of {k!r} must be positive, got {s.tolist()}")
 
+    def _stats_of(self, key: str, value: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from cen.data.kinds import infer_kind
+        from cen.data.tvtensors import kind_of
+
+        if key in self.stats:
+            return self.stats[key]
+        kind = kind_of(value) if isinstance(value, tv_tensors.TVTensor) else infer_kind(key)
+        return self.stats.get(f"{KIND_PREFIX}{kind}")
+
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
-        for key, (mean, std) in self.stats.items():
-            if key not in out:
+        for key, x in sample.items():
+            if key == "mask" or isinstance(x, tv_tensors.Mask) or not isinstance(x, torch.Tensor):
                 continue
-            x = out[key]
+            found = self._stats_of(key, x)
+            if found is None:
+                continue
+            mean, std = found
             plain = x.as_subclass(torch.Tensor)
             c = plain.shape[-3]
             if mean.numel() not in (1, c) or std.numel() not in (1, c):
@@ -143,8 +172,9 @@ def segmentation_train(
     normalisation, mask ``ignore_index``) and random crop of ``crop_size`` (int or
     (H, W); reference 500) -> horizontal flip with probability ``hflip_p``.
 
-    ``normalization`` maps keys to (mean, std); default :func:`default_normalization`
-    (ImageNet for rgb, depth as loaded). Output: every modality (C, crop_h, crop_w)
+    ``normalization`` maps sample keys or ``"@<kind>"`` to (mean, std); default
+    :func:`default_normalization` (ImageNet for image and HHA modalities, depth and
+    normals as loaded). Output: every modality (C, crop_h, crop_w)
     float, mask (crop_h, crop_w) int64 (after the dataset unwraps it).
     """
     steps: list[Any] = []

@@ -5,6 +5,10 @@
 * :class:`NormalMap` — a horizontal flip also negates the x component (channel 0),
   so the flipped normals still describe the flipped surface.
 
+* :class:`HHAMap` — an HHA encoding: transformed like an image (its disparity, height
+  and angle channels do not change under a horizontal flip); the class only keeps its
+  kind, so the default normalisation and the prediction images can tell it apart.
+
 Everything else about them is :class:`torchvision.tv_tensors.Image` behaviour. RGB and
 other images are plain ``tv_tensors.Image``; labels are ``tv_tensors.Mask``.
 """
@@ -28,6 +32,10 @@ class NormalMap(tv_tensors.Image):
     """Surface normals (3, H, W) in [-1, 1], channel 0 = x (right)."""
 
 
+class HHAMap(tv_tensors.Image):
+    """HHA encoding (3, H, W) in [0, 1]: disparity, height above the floor, angle with gravity."""
+
+
 @F.register_kernel(functional=F.resize, tv_tensor_cls=Depth)
 def _resize_depth(inpt: Depth, size: Any, interpolation: Any = None, max_size: Any = None,
                   antialias: Any = True) -> Depth:
@@ -43,7 +51,17 @@ def _hflip_normals(inpt: NormalMap) -> NormalMap:
     return tv_tensors.wrap(out, like=inpt)
 
 
-_WRAPPERS = {"image": tv_tensors.Image, "depth": Depth, "normal": NormalMap, "mask": tv_tensors.Mask}
+_WRAPPERS = {"image": tv_tensors.Image, "depth": Depth, "normal": NormalMap, "hha": HHAMap, "mask": tv_tensors.Mask}
+
+
+def kind_of(value: Any) -> str | None:
+    """The kind of a sample value from its tv_tensor class (``"image"``, ``"depth"``,
+    ``"normal"``, ``"hha"``, ``"mask"``), or None for a plain tensor."""
+    for kind, cls in (("depth", Depth), ("normal", NormalMap), ("hha", HHAMap), ("mask", tv_tensors.Mask),
+                      ("image", tv_tensors.Image)):
+        if isinstance(value, cls):
+            return kind
+    return None
 
 
 def wrap(tensor: torch.Tensor, kind: str) -> torch.Tensor:
