@@ -20,7 +20,9 @@ from cen.data.synth.sensor import MAX_RANGE_M, TASKONOMY_DEPTH_UNITS_PER_M
 
 #: Bump when the renderer changes what a (seed, index) produces. 2: the Taskonomy layout
 #: is relit (mostly directional light); the NYUDv2 layout's bytes are those of version 1.
-GENERATOR_VERSION = 2
+#: 3: the NYUDv2 layout gains normal/, shading/, texture/ and camera.json; rgb/, depth/,
+#: masks/, the lists and the Taskonomy layout keep the bytes of version 2.
+GENERATOR_VERSION = 3
 DEFAULT_SPLITS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: Written last by :func:`generate`: its presence means the data set is complete.
@@ -63,9 +65,21 @@ def _validate(num: int, height: int, width: int) -> None:
         raise ValueError(f"height and width must be >= 16 pixels, got {height}x{width}")
 
 
-def _render_and_write(args: tuple[str, int, int, int, int]) -> None:
+def _render_and_write(args: tuple[str, int, int, int, int]) -> list[float]:
+    """Render and write one sample; returns its intrinsics (fx, fy, cx, cy)."""
     root, seed, index, height, width = args
-    layouts.write_sample(Path(root), index, layouts.render_sample(seed, index, height, width))
+    arrays = layouts.render_sample(seed, index, height, width)
+    layouts.write_sample(Path(root), index, arrays)
+    return [float(v) for v in arrays["intrinsics"]]
+
+
+def camera_json(intrinsics: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """``camera.json`` of the NYUDv2 layout: the depth scale that gives metres and the
+    intrinsics of every image by file name (read by ``cen data hha``)."""
+    return {
+        "depth_scale": layouts.DEPTH_MM_TO_M,
+        "intrinsics": {layouts.nyudv2_name(i): [round(v, 6) for v in k] for i, k in enumerate(intrinsics)},
+    }
 
 
 def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
@@ -82,6 +96,10 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
             "rgb": "8-bit RGB PNG",
             "depth": "16-bit PNG, z-buffer depth in millimetres (not NYUDv2's 1/5000 m), 0 = hole",
             "masks": "8-bit PNG, class ids 0..num_classes-1 (labels are complete: no ignore pixels)",
+            "normal": "8-bit RGB PNG, (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
+            "shading": "8-bit grey PNG, the shading of rgb (ambient + Lambertian) in [0, 1]",
+            "texture": "16-bit grey PNG, Sobel magnitude of the albedo luminance (unit step = 65535)",
+            "camera.json": "depth_scale (raw depth -> metres) and intrinsics [fx, fy, cx, cy] per file (pixels)",
             "taskonomy/depth_zbuffer": f"16-bit PNG, z-buffer depth in 1/{TASKONOMY_DEPTH_UNITS_PER_M:g} m, 65535 = invalid",
             "taskonomy/normal": "8-bit RGB PNG, (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
             "taskonomy/rgb": "8-bit RGB PNG, the same scene relit: albedo x shading (ambient share "
@@ -125,7 +143,9 @@ and rugs lie flat on a wall or the floor, so depth cannot see them.
 ## Layouts and encodings
 
 - NYUDv2 layout at the root: `rgb/`, `depth/`, `masks/` and `train.txt`, `val.txt`,
-  `test.txt` with lines `rgb/000003.png<TAB>masks/000003.png<TAB>depth/000003.png`.
+  `test.txt` with lines `rgb/000003.png<TAB>masks/000003.png<TAB>depth/000003.png`;
+  the extra modalities `normal/`, `shading/`, `texture/` (same file names) and
+  `camera.json` (intrinsics, for `cen data hha`).
 - Taskonomy layout in `taskonomy/`: `<domain>/point_<P>_view_0_domain_<domain>.png` and
   list files of `{{domain}}` templates. The same scenes under a mostly directional light,
   so that RGB depends on both shading and texture (the translation task).
@@ -173,16 +193,19 @@ def generate(
     layouts.make_dirs(root)
     jobs = [(str(root), int(seed), i, int(height), int(width)) for i in range(num)]
     bar = tqdm(total=num, desc="synth", unit="scene", disable=not progress)
+    intrinsics = []
     if workers <= 1:
         for job in jobs:
-            _render_and_write(job)
+            intrinsics.append(_render_and_write(job))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_and_write, jobs, chunksize=16):
+            for k in pool.map(_render_and_write, jobs, chunksize=16):
+                intrinsics.append(k)
                 bar.update()
     bar.close()
     layouts.write_lists(root, ranges)
+    (root / "camera.json").write_text(json.dumps(camera_json(intrinsics), indent=1) + "\n")
     info = _classes_json(settings, {k: len(v) for k, v in ranges.items()})
     (root / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
     (root / "README.md").write_text(_readme(info))

@@ -5,7 +5,15 @@ NYUDv2 layout (at the data set root)::
     rgb/000007.png      8-bit RGB
     depth/000007.png    16-bit depth in mm, 0 = hole
     masks/000007.png    8-bit class ids
+    normal/000007.png   8-bit RGB normals, (n + 1) / 2 * 255, camera frame x right, y up, z towards the camera
+    shading/000007.png  8-bit grey shading of rgb/ (ambient + Lambertian) in [0, 1]
+    texture/000007.png  16-bit grey Sobel magnitude of the albedo luminance (unit step = 65535)
     train.txt           lines "rgb/000007.png<TAB>masks/000007.png<TAB>depth/000007.png"
+    camera.json         depth scale and per-image intrinsics (fx, fy, cx, cy) for ``cen data hha``
+
+The extra modalities (``normal``, ``shading``, ``texture``) are computed from the render
+buffers without drawing random numbers, so ``rgb``, ``depth``, ``masks`` and the lists
+keep the bytes of generator version 2.
 
 Taskonomy layout (under ``taskonomy/``)::
 
@@ -35,6 +43,10 @@ from cen.data.synth.render import render
 from cen.data.synth.scene import sample_scene
 
 NYUDV2_DIRS: tuple[str, ...] = ("rgb", "depth", "masks")
+#: Extra modality folders of the NYUDv2 layout, beside ``rgb`` and ``depth`` (generator version 3).
+NYUDV2_EXTRA: tuple[str, ...] = ("normal", "shading", "texture")
+#: Depth scale of the generated NYUDv2 layout (millimetres -> metres), written to camera.json.
+DEPTH_MM_TO_M = 1e-3
 TASKONOMY_DIR = "taskonomy"
 #: The Taskonomy domains the generator writes (a subset of :data:`cen.data.TASKONOMY_DOMAINS`).
 GENERATED_DOMAINS: tuple[str, ...] = ("rgb", "depth_zbuffer", "normal", "reshading", "edge_texture")
@@ -67,9 +79,11 @@ def relight(shading: np.ndarray, ambient: float, new_ambient: float) -> np.ndarr
 def render_sample(seed: int, index: int, height: int, width: int) -> dict[str, np.ndarray]:
     """Render sample ``index`` and encode every modality as written to disk.
 
-    Returns uint8 ``rgb`` (H, W, 3, NYUDv2 layout), ``mask`` (H, W), ``taskonomy_rgb``
-    (H, W, 3), ``normal`` (H, W, 3), ``reshading`` (H, W); uint16 ``depth_mm`` (H, W),
-    ``depth_zbuffer`` (H, W, 1/512 m, 65535 invalid), ``edge_texture`` (H, W)."""
+    Returns uint8 ``rgb`` (H, W, 3, NYUDv2 layout), ``mask`` (H, W), ``shading`` (H, W, the
+    NYUDv2 layout's), ``taskonomy_rgb`` (H, W, 3), ``normal`` (H, W, 3), ``reshading`` (H, W);
+    uint16 ``depth_mm`` (H, W), ``depth_zbuffer`` (H, W, 1/512 m, 65535 invalid),
+    ``edge_texture`` (H, W); float64 ``intrinsics`` (4,): fx, fy, cx, cy in pixels (pixel
+    ``(u, v)`` of 0-based indices looks along ``((u - cx) / fx, (v - cy) / fy, 1)``, y down)."""
     rng = sample_rng(seed, index)
     scene = sample_scene(rng, height, width)
     buf = render(scene)
@@ -86,7 +100,15 @@ def render_sample(seed: int, index: int, height: int, width: int) -> dict[str, n
         "normal": sensor.encode_normal(buf["normal"]),
         "reshading": sensor.encode_unit(t_shading),
         "edge_texture": sensor.texture_edges(buf["albedo"]),
+        "shading": sensor.encode_unit(buf["shading"]),
+        "intrinsics": camera_intrinsics(scene.camera),
     }
+
+
+def camera_intrinsics(camera) -> np.ndarray:
+    """(fx, fy, cx, cy) in pixels of a :class:`~cen.data.synth.scene.Camera`; its rays pass
+    through pixel centres, ``x = (u + 0.5 - W / 2) / f``, so ``cx = W / 2 - 0.5``."""
+    return np.array([camera.focal, camera.focal, camera.width / 2 - 0.5, camera.height / 2 - 0.5])
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -113,7 +135,7 @@ def taskonomy_template(index: int) -> str:
 
 def make_dirs(root: Path) -> None:
     """Create the directories of both layouts under ``root``."""
-    for d in NYUDV2_DIRS:
+    for d in NYUDV2_DIRS + NYUDV2_EXTRA:
         (root / d).mkdir(parents=True, exist_ok=True)
     for d in GENERATED_DOMAINS:
         (root / TASKONOMY_DIR / d).mkdir(parents=True, exist_ok=True)
@@ -126,9 +148,15 @@ def write_sample(root: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     (root / "rgb" / name).write_bytes(rgb)
     (root / "depth" / name).write_bytes(_png_bytes(arrays["depth_mm"]))
     (root / "masks" / name).write_bytes(_png_bytes(arrays["mask"]))
+    normal = _png_bytes(arrays["normal"])
+    texture = _png_bytes(arrays["edge_texture"])
+    (root / "normal" / name).write_bytes(normal)
+    (root / "shading" / name).write_bytes(_png_bytes(arrays["shading"]))
+    (root / "texture" / name).write_bytes(texture)
     tdir = root / TASKONOMY_DIR
+    encoded = {"normal": normal, "edge_texture": texture}
     for domain in GENERATED_DOMAINS:
-        data = _png_bytes(arrays["taskonomy_rgb" if domain == "rgb" else domain])
+        data = encoded.get(domain) or _png_bytes(arrays["taskonomy_rgb" if domain == "rgb" else domain])
         path = tdir / taskonomy_template(index).format(domain=domain)
         path.write_bytes(data)
 
