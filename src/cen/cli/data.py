@@ -1,4 +1,4 @@
-"""``cen data``: generate synthetic scenes and validate data sets on disk."""
+"""``cen data``: generate synthetic scenes, validate data sets on disk, compute HHA."""
 
 from __future__ import annotations
 
@@ -57,8 +57,21 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hha(args: argparse.Namespace) -> int:
+    from cen.data.hha import HHAError, write_hha
+
+    try:
+        counts = write_hha(args.root, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
+                           overwrite=args.overwrite, progress=not args.quiet)
+    except HHAError as err:
+        raise DataArgumentError(str(err)) from None
+    print(f"{args.root}/hha: {counts['written']} written, {counts['kept']} already there"
+          f"{' (--overwrite recomputes them)' if counts['kept'] else ''}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``cen data synth`` and ``cen data check``."""
+    """Add ``cen data synth``, ``cen data check`` and ``cen data hha``."""
     parser = subparsers.add_parser("data", help="generate synthetic scenes, validate data sets",
                                    description="Generate synthetic scenes and validate data sets.")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -91,8 +104,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--num-classes", type=int, default=None,
                        help="label values must be below this or 255 (default: ROOT/classes.json, else 40)")
     check.add_argument("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)")
-    check.add_argument("--modalities", default=None, help="folder: comma-separated modality folders")
+    check.add_argument("--modalities", default=None,
+                       help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
+                            "list columns' rgb and depth (default: every modality folder found, e.g. hha)")
     check.add_argument("--mask", default="masks", help="folder: label folder, or 'none' (default masks)")
     check.add_argument("--json", action="store_true", help="also print a JSON summary line")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=_check)
+
+    hha = actions.add_parser(
+        "hha", help="compute the HHA encoding of every depth image into ROOT/hha/",
+        description="Compute HHA (horizontal disparity, height above the floor, angle with gravity; Gupta et al. "
+                    "2014) from ROOT/depth/*.png into ROOT/hha/*.png (8-bit RGB). Intrinsics and depth scale: the "
+                    "options, else ROOT/camera.json (generated scenes), else NYUDv2's Kinect at 640x480 and 1/5000 m. "
+                    "See docs/data.md#hha.")
+    hha.add_argument("root", metavar="ROOT", help="data set root in the NYUDv2 layout")
+    hha.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+                     help="camera intrinsics in pixels (default: ROOT/camera.json, else NYUDv2's Kinect "
+                          "518.857901,519.469611,325.582449,253.736166 for 640x480 images)")
+    hha.add_argument("--depth-scale", type=float, default=None, metavar="S",
+                     help="raw 16-bit depth x S = metres (default: ROOT/camera.json, else NYUDv2's 1/5000)")
+    hha.add_argument("--overwrite", action="store_true", help="recompute images already in ROOT/hha")
+    hha.add_argument("--quiet", action="store_true", help="no progress bar")
+    hha.set_defaults(func=_hha)
