@@ -50,7 +50,11 @@ def register(subparsers) -> None:
                    help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)")
     e.add_argument("--flip", action="store_true", default=None, help="also average horizontally flipped predictions")
     e.add_argument("--images", type=int, default=0, metavar="N", help="save N prediction images into --out")
-    e.add_argument("--out", default=None, metavar="DIR", help="write scores.json (and images) here")
+    e.add_argument("--out", default=None, metavar="DIR",
+                   help="write scores.json (and images; with --subsets subsets.json and subsets.md) here")
+    e.add_argument("--subsets", action="store_true",
+                   help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
+                        "inference) and print the table of per-branch and ensemble scores")
     e.set_defaults(func=run_eval)
     _intermixed(e)
 
@@ -151,6 +155,8 @@ def _eval(args: argparse.Namespace) -> int:
     loader = loaders.eval_loader(dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
                                  num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     out = Path(args.out) if args.out else None
+    if args.subsets:
+        return _eval_subsets(args, cfg, task, model, loader, device, info, options, out)
     results = task.evaluate(
         {task.primary: model}, loader, device=device, progress=info.is_main and cfg.train.progress,
         image_dir=out / "images" if out and args.images else None, num_images=args.images, **options,
@@ -162,4 +168,33 @@ def _eval(args: argparse.Namespace) -> int:
         if out:
             record = {"checkpoint": str(args.checkpoint), "split": args.split, **options, "scores": results}
             atomic_write_json(out / "scores.json", jsonable(record))
+    return 0
+
+
+def _eval_subsets(args, cfg, task, model, loader, device, info, options, out) -> int:
+    """``cen eval --subsets``: the task's scores on every subset of the modalities, as one table."""
+    from cen.atomic import atomic_write_json, atomic_write_text
+    from cen.tasks import build_task
+    from cen.tasks.subsets import evaluate_subsets, format_subsets
+    from cen.train.runlog import jsonable
+
+    if args.images:
+        raise EvalArgumentError("--images does not combine with --subsets; run cen eval without --subsets for images")
+
+    def run(sub_cfg):
+        return build_task(sub_cfg).evaluate({task.primary: model}, loader, device=device,
+                                            progress=info.is_main and cfg.train.progress, **options)
+
+    records = evaluate_subsets(cfg, model, loader, run)
+    if info.is_main:
+        list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
+        title = f"{args.checkpoint} on {list_file}, every subset of {list(cfg.modalities)}{task.describe_options(options)}:"
+        names = list(cfg.modalities)
+        print(format_subsets(records, names, task.score_name, task.format_value, title=title), flush=True)
+        if out:
+            atomic_write_json(out / "subsets.json", jsonable({"checkpoint": str(args.checkpoint), "split": args.split,
+                                                              "metric": task.score_name, **options,
+                                                              "subsets": records}))
+            atomic_write_text(out / "subsets.md", format_subsets(records, names, task.score_name, task.format_value,
+                                                                 markdown=True, title=title) + "\n")
     return 0
