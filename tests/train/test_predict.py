@@ -98,10 +98,54 @@ def test_clear_errors(files, tmp_path, capsys):
                         "--out", out])
     assert "small.png is 22x10" in err and "depth.png is 22x18" in err
     err = _err(capsys, ["predict", "--checkpoint", ck, "--out", out])
-    assert "--rgb PATH and/or --depth PATH" in err
+    assert "--rgb PATH, --depth PATH or --input NAME=PATH" in err
     err = _err(capsys, ["predict", "--checkpoint", ck, "--depth", str(d / "rgb.png"), "--out", out])
     assert "rgb.png" in err and "16-bit" in err
     err = _err(capsys, ["predict", "--checkpoint", str(d / "rgb.png"), "--rgb", str(d / "rgb.png"), "--out", out])
     assert "rgb.png" in err and "checkpoint" in err
     err = _err(capsys, ["predict", "--checkpoint", ck, "--rgb", str(d / "rgb.png"), "--branch", "normal", "--out", out])
     assert "'normal'" in err and "ensemble" in err
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict3")
+    cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}", "modalities=[rgb,depth,normal]"])
+    torch.manual_seed(1)
+    model = build_task(cfg).build_model()
+    atomic_save({"format": FORMAT, "version": VERSION, "kind": TRAINING, "models": {"model": model.state_dict()},
+                 "config": OmegaConf.to_container(cfg, resolve=True),
+                 "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
+                 "meta": build_task(cfg).meta()}, d / "best.pt")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
+    Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")
+    Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "normal.png")
+    return d, model
+
+
+def test_any_modality_by_name_decoded_by_its_kind(three, tmp_path, capsys):
+    d, model = three
+    paths = {"rgb": str(d / "rgb.png"), "depth": str(d / "depth.png"), "normal": str(d / "normal.png")}
+    x = read_inputs(paths)
+    raw = torch.from_numpy(np.array(Image.open(d / "normal.png"))).permute(2, 0, 1).float()
+    assert torch.allclose(x["normal"][0], raw / 127.5 - 1)  # normals: [-1, 1], not ImageNet-normalised
+    labels, grid = tmp_path / "l.png", tmp_path / "g.png"
+    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--rgb", paths["rgb"], "--input",
+                 f"depth={paths['depth']}", "--input", f"normal={paths['normal']}", "--out", str(tmp_path / "p.png"),
+                 "--labels", str(labels), "--grid", str(grid)]) == 0
+    model.eval()
+    assert np.array_equal(np.asarray(Image.open(labels)), predict_scores(model, x)["ensemble"][0].argmax(0).numpy())
+    assert np.asarray(Image.open(grid)).shape == (18, 4 * 22 + 3 * 4, 3)  # rgb | depth | normal | prediction
+    # normal alone: missing-modality inference
+    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--input", f"normal={paths['normal']}",
+                 "--out", str(tmp_path / "p.png"), "--labels", str(labels)]) == 0
+    alone = predict_scores(model, {"normal": x["normal"]})["normal"][0].argmax(0).numpy()
+    assert np.array_equal(np.asarray(Image.open(labels)), alone)
+    capsys.readouterr()
+    err = _err(capsys, ["predict", "--checkpoint", str(d / "best.pt"), "--input", f"normal={paths['depth']}",
+                        "--out", str(tmp_path / "p.png")])
+    assert f"--input normal={paths['depth']}" in err and "8-bit RGB" in err
+    err = _err(capsys, ["predict", "--checkpoint", str(d / "best.pt"), "--input", f"hha={paths['rgb']}",
+                        "--out", str(tmp_path / "p.png")])
+    assert "['rgb', 'depth', 'normal']" in err and "hha" in err

@@ -1,6 +1,7 @@
 """``cen predict``: run a checkpoint on one sample (segment an RGB-D image, or translate domains).
 
     cen predict --checkpoint runs/scenes/best.pt --rgb A.png --depth B.png --out pred.png
+    cen predict --checkpoint runs/scenes3/best.pt --input rgb=A.png --input normal=N.png --out pred.png
     cen predict --checkpoint G.pt --input reshading=a.png --input edge_texture=b.png --out generated/
 
 The task comes from the checkpoint's config. Translation decodes each ``--input`` as
@@ -8,14 +9,15 @@ its Taskonomy domain (``data.decode`` of the config), applies the evaluation tra
 runs the generator (``eval.generator_mode``) and writes ``OUT/<branch>.png`` for every
 branch and the ensemble.
 
-Segmentation: the model is rebuilt from the checkpoint by :func:`cen.load_model`; the images are
-read and preprocessed as the data loaders do (RGB 8-bit -> [0, 1] -> ImageNet
-mean/std; depth 16-bit in units of 1/5000 m x 1/5000 -> metres, replicated to 3
-channels), the model runs at the image's full size, the chosen output (the
-ensemble by default) is upsampled bilinearly to that size, and its arg-max is
+Segmentation: the model is rebuilt from the checkpoint by :func:`cen.load_model`; each input
+(``--rgb``, ``--depth`` or ``--input NAME=PATH`` for any modality of the model) is read and
+preprocessed as the data loaders do, by its kind (:mod:`cen.data.kinds`: images and HHA 8-bit
+-> [0, 1] -> ImageNet mean/std; depth 16-bit x 1/5000 (or ``--depth-scale``), replicated to 3
+channels; normals (n + 1) / 2 * 255 -> [-1, 1]), the model runs at the image's full size, the
+chosen output (the ensemble by default) is upsampled bilinearly to that size, and its arg-max is
 written as a colour PNG (:func:`cen.tasks.segmentation.visualize.colorize` palette) and, with
-``--labels``, as a PNG of raw class ids. Without ``--depth`` (or ``--rgb``) the
-model runs on the given modality alone (missing-modality inference).
+``--labels``, as a PNG of raw class ids. The model runs on the modalities given (missing-modality
+inference when some of its modalities are not).
 """
 
 from __future__ import annotations
@@ -41,19 +43,21 @@ class PredictError(UserError, ValueError):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="segment one RGB-D image with a trained checkpoint",
-        description="Segment one image (RGB and/or 16-bit depth PNG) with a checkpoint written by `cen train` "
-        "(or `cen convert-checkpoint`) and write the prediction as a colour PNG.",
+        help="segment one multimodal image (or translate domains) with a trained checkpoint",
+        description="Segment one image (any of the model's modalities: RGB, 16-bit depth, normals, HHA, ...) with a "
+        "checkpoint written by `cen train` (or `cen convert-checkpoint`) and write the prediction as a colour PNG; "
+        "translation checkpoints write one image per branch.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
     p.add_argument("--rgb", metavar="PATH", help="8-bit RGB image")
     p.add_argument("--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)")
     p.add_argument("--input", action="append", metavar="NAME=PATH",
-                   help="an input by modality or domain name (repeatable), e.g. --input reshading=a.png")
+                   help="an input by modality or domain name (repeatable), e.g. --input hha=h.png, "
+                        "--input normal=n.png; decoded by its kind (docs/data.md)")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png")
     p.add_argument("--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)")
-    p.add_argument("--grid", metavar="PATH", help="also write input | depth | prediction side by side")
+    p.add_argument("--grid", metavar="PATH", help="also write every input (by its kind) and the prediction side by side")
     p.add_argument("--modalities", nargs="+", metavar="NAME",
                    help="which of the given inputs to feed the model (default: all given)")
     p.add_argument("--branch", metavar="NAME",
@@ -75,30 +79,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- the images ----------------------------------------------------------------
-def read_inputs(paths: dict[str, str], depth_scale: float | None = None) -> dict[str, torch.Tensor]:
-    """``{modality: path}`` -> ``{modality: Tensor(1, 3, H, W)}`` preprocessed as the loaders do."""
+def _flag(name: str, path: str) -> str:
+    """How the user gave input ``name``: ``--rgb PATH`` or ``--input NAME=PATH``."""
+    return f"{INPUT_FLAGS[name]} {path}" if name in INPUT_FLAGS else f"--input {name}={path}"
+
+
+def read_inputs(paths: dict[str, str], depth_scale: float | None = None,
+                kinds: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """``{modality: path}`` -> ``{modality: Tensor(1, 3, H, W)}`` preprocessed as the loaders do,
+    each by its kind (``kinds``, else inferred from the name: :func:`cen.data.kinds.infer_kind`)."""
     from cen.data.constants import REFERENCE_DEPTH_SCALE
-    from cen.data.decode import DepthDecoder, ImageDecoder
+    from cen.data.decode import decoder_for_kind
     from cen.data.images import read_image
+    from cen.data.kinds import infer_kind
     from cen.data.transforms import segmentation_eval
+    from cen.data.tvtensors import unwrap_sample, wrap
 
     arrays = {}
     for name, path in paths.items():
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{INPUT_FLAGS[name]} {path}: no such file")
+            raise FileNotFoundError(f"{_flag(name, path)}: no such file")
         arrays[name] = read_image(path)
     sizes = {name: arr.shape[:2] for name, arr in arrays.items()}
     if len(set(sizes.values())) > 1:
-        desc = " but ".join(f"{INPUT_FLAGS[n]} {paths[n]} is {w}x{h}" for n, (h, w) in sizes.items())
+        desc = " but ".join(f"{_flag(n, paths[n])} is {w}x{h}" for n, (h, w) in sizes.items())
         raise PredictError(f"{desc} (width x height); the modalities must be pixel-aligned images of one size")
-    decoders = {"rgb": ImageDecoder(channels=3),
-                "depth": DepthDecoder(scale=REFERENCE_DEPTH_SCALE if depth_scale is None else depth_scale)}
-    try:
-        sample = {name: decoders[name](arr, Path(paths[name])) for name, arr in arrays.items()}
-    except ValueError as err:  # an image of the wrong kind (e.g. 8-bit depth): the user's file
-        raise PredictError(str(err)) from None
-    sample = segmentation_eval()(sample)  # the loaders' evaluation normalisation
-    return {name: torch.as_tensor(sample[name]).float().unsqueeze(0) for name in arrays}
+    scale = REFERENCE_DEPTH_SCALE if depth_scale is None else depth_scale
+    sample = {}
+    for name, arr in arrays.items():
+        decoder = decoder_for_kind((kinds or {}).get(name) or infer_kind(name), depth_scale=scale)
+        try:
+            sample[name] = wrap(decoder(arr, Path(paths[name])), decoder.kind)
+        except ValueError as err:  # an image of the wrong kind (e.g. 8-bit depth): the user's file
+            raise PredictError(f"{_flag(name, paths[name])}: {err}") from None
+    sample = unwrap_sample(segmentation_eval()(sample))  # the loaders' evaluation normalisation
+    return {name: sample[name].float().unsqueeze(0) for name in arrays}
 
 
 def _device(spec: str) -> torch.device:
@@ -125,7 +140,8 @@ def _given_inputs(args: argparse.Namespace) -> dict[str, str]:
             raise PredictError(f"input {name!r} is given twice")
         given[name] = path
     if not given:
-        raise PredictError("give at least one input image: --rgb PATH and/or --depth PATH, or --input NAME=PATH")
+        raise PredictError("give at least one input image: --rgb PATH, --depth PATH or --input NAME=PATH "
+                           "(e.g. --input normal=n.png)")
     if args.modalities:
         extra = [m for m in args.modalities if m not in given]
         if extra:
@@ -144,8 +160,7 @@ def predict(args: argparse.Namespace):
     device = _device(args.device)
     for name, path in given.items():  # cheap errors before the model
         if not Path(path).is_file():
-            flag = f"{INPUT_FLAGS[name]} {path}" if name in INPUT_FLAGS else f"--input {name}={path}"
-            raise FileNotFoundError(f"{flag}: no such file")
+            raise FileNotFoundError(f"{_flag(name, path)}: no such file")
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     model, cfg = load_model_with_config(args.checkpoint)
@@ -167,9 +182,6 @@ def _predict_segmentation(args, model, cfg, given, device) -> torch.Tensor:
     from cen.tasks.segmentation.evaluate import predict_scores
     from cen.tasks.segmentation.visualize import colorize, save_prediction_grid
 
-    other = [n for n in given if n not in INPUT_FLAGS]
-    if other:
-        raise PredictError(f"segmentation reads --rgb and --depth images; {other} cannot be read")
     inputs = read_inputs(given, args.depth_scale)
     model.to(device).eval()
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -193,7 +205,7 @@ def _predict_segmentation(args, model, cfg, given, device) -> torch.Tensor:
         Image.fromarray(arr).save(args.labels)
     if args.grid:
         cpu = {k: v[0].cpu() for k, v in inputs.items()}
-        save_prediction_grid(args.grid, cpu.get("rgb"), cpu.get("depth"), None, labels)
+        save_prediction_grid(args.grid, inputs=cpu, pred=labels)
     print(f"{branch} prediction of {labels.shape[1]}x{labels.shape[0]} pixels written to {out}", file=sys.stderr)
     return labels
 

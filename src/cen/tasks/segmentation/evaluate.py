@@ -139,6 +139,7 @@ def evaluate(
     image_dir: str | Path | None = None,
     num_images: int = 0,
     image_branch: str = ENSEMBLE_KEY,
+    kinds: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, float | list[float | None]]]:
     """Score every branch of ``model`` over ``loader``.
 
@@ -157,10 +158,12 @@ def evaluate(
         modalities: which inputs to feed (default: the model's ``names``, or
             every 4-d tensor of the batch but the mask). A subset evaluates
             the model with missing modalities.
-        image_dir, num_images: write the first ``num_images`` samples as
-            ``input | depth | ground truth | prediction`` PNGs into
-            ``image_dir`` (main process only), showing ``image_branch``
+        image_dir, num_images: write the first ``num_images`` samples as PNGs of
+            one panel per fed modality (drawn by its kind), the ground truth and the
+            prediction into ``image_dir`` (main process only), showing ``image_branch``
             (falling back to the first branch if the model has no such output).
+        kinds: ``{modality: kind}`` for those panels; default the data set's ``kinds``
+            (``loader.dataset.kinds``) or the kinds inferred from the names.
 
     Returns:
         ``{branch: scores}`` in the model's output order, each as
@@ -196,7 +199,9 @@ def evaluate(
                     metrics[name] = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
                 metrics[name].update(score, mask)
             if image_dir is not None and saved < num_images and is_main_process():
-                saved += _save_images(image_dir, batch, scores, image_branch, num_images - saved, saved, ignore_index)
+                shown = {n: batch[n] for n in names}
+                saved += _save_images(image_dir, shown, batch[MASK_KEY], scores, image_branch, num_images - saved,
+                                      saved, ignore_index, kinds if kinds is not None else dataset_kinds(loader))
     finally:
         for module, mode in modes:
             module.training = mode
@@ -205,7 +210,16 @@ def evaluate(
     return {name: metric.compute() for name, metric in metrics.items()}
 
 
-def _save_images(image_dir, batch, scores, branch, limit, start, ignore_index) -> int:
+def dataset_kinds(loader) -> dict[str, str] | None:
+    """``kinds`` of the data set behind ``loader`` (through ``Subset``), if it has them."""
+    ds = getattr(loader, "dataset", None)
+    while ds is not None and not hasattr(ds, "kinds") and hasattr(ds, "dataset"):
+        ds = ds.dataset
+    kinds = getattr(ds, "kinds", None)
+    return dict(kinds) if isinstance(kinds, Mapping) else None
+
+
+def _save_images(image_dir, inputs, masks, scores, branch, limit, start, ignore_index, kinds) -> int:
     from cen.tasks.segmentation.visualize import save_prediction_grid
 
     name = branch if branch in scores else next(iter(scores))
@@ -214,10 +228,10 @@ def _save_images(image_dir, batch, scores, branch, limit, start, ignore_index) -
     for j in range(n):
         save_prediction_grid(
             Path(image_dir) / f"pred_{start + j:04d}_{name}.png",
-            batch["rgb"][j] if "rgb" in batch else None,
-            batch["depth"][j] if "depth" in batch else None,
-            batch[MASK_KEY][j],
-            pred[j],
+            inputs={m: x[j] for m, x in inputs.items()},
+            kinds=kinds,
+            mask=masks[j],
+            pred=pred[j],
             ignore_index=ignore_index,
         )
     return n

@@ -1,5 +1,9 @@
 """Pictures of predictions: a class palette, colourised label maps, and comparison grids.
 
+Input panels are drawn by the modality's kind (:mod:`cen.data.kinds`): images and HHA
+un-normalised with the ImageNet statistics, depth through a colour map, normals as
+``(n + 1) / 2``.
+
 The palette is the PASCAL VOC bit-interleaved palette shifted by one: class
 ``c`` (0..254) gets VOC colour ``c + 1``, so the 255 colours are distinct and
 none is black; label 255 (the ignore value) is black.
@@ -7,7 +11,7 @@ none is black; label 255 (the ignore value) is black.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,8 @@ from torch import Tensor
 
 from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "colorize", "palette", "prediction_grid", "save_prediction_grid"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "colorize", "input_panel", "palette", "prediction_grid",
+           "save_prediction_grid"]
 
 _GAP = 4  # white pixels between panels
 
@@ -93,12 +98,36 @@ def _depth_panel(depth, cmap: str) -> np.ndarray:
     return out
 
 
+def _normal_panel(normal) -> np.ndarray:
+    n = _to_numpy(normal).astype(np.float32)
+    if n.ndim != 3 or n.shape[0] != 3:
+        raise ValueError(f"a normal map must be (3, H, W), got shape {n.shape}")
+    return (np.clip((n + 1) / 2, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def input_panel(x, kind: str, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                depth_cmap: str = "viridis") -> np.ndarray:
+    """One input ``(C, H, W)`` as it is fed to the model -> ``(H, W, 3)`` uint8, by its kind:
+    ``image`` / ``hha`` un-normalised with ``mean``/``std`` (grey images are 3 equal channels),
+    ``depth`` through ``depth_cmap`` stretched over the valid range (holes black),
+    ``normal`` as ``(n + 1) / 2``."""
+    if kind in ("image", "hha"):
+        return _rgb_panel(x, mean, std)
+    if kind == "depth":
+        return _depth_panel(x, depth_cmap)
+    if kind == "normal":
+        return _normal_panel(x)
+    raise ValueError(f"no panel for modality kind {kind!r}; expected image, depth, normal or hha")
+
+
 def prediction_grid(
     rgb=None,
     depth=None,
     mask=None,
     pred=None,
     *,
+    inputs: Mapping | None = None,
+    kinds: Mapping[str, str] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     depth_cmap: str = "viridis",
@@ -108,15 +137,23 @@ def prediction_grid(
 
     ``rgb`` is ImageNet-normalised ``(3, H, W)`` (un-normalised for display);
     ``depth`` is shown through a matplotlib colour map (holes, i.e. 0, black);
+    ``inputs`` (``{modality: (C, H, W)}``, any number) adds one panel per modality, in
+    its order, drawn by its kind (``kinds``, else inferred from the name; see
+    :func:`input_panel`) after ``rgb`` and ``depth``;
     ``mask`` and ``pred`` are label maps (``pred`` may also be ``(K, h, w)``
     scores, arg-maxed after a bilinear resize). Panels given as ``None`` are
     left out; all panels must have the same size.
     """
+    from cen.data.kinds import infer_kind
+
     panels: list[tuple[str, np.ndarray]] = []
     if rgb is not None:
         panels.append(("rgb", _rgb_panel(rgb, mean, std)))
     if depth is not None:
         panels.append(("depth", _depth_panel(depth, depth_cmap)))
+    for name, x in (inputs or {}).items():
+        kind = (kinds or {}).get(name) or infer_kind(name)
+        panels.append((name, input_panel(x, kind, mean=mean, std=std, depth_cmap=depth_cmap)))
     if mask is not None:
         panels.append(("mask", colorize(mask, ignore_index=ignore_index)))
     if pred is not None:
@@ -130,7 +167,7 @@ def prediction_grid(
             pred = p.argmax(0)
         panels.append(("pred", colorize(pred, ignore_index=None)))
     if not panels:
-        raise ValueError("nothing to draw: rgb, depth, mask and pred are all None")
+        raise ValueError("nothing to draw: rgb, depth, inputs, mask and pred are all None")
     sizes = {name: img.shape[:2] for name, img in panels}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"the panels differ in size (H, W): {sizes}")
