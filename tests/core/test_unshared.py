@@ -93,3 +93,19 @@ def test_unshared_errors():
         ModalityConv2d(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), 2)
     with pytest.raises(TypeError, match="shared_convs must be a bool"):
         cen.convert(torchvision.models.resnet18(), 2, shared_convs="no")
+
+
+def test_unshared_layers_refuse_a_subset_of_modalities():
+    # With 2 of 3 modalities a batch of 6 rows is still divisible by 3: without the check the rows would be
+    # silently sent through the wrong modality's weights.
+    from cen.core.context import present_modalities
+    from cen.nn import ModalityConv2d, ModalityLinear
+
+    conv = ModalityConv2d(torch.nn.Conv2d(2, 3, 1), 3)
+    linear = ModalityLinear(torch.nn.Linear(2, 3), 3)
+    with present_modalities((0, 2)):
+        with pytest.raises(ValueError, match="need every modality"):
+            conv(torch.randn(6, 2, 4, 4))
+        with pytest.raises(ValueError, match="need every modality"):
+            linear(torch.randn(6, 2))
+    assert conv(torch.randn(6, 2, 4, 4)).shape == (6, 3, 4, 4)

@@ -14,9 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cen.core.context import current_present
+
 
 def _check_batch(module: nn.Module, x: Tensor) -> int:
     num = module.num_modalities
+    present = current_present()
+    if present is not None and len(present) < num:
+        raise ValueError(
+            f"{type(module).__name__}: unshared weights need every modality ({num}), but only modalities "
+            f"{list(present)} are present; give all of them (or convert with shared_convs=True)"
+        )
     if x.shape[0] % num:
         raise ValueError(
             f"{type(module).__name__}: batch size {x.shape[0]} is not divisible by the number of modalities {num}: "
