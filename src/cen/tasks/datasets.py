@@ -72,7 +72,8 @@ def _folder(root, list_file, cfg, transform):
 def _taskonomy(root, list_file, cfg, transform):
     from cen.data import Taskonomy
 
-    return Taskonomy(root, list_file, inputs=tuple(cfg.modalities), target=cfg.data.target, transform=transform)
+    return Taskonomy(root, list_file, inputs=tuple(cfg.modalities), target=cfg.data.target, transform=transform,
+                     decode=cfg.data.decode)
 
 
 def _generate_scenes(cfg) -> None:
