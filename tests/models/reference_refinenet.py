@@ -9,7 +9,7 @@ under ``<name>.module.``); every norm is a container of per-modality
 makes the residual of a residual conv unit its ReLU'd input, as in the
 reference); the ensemble is ``softmax(alpha)``-weighted over detached outputs.
 Its state dict uses the reference's key names, so the tests can compare them
-with ``shared/reference/cen_official_refinenet101_nyudv2_keys.tsv``.
+with ``tests/fixtures/reference/cen_official_refinenet101_nyudv2_keys.tsv``.
 """
 
 from __future__ import annotations

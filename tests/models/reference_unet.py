@@ -12,7 +12,7 @@ by boolean-mask indexing (two inputs only, as the reference); ``conv1``,
 ``deconv1`` .. ``deconv3``; ``tanh``; the ensemble is ``softmax(alpha)``-weighted
 over detached outputs. Its state dict uses the reference's key names, so the
 tests can compare them with
-``shared/reference/cen_official_translation_generator_2inputs_keys.tsv``.
+``tests/fixtures/reference/cen_official_translation_generator_2inputs_keys.tsv``.
 """
 
 from __future__ import annotations

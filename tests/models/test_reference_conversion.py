@@ -22,9 +22,8 @@ from cen.models.reference import (
 from tests.models.reference_refinenet import RefRefineNet
 
 ROOT = Path(__file__).resolve().parents[2]
-_TSV_NAME = Path("shared", "reference", "cen_official_refinenet101_nyudv2_keys.tsv")
-# shared/ sits inside the checkout or next to it.
-TSV = next((p for p in (ROOT / _TSV_NAME, ROOT.parent / _TSV_NAME) if p.is_file()), ROOT / _TSV_NAME)
+# The reference's state-dict keys and shapes (facts about the official checkpoint), kept in the repository.
+TSV = ROOT / "tests" / "fixtures" / "reference" / "cen_official_refinenet101_nyudv2_keys.tsv"
 
 NUM_CLASSES = 5
 THRESHOLD = 2e-2
@@ -57,7 +56,6 @@ def meta_r101():
 # -- keys and shapes ------------------------------------------------------------
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="shared/reference TSV not available")
 def test_expected_reference_keys_are_exactly_the_official_checkpoints(meta_r101):
     expected = {f"module.{k}": tuple(e.shape) for k, e in reference_key_map(meta_r101).items()}
     official = {k: s for k, (s, _) in read_tsv().items()}
@@ -67,7 +65,6 @@ def test_expected_reference_keys_are_exactly_the_official_checkpoints(meta_r101)
     assert len(official) == 1233
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="shared/reference TSV not available")
 def test_official_keys_map_onto_refinenet101_each_used_once(meta_r101):
     sd = tsv_state_dict()
     assert infer_reference_config(sd) == {
@@ -86,7 +83,6 @@ def test_official_keys_map_onto_refinenet101_each_used_once(meta_r101):
     meta_r101.load_state_dict(ours, strict=True)
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="shared/reference TSV not available")
 def test_mismatches_are_all_listed_together():
     sd = tsv_state_dict()
     del sd["module.layer3.7.bn2.bn_1.running_var"]
@@ -101,7 +97,6 @@ def test_mismatches_are_all_listed_together():
     assert "shape mismatches (1)" in msg and "module.clf_conv.module.bias: checkpoint (41,), expected (40,)" in msg
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="shared/reference TSV not available")
 def test_checkpoint_for_another_architecture_is_refused(meta_r101):
     with torch.device("meta"):
         r50 = RefineNetCEN("resnet50", 40)

@@ -23,12 +23,10 @@ from cen.models.reference_translation import (
 from tests.models.reference_unet import RefUNetGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
-_REF = Path("shared", "reference")
-# shared/ sits inside the checkout or next to it.
-REF_DIR = next((p for p in (ROOT / _REF, ROOT.parent / _REF) if p.is_dir()), ROOT / _REF)
+# The reference's state-dict keys and shapes (facts about the official checkpoints), kept in the repository.
+REF_DIR = ROOT / "tests" / "fixtures" / "reference"
 GEN_TSV = REF_DIR / "cen_official_translation_generator_2inputs_keys.tsv"
 DISC_TSV = REF_DIR / "cen_official_translation_discriminator_keys.tsv"
-needs_tsv = pytest.mark.skipif(not GEN_TSV.is_file(), reason="shared/reference TSVs not available")
 
 NAMES = ("reshading", "edge_texture")
 NGF = 4  # the reference's 8 levels at 256x256, narrow
@@ -56,7 +54,6 @@ def tsv_state_dict(path: Path) -> dict[str, torch.Tensor]:
 # -- keys and shapes --------------------------------------------------------------
 
 
-@needs_tsv
 def test_expected_keys_plus_the_unused_norms_are_exactly_the_references():
     with torch.device("meta"):
         model = UNetCEN(NAMES)
@@ -68,7 +65,6 @@ def test_expected_keys_plus_the_unused_norms_are_exactly_the_references():
     assert sum(math.prod(s) for k, s in unused.items() if k.endswith(("weight", "bias"))) == 2_316
 
 
-@needs_tsv
 def test_reference_key_list_converts_strictly_and_completely():
     sd = tsv_state_dict(GEN_TSV)
     assert infer_generator_config(sd) == {"num_modalities": 2, "in_channels": 3, "out_channels": 3, "ngf": 64, "num_downs": 8}
@@ -93,7 +89,6 @@ def test_reference_key_list_converts_strictly_and_completely():
     }
 
 
-@needs_tsv
 def test_mismatches_are_all_listed_together():
     sd = tsv_state_dict(GEN_TSV)
     del sd["conv4.insnorm_conv.insnorm_1.running_var"]
@@ -110,7 +105,6 @@ def test_mismatches_are_all_listed_together():
     assert "conv8.insnorm_conv.insnorm_0.bias: checkpoint (7,), expected (512,)" in msg
 
 
-@needs_tsv
 def test_discriminator_and_foreign_state_dicts_are_refused():
     with pytest.raises(ReferenceCheckpointError, match=r"D.pth: this is the reference translation \*discriminator\*"):
         convert_reference_generator(tsv_state_dict(DISC_TSV), NAMES, source="D.pth")
@@ -248,17 +242,6 @@ def test_convert_checkpoint_command_writes_the_generator(reference_model, inputs
     torch.testing.assert_close(ours["ensemble"], want[2], rtol=0, atol=1e-5)
 
 
-def _translation_task_known() -> bool:
-    """Whether this build's engine knows ``task: translation`` (cen.load_model builds models through it)."""
-    try:
-        import cen.tasks  # registers the built-in tasks
-        from cen.tasks.registry import TASKS
-    except ImportError:
-        return False
-    return hasattr(cen, "load_model") and "translation" in TASKS
-
-
-@pytest.mark.skipif(not _translation_task_known(), reason="the engine does not know task: translation yet")
 def test_converted_generator_loads_with_cen_load_model(reference_model, inputs, tmp_path):
     src, dst = tmp_path / "G.pth", tmp_path / "converted.pt"
     torch.save(reference_model.state_dict(), src)
