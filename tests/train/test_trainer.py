@@ -22,7 +22,7 @@ def test_run_writes_config_metrics_checkpoints_and_scores(tmp_path, capsys):
     cfg = load_config(None, tiny_overrides(tmp_path, "eval.num_images=1", "eval.scales=[1.0, 0.5]", "eval.flip=true"))
     out = Trainer(cfg, datasets=fake_datasets()).fit()
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json", "figure_a.png"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir()) and any((run / "images").rglob("*.png"))
     assert load_config(run / "config.yaml").model.name == "tiny"  # the saved config reloads

@@ -14,7 +14,7 @@ def build_task(cfg) -> Task:
 
 
 #: Modules whose import registers the built-in data sets, segmentation and translation.
-BUILTIN = ("cen.tasks.datasets", "cen.tasks.segmentation", "cen.tasks.translation.task")
+BUILTIN = ("cen.tasks.datasets", "cen.tasks.segmentation", "cen.tasks.translation.task", "cen.tasks.presence")
 
 
 def _register_builtin() -> None:

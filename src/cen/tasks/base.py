@@ -62,6 +62,8 @@ class Task:
                               f"expected one of {list(self.model_names)}")
         self.score_name = "score"
         self.higher_is_better = True
+        # Set by the engine (cen.train.precision.Precision): how optimize() runs backward and the step.
+        self.precision = None
 
     # -- config and data ---------------------------------------------------------
     @property
@@ -141,10 +143,25 @@ class Task:
         ``models`` are the plain networks, ``nets`` the same wrapped for the forward
         pass (DistributedDataParallel under several processes). The task moves the
         batch to the device, computes its losses, zeroes, back-propagates and steps
-        its optimisers. Returns detached scalars to log; ``"loss"`` is required (the
+        its optimisers (through :meth:`optimize`, which honours ``train.precision``; the
+        engine runs this method under autocast when that is bf16 or fp16). Returns detached scalars to log; ``"loss"`` is required (the
         progress bar and the finiteness check read it).
         """
         raise NotImplementedError
+
+    def optimize(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Zero ``optimizer``'s gradients, back-propagate ``loss`` and step, as ``train.precision`` asks.
+
+        Runs outside autocast and, in fp16, through the engine's gradient scaler; without an
+        engine (or in fp32) it is ``zero_grad(set_to_none=True); loss.backward(); optimizer.step()``.
+        """
+        precision = getattr(self, "precision", None)  # a subclass may skip Task.__init__
+        if precision is not None:
+            precision.optimize(loss, optimizer)
+            return
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, models: Models, loader, *, device: torch.device, progress: bool = True,

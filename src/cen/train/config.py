@@ -20,7 +20,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cen.core.fusions import FUSIONS, build_fusion, check_fusion_options
 from cen.data.constants import IGNORE_INDEX
+from cen.models.heads import HEADS, check_head
 from cen.tasks.errors import ConfigError
 from cen.tasks.registry import DATASETS, MODELS, TASKS
 
@@ -58,6 +60,7 @@ class DataConfig:
     scale_max: float = 2.0
     flip: bool = True
     num_workers: int = 0
+    num_points: int = 1024  # presence: points sampled from each depth map (a fixed N per cloud)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
@@ -69,11 +72,16 @@ class ModelConfig:
     threshold: float | None = None  # theta; null: the task's (segmentation 2e-2, translation 1e-2)
     exchange: bool = True
     ensemble: bool = True
+    head: str = "ensemble"  # the fused output: ensemble (alpha, the paper) | concat (a concat-fusion block, Table A)
+    fusion: str = "exchange"  # the strategy at the fusion points, a name of cen.fusion_names() (docs/core.md)
+    fusion_options: dict[str, Any] = field(default_factory=dict)  # its keyword options, e.g. {fraction: 0.3}
+    shared_convs: bool = True  # false: private convolutions per modality (one grouped convolution)
     decoder_widths: list[int] | None = None  # RefineNet stage widths, deepest first; null = the reference's
     bn_stats: str = "train"  # train | frozen (reference: norms in eval mode, gamma/beta still train)
     ngf: int = 64  # translation: generator width (pix2pix U-Net)
     num_downs: int = 8  # translation: U-Net levels (input sides must be divisible by 2**num_downs)
     ndf: int = 64  # translation: discriminator width (PatchGAN)
+    embed_dim: int = 128  # presence: common width D of the encoders' embeddings and the shared MLP
 
 
 @dataclass
@@ -117,6 +125,9 @@ class TrainConfig:
     select: str = "auto"  # branch whose val score picks best.pt; auto: ensemble if present, else the first modality
     select_metric: str = "auto"  # the score of that branch: auto = the task's (segmentation miou, translation l1)
     progress: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the CPU's choice) | fp16 (autocast + gradient scaling; CUDA only)
+    channels_last: bool = False  # channels-last parameters and inputs (faster convolutions, most of all in bf16/fp16)
+    compile: bool = False  # torch.compile (Inductor) the training forward; minutes to compile, needs a C compiler
 
 
 @dataclass
@@ -152,10 +163,11 @@ class Config:
 
 
 #: Keys whose values are registry names: checked against the registry (one place to add a name).
-REGISTERED = {"task": TASKS, "data.dataset": DATASETS, "model.name": MODELS}
+REGISTERED = {"task": TASKS, "data.dataset": DATASETS, "model.name": MODELS, "model.fusion": FUSIONS}
 
 CHOICES = {
     "model.bn_stats": ("train", "frozen"),
+    "model.head": HEADS,
     "optim.name": ("sgd", "adam"),
     "loss.sparsity_mode": ("disjoint", "all", "none"),
     "loss.sparsity_solver": ("gradient", "proximal"),
@@ -163,6 +175,7 @@ CHOICES = {
     "eval.upsample": ("bilinear", "bicubic"),
     "eval.generator_mode": ("eval", "train"),
     "eval.features": ("auto", "inception", "scenes"),
+    "train.precision": ("fp32", "bf16", "fp16"),
 }
 
 BASE_KEY = "base"
@@ -250,6 +263,8 @@ def _check_path(key: str) -> None:
         sub = _schema_of(types[part])
         i += 1
         if sub is None:
+            if getattr(types[part], "__origin__", None) is dict:
+                return  # a free-form mapping (model.fusion_options): any key below it
             if i < len(parts) and not (parts[i].isdigit() and i == len(parts) - 1):
                 raise ConfigError(f"command line: {where!r} is a value, not a group; cannot set {key!r}")
             return
@@ -271,7 +286,7 @@ def _parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         except OmegaConfBaseException as exc:
             raise ConfigError(f"cannot parse override {item!r}: {exc}") from None
         _check_path(key)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and _schema_at(key) is not None:
             check_keys(value, _schema_at(key), key, "command line")
         elif isinstance(value, list) and _schema_at(key) is not None:
             for i, elem in enumerate(value):
@@ -320,6 +335,8 @@ def validate(cfg: DictConfig) -> None:
         "model.ngf": cfg.model.ngf,
         "model.num_downs": cfg.model.num_downs,
         "model.ndf": cfg.model.ndf,
+        "data.num_points": cfg.data.num_points,
+        "model.embed_dim": cfg.model.embed_dim,
     }
     for key, value in positive.items():
         if value < 1:
@@ -345,6 +362,35 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.crop_size must be null, a positive int or [H, W], got {crop!r}")
     if not cfg.data.scale_min <= cfg.data.scale_max:
         raise ConfigError(f"data.scale_min {cfg.data.scale_min} > data.scale_max {cfg.data.scale_max}")
+    _check_fusion(cfg)
+
+
+#: Channels of the norm on which :func:`_check_fusion` tries the strategy (the model's own are checked when built).
+_PROBE_CHANNELS = 64
+
+
+def _check_fusion(cfg: DictConfig) -> None:
+    """``model.fusion_options`` and ``model.head`` against the strategy, the modalities and ``model.ensemble``."""
+    m, mods = cfg.model, list(cfg.modalities)
+    options = OmegaConf.to_container(m.fusion_options)
+    try:
+        check_fusion_options(m.fusion, options)
+    except ValueError as err:
+        raise ConfigError(f"model.fusion_options={options}: {err}") from None
+    fraction = options.get("fraction")
+    if "fraction" in options and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                  or not 0 < fraction < 1):
+        raise ConfigError(f"model.fusion_options.fraction={fraction!r} is not valid; expected a number in (0, 1)")
+    try:
+        build_fusion(m.fusion, _PROBE_CHANNELS, len(mods), options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.fusion={m.fusion!r} with modalities {mods} and model.fusion_options={options} "
+                          f"(tried on a {_PROBE_CHANNELS}-channel norm): {err}") from None
+    try:
+        check_head(m.head, len(mods), bool(m.ensemble))
+    except ValueError as err:
+        raise ConfigError(f"model.head={m.head!r} with modalities {mods} and model.ensemble={m.ensemble}: "
+                          f"{err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:

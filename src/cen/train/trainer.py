@@ -56,6 +56,7 @@ from cen.train.checkpoint import (
 )
 from cen.train.interrupt import StopRequest, TrainingInterrupted
 from cen.train.optim import learning_rates, set_stage, stage_of, total_epochs
+from cen.train.precision import Precision, check_compile, check_precision, compile_error, compile_model
 from cen.train.runlog import RunLog, jsonable
 
 
@@ -76,16 +77,22 @@ class Trainer:
             module for the task's primary model).
         task: the task (default: ``cfg.task`` built from the config).
         stream: where messages and progress bars go (default stderr).
+        compile_backend: the :func:`torch.compile` backend of ``train.compile`` (default Inductor;
+            the tests pass ``"aot_eager"``, which needs no C compiler).
     """
 
     def __init__(self, cfg, *, run_dir=None, resume: bool | str = False, overwrite: bool = False,
                  datasets: Mapping | None = None, models: Mapping | nn.Module | None = None,
-                 task: Task | None = None, stream=None) -> None:
+                 task: Task | None = None, stream=None, compile_backend="inductor") -> None:
         self.cfg = cfg
         self.stream = stream or sys.stderr
         self.task = task if task is not None else build_task(cfg)
         self.task.check_training_config()
         self.info, self.device = distributed.init(cfg.train.device)
+        check_precision(cfg.train.precision, self.device)
+        if cfg.train.compile:
+            check_compile()
+        self.precision = Precision(cfg.train.precision, self.device, channels_last=cfg.train.channels_last)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
         self.resume_from = None
         if resume:
@@ -118,17 +125,23 @@ class Trainer:
             models = self.task.build_models()
         elif isinstance(models, nn.Module):
             models = {self.task.primary: models}
-        self.models: dict[str, nn.Module] = {k: m.to(self.device) for k, m in models.items()}
+        self.models: dict[str, nn.Module] = {k: self.precision.prepare_model(m.to(self.device))
+                                             for k, m in models.items()}
         self.task.setup(self.models)
         if self.info.distributed and self.device.type == "cuda":
             self.models = {k: distributed.convert_sync_batchnorm(m) for k, m in self.models.items()}
         self.optimizers = dict(self.task.configure_optimizers(self.models))
+        self.precision.add_scalers(self.optimizers)
+        self.task.precision = self.precision  # Task.optimize steps through it (loss scaling in fp16)
         # Theorem 1's check: where every penalised gamma of the primary model has been relative to theta.
         self.gamma = GammaTracker(self.model, mode="all" if cfg.loss.sparsity_mode == "all" else "disjoint")
         self.nets = dict(self.models)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.nets = {k: nn.parallel.DistributedDataParallel(m, device_ids=ids) for k, m in self.models.items()}
+        # Compiled at the first step; evaluation runs the plain models (no recompiling for eval mode).
+        if cfg.train.compile:
+            self.nets = {k: compile_model(n, compile_backend) for k, n in self.nets.items()}
         pin = self.device.type == "cuda"
         self.train_loader = loaders.train_loader(
             self.datasets["train"], self.local_batch, rank=self.info.rank, world_size=world,
@@ -170,6 +183,7 @@ class Trainer:
             "rng": rng_state(),
             "meta": self.task.meta(),
             "gamma_tracker": self.gamma.state_dict(),
+            "grad_scalers": self.precision.state_dict(),
         }
 
     def save(self, name: str) -> None:
@@ -208,6 +222,7 @@ class Trainer:
         self.best_score, self.best_epoch = p.get("best_score"), p.get("best_epoch")
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        self.precision.load_state_dict(ckpt.get("grad_scalers", {}))
         if "gamma_tracker" in ckpt:
             self.gamma.load_state_dict(ckpt["gamma_tracker"])
         elif self.gamma.layers:
@@ -219,8 +234,16 @@ class Trainer:
         self.task.train_mode(self.nets)
 
     def train_step(self, batch: Mapping) -> tuple[torch.Tensor, dict]:
-        """One step of the task; ``(loss, other logged scalars)``."""
-        scalars = dict(self.task.training_step(batch, self.models, self.nets, self.optimizers))
+        """One step of the task under ``train.precision`` / ``train.channels_last``; ``(loss, other logged scalars)``."""
+        batch = self.precision.prepare_batch(batch)
+        try:
+            with self.precision.autocast():
+                scalars = dict(self.task.training_step(batch, self.models, self.nets, self.optimizers))
+        except Exception as exc:
+            error = compile_error(exc) if self.cfg.train.compile else None  # e.g. no C compiler for Inductor
+            if error is not None:
+                raise error from exc
+            raise
         return scalars.pop("loss"), scalars
 
     def fit(self) -> dict:
@@ -320,12 +343,13 @@ class Trainer:
     def evaluate(self, split: str, *, images: str | None = None, **options) -> dict:
         """The task's scores on ``split`` (all processes take part); its pictures into ``images/<images>``."""
         num = self.cfg.eval.num_images
-        results = self.task.evaluate(
-            self.models, self.eval_loaders[split], device=self.device,
-            progress=self.info.is_main and self.cfg.train.progress,
-            image_dir=self.run_dir / "images" / images if images and num else None,
-            num_images=num if images else 0, **options,
-        )
+        with self.precision.autocast():
+            results = self.task.evaluate(
+                self.models, self.eval_loaders[split], device=self.device,
+                progress=self.info.is_main and self.cfg.train.progress,
+                image_dir=self.run_dir / "images" / images if images and num else None,
+                num_images=num if images else 0, **options,
+            )
         self._train_mode()
         return results
 
@@ -334,6 +358,8 @@ class Trainer:
             return
         results = self.evaluate("val", images=f"val_epoch{self.epoch:03d}")
         summary = self.task.summary(self.models)
+        if self.info.is_main and summary.get("exchange"):
+            self._figure_a(summary["exchange"], f"epoch {self.epoch} (step {self.global_step})")
         score = self.task.score(results)
         improved = self.task.improves(score, self.best_score)
         if improved:
@@ -351,6 +377,19 @@ class Trainer:
                      else "; alpha " + ", ".join(f"{k} {v:.3f}" for k, v in summary["alpha"].items())))
         if improved:
             self.save("best.pt")
+
+    def _figure_a(self, shares: Mapping[str, Mapping[str, float]], title: str) -> None:
+        """The paper's Figure A at this evaluation: per exchanging layer, the share of channels each modality
+        replaces (``figure_a.png`` in the run folder, rewritten at every evaluation; the history is in
+        metrics.jsonl and ``cen report`` draws it)."""
+        from cen.analysis.figures import figure_a, save, stacked_shares
+
+        layers = list(shares)
+        modalities = list(next(iter(shares.values())))
+        path = self.run_dir / "figure_a.png"
+        tmp = path.with_name(".figure_a.tmp.png")
+        save(figure_a(layers, stacked_shares(layers, shares, modalities), modalities, title=title), tmp)
+        tmp.replace(path)  # atomic, as every file of a run
 
     def _finish(self) -> dict:
         cfg = self.cfg

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from cen.core.convert import convert
-from cen.core.defaults import THRESHOLD
+from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
 from cen.core.multimodal import MultiModal
+from cen.tasks.errors import ConfigError
 from cen.tasks.registry import MODELS
 
 
@@ -17,11 +19,15 @@ class TinySegNet(MultiModal):
     """A small CEN segmenter for smoke tests: stem, one exchanging BasicBlock, a 1x1 head, 1/4 resolution.
 
     Same interface as :class:`cen.models.RefineNetCEN` (``{name: Tensor(B, 3, H, W)}`` ->
-    logits ``(B, K, H/4, W/4)`` by name, ``encoder_parameters`` / ``decoder_parameters``), no dropout.
+    logits ``(B, K, H/4, W/4)`` by name, ``encoder_parameters`` / ``decoder_parameters``,
+    ``output_names``), no dropout. ``fusion``, ``fusion_options`` and ``shared_convs`` go to
+    :func:`cen.convert` (the block's ``bn1`` is the fusion point); the fused output is always
+    the alpha-ensemble (there is no concat-fusion head).
     """
 
     def __init__(self, num_classes: int, modalities: Sequence[str], threshold: float = THRESHOLD, *,
-                 exchange: bool = True, ensemble: bool = True, width: int = 8) -> None:
+                 exchange: bool = True, ensemble: bool = True, width: int = 8, fusion: str = "exchange",
+                 fusion_options: Mapping[str, object] | None = None, shared_convs: bool = True) -> None:
         encoder = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -31,10 +37,16 @@ class TinySegNet(MultiModal):
             nn.ReLU(inplace=True),
             BasicBlock(width, width),
         )
-        convert(encoder, len(modalities), threshold=threshold, exchange="auto" if exchange else False)
+        convert(encoder, len(modalities), threshold=threshold, exchange="auto" if exchange else False,
+                fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs)
         head = nn.Conv2d(width, num_classes, 1)
         super().__init__(nn.Sequential(encoder, head), modalities, ensemble=ensemble and len(modalities) > 1)
         self.num_classes = num_classes
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The output keys with every modality given: the modality names, then ``"ensemble"`` if there is one."""
+        return (*self.names, ENSEMBLE_KEY) if self.ensemble is not None else tuple(self.names)
 
     def encoder_parameters(self):
         return self.model[0].parameters()
@@ -48,11 +60,37 @@ def _threshold(cfg) -> float:
     return THRESHOLD if cfg.model.threshold is None else float(cfg.model.threshold)
 
 
+def fusion_kwargs(cfg) -> dict:
+    """``fusion``, ``fusion_options`` (a plain dict) and ``shared_convs`` of ``cfg.model``, as the models take them."""
+    m = cfg.model
+    return {"fusion": str(m.fusion), "fusion_options": dict(OmegaConf.to_container(m.fusion_options)),
+            "shared_convs": bool(m.shared_convs)}
+
+
+def build_checked(cfg, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()``, with a ``ValueError`` of the model's constructor (a setting that does not fit the network,
+    e.g. a ``fraction`` too large for a layer's channels) turned into a one-line :class:`ConfigError` naming the keys.
+    """
+    try:
+        return make()
+    except ValueError as err:
+        m = cfg.model
+        raise ConfigError(
+            f"cannot build model.name={m.name!r} (model.fusion={m.fusion!r}, model.fusion_options="
+            f"{fusion_kwargs(cfg)['fusion_options']}, model.shared_convs={m.shared_convs}, model.head={m.head!r}, "
+            f"modalities={list(cfg.modalities)}): {err}"
+        ) from None
+
+
 @MODELS.register("tiny")
 def tiny(cfg) -> nn.Module:
     m = cfg.model
-    return TinySegNet(int(cfg.data.num_classes), list(cfg.modalities), _threshold(cfg), exchange=m.exchange,
-                      ensemble=m.ensemble)
+    if m.head != "ensemble":
+        raise ConfigError(f"model.head={m.head!r} is not available for model.name='tiny' (it has no decoder "
+                          "features to fuse); use model.head=ensemble, or model.name=refinenet")
+    return build_checked(cfg, lambda: TinySegNet(
+        int(cfg.data.num_classes), list(cfg.modalities), _threshold(cfg), exchange=m.exchange, ensemble=m.ensemble,
+        **fusion_kwargs(cfg)))
 
 
 @MODELS.register("refinenet")
@@ -60,8 +98,9 @@ def refinenet(cfg) -> nn.Module:
     from cen.models import RefineNetCEN
 
     m = cfg.model
-    return RefineNetCEN(
+    return build_checked(cfg, lambda: RefineNetCEN(
         backbone=m.backbone, num_classes=int(cfg.data.num_classes), modalities=list(cfg.modalities),
         threshold=_threshold(cfg), pretrained=m.pretrained, exchange=m.exchange, ensemble=m.ensemble,
+        head=str(m.head), **fusion_kwargs(cfg),
         **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
-    )
+    ))

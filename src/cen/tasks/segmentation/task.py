@@ -18,7 +18,7 @@ from cen.tasks.base import Models, Optimizers, Task
 from cen.tasks.datasets import build_splits, prepare_data
 from cen.tasks.errors import ConfigError
 from cen.tasks.registry import MODELS, TASKS
-from cen.tasks.segmentation import models as _models  # noqa: F401  (registers refinenet, tiny)
+from cen.tasks.segmentation import models as _models  # registers refinenet, tiny
 from cen.tasks.segmentation.evaluate import evaluate, format_table
 from cen.tasks.segmentation.losses import SegmentationLoss, check_labels
 from cen.tasks.segmentation.optim import build_optimizer
@@ -32,10 +32,24 @@ def freeze_norm_stats(model: nn.Module) -> None:
 
     The reference code trains its segmentation model this way. A norm is any module with a
     ``track_running_stats`` attribute: torch's batch and instance norms and cen's modality norms.
+    A modality norm's fusion strategy (``norm.fusion``) stays in training mode: freezing
+    statistics must not freeze e.g. ``random``'s per-step draw into its evaluation set.
     """
     for module in model.modules():
         if hasattr(module, "track_running_stats"):
             module.eval()
+            fusion = getattr(module, "fusion", None)
+            if isinstance(fusion, nn.Module):
+                fusion.train(True)
+
+
+def output_names(model: nn.Module, modalities) -> list[str]:
+    """The model's output keys: its ``output_names`` (the fused key included, whatever ``model.head`` makes it),
+    else the modalities plus ``"ensemble"`` when it has an alpha-ensemble."""
+    names = getattr(model, "output_names", None)
+    if names is not None:
+        return list(names)
+    return list(modalities) + ([ENSEMBLE_KEY] if getattr(model, "ensemble", None) is not None else [])
 
 
 @TASKS.register("segmentation")
@@ -99,11 +113,9 @@ class SegmentationTask(Task):
         return {"model": MODELS.get(self.cfg.model.name)(self.cfg)}
 
     def setup(self, models: Models) -> None:
-        model = models[self.primary]
+        outputs = output_names(models[self.primary], self.cfg.modalities)
         if self.select == "auto":
-            ens = getattr(model, "ensemble", None) is not None
-            self.select = ENSEMBLE_KEY if ens else self.cfg.modalities[0]
-        outputs = list(self.cfg.modalities) + ([ENSEMBLE_KEY] if getattr(model, "ensemble", None) is not None else [])
+            self.select = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else self.cfg.modalities[0]
         if self.select not in outputs:
             raise ConfigError(f"train.select={self.select!r} is not an output of the model; "
                             f"choose one of {outputs} or auto")
@@ -120,6 +132,8 @@ class SegmentationTask(Task):
             "backbone": c.model.backbone if c.model.name == "refinenet" else None,
             "modalities": list(c.modalities),
             "num_classes": int(c.data.num_classes),
+            "head": str(c.model.head),
+            **_models.fusion_kwargs(c),
         }
 
     # -- training -------------------------------------------------------------------------
@@ -139,9 +153,7 @@ class SegmentationTask(Task):
         mask = mask.to(device, non_blocking=nb)
         outputs = nets["model"](inputs)
         loss, parts = self.criterion(outputs, mask, model)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self.optimize(loss, optimizer)  # zero_grad, backward, step (loss scaling in fp16)
         # the exchanging norms are in the encoder group (the first one)
         self.criterion.shrink(model, optimizer.param_groups[0]["lr"], len(outputs))
         return {"loss": loss.detach(), **parts}

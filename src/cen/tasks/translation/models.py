@@ -10,6 +10,7 @@ from torch import nn
 
 from cen.core.defaults import TRANSLATION_THRESHOLD
 from cen.tasks.registry import MODELS
+from cen.tasks.segmentation.models import build_checked, fusion_kwargs
 
 #: Channels of every domain as the loaders give them (grey domains are replicated to 3).
 CHANNELS = 3
@@ -21,9 +22,10 @@ def unet(cfg) -> nn.Module:
 
     m = cfg.model
     threshold = TRANSLATION_THRESHOLD if m.threshold is None else float(m.threshold)
-    return UNetCEN(list(cfg.modalities), in_channels=CHANNELS, out_channels=CHANNELS, ngf=int(m.ngf),
-                   num_downs=int(m.num_downs), threshold=threshold, ensemble=bool(m.ensemble),
-                   exchange=bool(m.exchange))
+    return build_checked(cfg, lambda: UNetCEN(
+        list(cfg.modalities), in_channels=CHANNELS, out_channels=CHANNELS, ngf=int(m.ngf), num_downs=int(m.num_downs),
+        threshold=threshold, ensemble=bool(m.ensemble), exchange=bool(m.exchange), head=str(m.head),
+        **fusion_kwargs(cfg)))
 
 
 def discriminator(cfg) -> nn.Module:

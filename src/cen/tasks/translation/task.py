@@ -36,6 +36,8 @@ from cen.tasks.base import DECODER, Models, Optimizers, Task, is_main_process
 from cen.tasks.datasets import build_splits, prepare_data
 from cen.tasks.errors import ConfigError
 from cen.tasks.registry import MODELS, TASKS
+from cen.tasks.segmentation.models import fusion_kwargs
+from cen.tasks.segmentation.task import output_names
 from cen.tasks.translation import models as _models  # registers unet
 
 TARGET_KEY = "target"
@@ -109,9 +111,7 @@ class TranslationTask(Task):
         return MODELS.get(self.cfg.model.name)(self.cfg)
 
     def setup(self, models: Models) -> None:
-        outputs = list(self.cfg.modalities)
-        if getattr(models["generator"], "ensemble", None) is not None:
-            outputs.append(ENSEMBLE_KEY)
+        outputs = output_names(models["generator"], self.cfg.modalities)
         if self.select == "auto":
             self.select = outputs[-1]
         if self.select not in outputs:
@@ -130,7 +130,8 @@ class TranslationTask(Task):
 
     def meta(self) -> dict:
         c = self.cfg
-        return {"task": self.name, "model": c.model.name, "modalities": list(c.modalities), "target": c.data.target}
+        return {"task": self.name, "model": c.model.name, "modalities": list(c.modalities), "target": c.data.target,
+                "head": str(c.model.head), **fusion_kwargs(c)}
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Tensor], models: Models, nets: Models,
@@ -153,9 +154,7 @@ class TranslationTask(Task):
         d_fake = _bce_per_branch(logits[0], 0.0)
         d_real = _bce_per_branch(logits[1], 1.0)
         d_loss = 0.5 * (d_fake + d_real).sum()
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
+        self.optimize(d_loss, d_opt)  # zero_grad, backward, step (loss scaling in fp16)
 
         # generator: fool the (now fixed) discriminator, stay close to the target
         disc = models["discriminator"]  # not the DDP wrapper: its parameters take no gradient here
@@ -179,9 +178,7 @@ class TranslationTask(Task):
             if c.loss.sparsity_solver == "gradient":
                 loss = loss + c.loss.sparsity_weight * gamma
         g_opt = optimizers["generator"]
-        g_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        g_opt.step()
+        self.optimize(loss, g_opt)  # zero_grad, backward, step (loss scaling in fp16)
         if penalise and c.loss.sparsity_solver == "proximal":
             sparsity_shrink_(models["generator"], g_opt.param_groups[0]["lr"] * c.loss.sparsity_weight,
                              c.loss.sparsity_mode)
