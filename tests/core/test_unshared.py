@@ -109,3 +109,13 @@ def test_unshared_layers_refuse_a_subset_of_modalities():
         with pytest.raises(ValueError, match="need every modality"):
             linear(torch.randn(6, 2))
     assert conv(torch.randn(6, 2, 4, 4)).shape == (6, 3, 4, 4)
+
+
+def test_unsharing_leaves_the_layers_of_a_fusion_strategy_alone():
+    net = cen.convert(torchvision.models.resnet18(), 2, fusion="gated_sum", shared_convs=False)
+    gate = net.layer1[0].bn1.fusion
+    assert not any(isinstance(m, (ModalityConv2d, ModalityLinear)) for m in gate.modules())
+    assert isinstance(net.layer1[0].conv1, ModalityConv2d)
+    x = {"rgb": torch.randn(3, 3, 32, 32), "depth": torch.randn(3, 3, 32, 32)}
+    out = cen.MultiModal(net, ["rgb", "depth"])(x)
+    assert out["rgb"].shape == (3, 1000)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cen.core.context import current_present
+from cen.core.norms import _ModalityNorm
 
 
 def _check_batch(module: nn.Module, x: Tensor) -> int:
@@ -132,7 +133,13 @@ def unshare(module: nn.Module, num_modalities: int) -> nn.Module:
     root = twin_of(module)
     if root is not None:
         return root
+    # The layers of a fusion strategy (inside a modality norm) see pooled features of every modality at
+    # once, not a stacked batch: they stay as they are.
+    inside_norms = {id(m) for norm in module.modules() if isinstance(norm, _ModalityNorm)
+                    for m in norm.modules() if m is not norm}
     for name, sub in list(module.named_modules()):
+        if id(sub) in inside_norms:
+            continue
         if isinstance(sub, (ModalityConv2d, ModalityLinear)) and sub.num_modalities != num_modalities:
             raise ValueError(f"{name} is already unshared for {sub.num_modalities} modalities, not {num_modalities}")
         twin = twin_of(sub)
