@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -12,6 +11,7 @@ from cen.core.convert import convert
 from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
 from cen.core.multimodal import MultiModal
 from cen.tasks.errors import ConfigError
+from cen.tasks.fusion_models import build_checked, fusion_kwargs
 from cen.tasks.registry import MODELS
 
 
@@ -58,28 +58,6 @@ class TinySegNet(MultiModal):
 
 def _threshold(cfg) -> float:
     return THRESHOLD if cfg.model.threshold is None else float(cfg.model.threshold)
-
-
-def fusion_kwargs(cfg) -> dict:
-    """``fusion``, ``fusion_options`` (a plain dict) and ``shared_convs`` of ``cfg.model``, as the models take them."""
-    m = cfg.model
-    return {"fusion": str(m.fusion), "fusion_options": dict(OmegaConf.to_container(m.fusion_options)),
-            "shared_convs": bool(m.shared_convs)}
-
-
-def build_checked(cfg, make: Callable[[], nn.Module]) -> nn.Module:
-    """``make()``, with a ``ValueError`` of the model's constructor (a setting that does not fit the network,
-    e.g. a ``fraction`` too large for a layer's channels) turned into a one-line :class:`ConfigError` naming the keys.
-    """
-    try:
-        return make()
-    except ValueError as err:
-        m = cfg.model
-        raise ConfigError(
-            f"cannot build model.name={m.name!r} (model.fusion={m.fusion!r}, model.fusion_options="
-            f"{fusion_kwargs(cfg)['fusion_options']}, model.shared_convs={m.shared_convs}, model.head={m.head!r}, "
-            f"modalities={list(cfg.modalities)}): {err}"
-        ) from None
 
 
 @MODELS.register("tiny")

@@ -17,8 +17,8 @@ from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
 from cen.tasks.base import Models, Optimizers, Task
 from cen.tasks.datasets import build_splits, prepare_data
 from cen.tasks.errors import ConfigError
+from cen.tasks.fusion_models import fusion_kwargs, output_names
 from cen.tasks.registry import MODELS, TASKS
-from cen.tasks.segmentation import models as _models  # registers refinenet, tiny
 from cen.tasks.segmentation.evaluate import evaluate, format_table
 from cen.tasks.segmentation.losses import SegmentationLoss, check_labels
 from cen.tasks.segmentation.optim import build_optimizer
@@ -41,15 +41,6 @@ def freeze_norm_stats(model: nn.Module) -> None:
             fusion = getattr(module, "fusion", None)
             if isinstance(fusion, nn.Module):
                 fusion.train(True)
-
-
-def output_names(model: nn.Module, modalities) -> list[str]:
-    """The model's output keys: its ``output_names`` (the fused key included, whatever ``model.head`` makes it),
-    else the modalities plus ``"ensemble"`` when it has an alpha-ensemble."""
-    names = getattr(model, "output_names", None)
-    if names is not None:
-        return list(names)
-    return list(modalities) + ([ENSEMBLE_KEY] if getattr(model, "ensemble", None) is not None else [])
 
 
 @TASKS.register("segmentation")
@@ -133,7 +124,7 @@ class SegmentationTask(Task):
             "modalities": list(c.modalities),
             "num_classes": int(c.data.num_classes),
             "head": str(c.model.head),
-            **_models.fusion_kwargs(c),
+            **fusion_kwargs(c),
         }
 
     # -- training -------------------------------------------------------------------------

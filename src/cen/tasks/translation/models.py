@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from cen.core.defaults import TRANSLATION_THRESHOLD
+from cen.tasks.fusion_models import build_checked, fusion_kwargs
 from cen.tasks.registry import MODELS
-from cen.tasks.segmentation.models import build_checked, fusion_kwargs
 
 #: Channels of every domain as the loaders give them (grey domains are replicated to 3).
 CHANNELS = 3

@@ -35,9 +35,8 @@ from cen.core.sparsity import sparsity_loss, sparsity_shrink_
 from cen.tasks.base import DECODER, Models, Optimizers, Task, is_main_process
 from cen.tasks.datasets import build_splits, prepare_data
 from cen.tasks.errors import ConfigError
+from cen.tasks.fusion_models import fusion_kwargs, output_names
 from cen.tasks.registry import MODELS, TASKS
-from cen.tasks.segmentation.models import fusion_kwargs
-from cen.tasks.segmentation.task import output_names
 from cen.tasks.translation import models as _models  # registers unet
 
 TARGET_KEY = "target"
