@@ -169,3 +169,15 @@ def test_cen_predict_writes_every_branch_of_a_translation_checkpoint(tmp_path, c
     assert main(["predict", "--checkpoint", str(tmp_path / "g.pt"), "--input", f"curvature={tmp_path / 'shade.png'}",
                  "--out", str(out)]) == 2
     assert "'curvature'" in capsys.readouterr().err
+
+
+def test_reference_decoding_selects_the_reference_transforms(tmp_path):
+    from cen.data.transforms import PILBilinearResize
+    from cen.tasks import build_task
+
+    def steps(transform):
+        return [type(t) for t in transform.transforms]
+
+    ref = build_task(_cfg(tmp_path, "data.decode=reference", "data.crop_size=32", "data.load_size=36"))
+    lin = build_task(_cfg(tmp_path, "data.crop_size=32", "data.load_size=36"))
+    assert PILBilinearResize in steps(ref.eval_transform()) and PILBilinearResize not in steps(lin.eval_transform())

@@ -87,8 +87,9 @@ class TranslationTask(Task):
         if d.crop_size is None:  # the images as they are (their sides must suit the U-Net)
             train = v2.Compose([*([v2.RandomHorizontalFlip(p=0.5)] if d.flip else []), T.ToSignedUnit()])
         else:
-            train = T.translation_train(load_size=d.load_size or d.crop_size, crop_size=d.crop_size,
-                                        hflip_p=0.5 if d.flip else 0.0)
+            # decode=reference: the reference's PIL bilinear resize of 8-bit images; else antialiased tensors
+            make = T.translation_reference_train if d.decode == "reference" else T.translation_train
+            train = make(load_size=d.load_size or d.crop_size, crop_size=d.crop_size, hflip_p=0.5 if d.flip else 0.0)
         return build_splits(self.cfg, self.name, {"train": train, "eval": self.eval_transform()}, splits)
 
     def eval_transform(self):
@@ -96,7 +97,10 @@ class TranslationTask(Task):
         from cen.data import transforms as T
 
         size = self.cfg.data.crop_size
-        return T.ToSignedUnit() if size is None else T.translation_eval(size=size)
+        if size is None:
+            return T.ToSignedUnit()
+        make = T.translation_reference_eval if self.cfg.data.decode == "reference" else T.translation_eval
+        return make(size=size)
 
     def data_context(self) -> str:
         return f"modalities={list(self.cfg.modalities)}, data.target={self.cfg.data.target!r}"
