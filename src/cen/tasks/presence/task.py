@@ -149,12 +149,7 @@ class PresenceTask(Task):
             parts["l1"] = l1.detach()
             if c.loss.sparsity_solver == "gradient":
                 loss = loss + c.loss.sparsity_weight * l1
-        if hasattr(Task, "optimize"):  # the engine's precision-aware step (train.precision), where it exists
-            self.optimize(loss, optimizer)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        self.optimize(loss, optimizer)  # the engine's precision-aware step (train.precision)
         if penalise and c.loss.sparsity_solver == "proximal":
             lr = next(g["lr"] for g in optimizer.param_groups if g.get("name") == DECODER)  # the norms' group
             sparsity_shrink_(model, lr * c.loss.sparsity_weight, c.loss.sparsity_mode)
