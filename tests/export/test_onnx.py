@@ -158,3 +158,26 @@ def test_runner_bad_files(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ExportError, match="junk.onnx: not a loadable ONNX model"):
         OnnxRunner(junk)
+
+
+def test_cen_predict_runs_an_onnx_file(refinenet, refinenet_file, tmp_path):
+    from PIL import Image
+
+    from cen.cli.main import main
+    from cen.cli.predict import read_inputs
+    from cen.tasks.segmentation.evaluate import predict_scores
+
+    rng = np.random.default_rng(0)
+    rgb, depth = tmp_path / "rgb.png", tmp_path / "depth.png"
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(rgb)
+    Image.fromarray(rng.integers(2000, 30000, (48, 64), dtype=np.uint16)).save(depth)
+    labels = tmp_path / "labels.png"
+    assert main(["predict", "--onnx", str(refinenet_file), "--rgb", str(rgb), "--depth", str(depth),
+                 "--out", str(tmp_path / "pred.png"), "--labels", str(labels)]) == 0
+    inputs = read_inputs({"rgb": str(rgb), "depth": str(depth)})
+    with torch.no_grad():
+        expected = predict_scores(refinenet, inputs)["ensemble"][0].argmax(0).numpy()
+    assert np.array_equal(np.asarray(Image.open(labels)), expected)
+    # a file for other modalities is refused in one line
+    assert main(["predict", "--onnx", str(refinenet_file), "--input", f"normal={rgb}", "--out",
+                 str(tmp_path / "x.png")]) == 2

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint written by `cen train` (or `cen convert-checkpoint`) and write the prediction as a colour PNG; "
         "translation checkpoints write one image per branch.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
+    src.add_argument("--onnx", metavar="PATH", help="a segmentation model exported by cen export, run with onnxruntime")
     p.add_argument("--rgb", metavar="PATH", help="8-bit RGB image")
     p.add_argument("--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)")
     p.add_argument("--input", action="append", metavar="NAME=PATH",
@@ -161,6 +163,8 @@ def predict(args: argparse.Namespace):
     for name, path in given.items():  # cheap errors before the model
         if not Path(path).is_file():
             raise FileNotFoundError(f"{_flag(name, path)}: no such file")
+    if args.onnx is not None:
+        return _predict_onnx(args, given, device)
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     model, cfg = load_model_with_config(args.checkpoint)
@@ -174,6 +178,36 @@ def predict(args: argparse.Namespace):
     if cfg.task not in PREDICTORS:
         raise PredictError(f"{args.checkpoint}: cen predict knows the tasks {sorted(PREDICTORS)}, not {cfg.task!r}")
     return PREDICTORS[cfg.task](args, model, cfg, given, device)
+
+
+def _predict_onnx(args, given, device) -> torch.Tensor:
+    """``cen predict --onnx``: the exported file stands in for the model (segmentation files only)."""
+    from cen.export.onnx import OnnxRunner
+
+    runner = OnnxRunner(args.onnx)
+    config = runner.model_config or {}
+    if "num_classes" not in config:
+        raise PredictError(f"--onnx {args.onnx}: cen predict --onnx runs segmentation models (class scores per "
+                           f"pixel); this file's model has no num_classes ({sorted(config)[:6]})")
+    runner.check_modalities(list(given), source="the given images")
+    args.checkpoint = args.onnx  # named in messages
+    return _predict_segmentation(args, _OnnxModel(runner), None, given, device)
+
+
+class _OnnxModel:
+    """An :class:`~cen.export.onnx.OnnxRunner` behind the call a PyTorch model answers (``model(inputs)``)."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.names = runner, runner.names
+
+    def __call__(self, inputs):
+        return self.runner.run_torch(inputs)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
 
 
 def _predict_segmentation(args, model, cfg, given, device) -> torch.Tensor:

@@ -36,12 +36,13 @@ from cen.core.fusions import Discard, Exchange, FixedExchange, Fusion, NoFusion,
 from cen.core.multimodal import MultiModal
 from cen.core.norms import ModalityInstanceNorm2d, _ModalityNorm
 from cen.core.unshared import ModalityConv2d, ModalityLinear
+from cen.tasks.errors import UserError
 
 #: Strategies whose output is ``sum_k w[m, k, c] y[k, c]`` with ``w`` fixed by the weights (independent of ``x``).
 LINEAR_FUSIONS: tuple[type[Fusion], ...] = (Exchange, FixedExchange, Discard, Sum, NoFusion)
 
 
-class FreezeError(ValueError):
+class FreezeError(ValueError, UserError):
     """A model that cannot be frozen for export; the message names the module and the reason."""
 
 

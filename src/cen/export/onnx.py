@@ -37,6 +37,7 @@ from torch import Tensor
 from cen.core.defaults import ENSEMBLE_KEY
 from cen.core.multimodal import MultiModal
 from cen.export.freeze import FreezeError, FrozenModel, freeze
+from cen.tasks.errors import UserError
 
 #: Suffix of a modality's output name: the input ``"rgb"`` gives the output ``"rgb_out"`` (ONNX names must differ).
 OUTPUT_SUFFIX = "_out"
@@ -49,7 +50,7 @@ META_INPUTS, META_OUTPUTS, META_MODALITIES, META_MODEL, META_VERSION, META_MULTI
 INSTALL_HINT = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
 
 
-class ExportError(ValueError):
+class ExportError(ValueError, UserError):
     """Bad input to the export or the runner; the message names the file, modality or argument."""
 
 
