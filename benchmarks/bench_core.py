@@ -175,7 +175,7 @@ def time_variants(steps: dict, repeats: int, warmup: int, device: torch.device):
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -313,9 +313,14 @@ def run(args) -> dict:
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "machine": machine_info(device),
         "config": {
-            "batch_per_modality": args.batch, "modalities": args.modalities, "size": args.size,
-            "repeats": args.repeats, "warmup": args.warmup, "exchange_fraction": args.exchange_fraction,
-            "theta": THETA, "device": str(device),
+            "batch_per_modality": args.batch,
+            "modalities": args.modalities,
+            "size": args.size,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "exchange_fraction": args.exchange_fraction,
+            "theta": THETA,
+            "device": str(device),
         },  # fmt: skip
         "models": {},
     }
@@ -371,9 +376,7 @@ def run(args) -> dict:
             # stacked model runs at least the plain network: list/plain bounds list/stacked.
             "list_over_plain_time": v["list"]["median_s"] / v["plain"]["median_s"],
             # median over rounds of the ratio within a round (same-moment noise cancels)
-            "list_over_stacked_time_paired": statistics.median(
-                a / b for a, b in zip(times["list"], times["stacked"])
-            ),
+            "list_over_stacked_time_paired": statistics.median(a / b for a, b in zip(times["list"], times["stacked"])),
             "stacked_over_plain_time_paired": statistics.median(
                 a / b for a, b in zip(times["stacked"], times["plain"])
             ),
@@ -403,7 +406,8 @@ def format_table(results: dict) -> str:
     cfg, mach = results["config"], results["machine"]
     lines = [
         f"machine: {mach['cpu']}, nproc {mach['nproc']}, torch threads {mach['torch_threads']}, "
-        f"torch {mach['torch']}, torchvision {mach['torchvision']}" + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
+        f"torch {mach['torch']}, torchvision {mach['torchvision']}"
+        + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
         + (f", load average at start {mach['load_average_1_5_15'][0]:.1f}" if mach.get("load_average_1_5_15") else "")
         + (f", OMP_WAIT_POLICY={mach['omp_wait_policy']}" if mach.get("omp_wait_policy") else ""),
         f"training step, M={cfg['modalities']}, B={cfg['batch_per_modality']} per modality, "
@@ -442,8 +446,11 @@ def format_table(results: dict) -> str:
         )
     compiled = [(a, e) for a, e in results["models"].items() if "compiled_stacked_over_plain_time" in e["ratios"]]
     if compiled:
-        lines += ["", "| model | compiled stacked/plain time | list (eager)/compiled stacked time | compile s (stacked, plain) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | compiled stacked/plain time | list (eager)/compiled stacked time | compile s (stacked, plain) |",
+            "|---|---|---|---|",
+        ]
         for arch, entry in compiled:
             r, v = entry["ratios"], entry["variants"]
             lines.append(
@@ -451,8 +458,10 @@ def format_table(results: dict) -> str:
                 f"{v['stacked+compile']['compile_s']:.0f}, {v['plain+compile']['compile_s']:.0f} |"
             )
             if "compiled_fused_over_plain_time" in r:
-                lines.append(f"| {arch}, norms forced onto the eager route | "
-                             f"{r['compiled_fused_over_plain_time']:.3f} | - | {v[FUSED_ABLATION]['compile_s']:.0f} |")
+                lines.append(
+                    f"| {arch}, norms forced onto the eager route | "
+                    f"{r['compiled_fused_over_plain_time']:.3f} | - | {v[FUSED_ABLATION]['compile_s']:.0f} |"
+                )
     if any("memory_method" in e for e in results["models"].values()):
         method = next(e["memory_method"] for e in results["models"].values() if "memory_method" in e)
         lines += ["", f"peak memory: {method}, per step"]
@@ -476,10 +485,16 @@ def parse_args(argv=None):
         help="CPU peak memory: tensor bytes from torch.profiler allocation events (default), or process "
         "peak RSS of one step in a fresh subprocess per variant (includes malloc caching; noisy)",
     )  # fmt: skip
-    p.add_argument("--compile", action="store_true",
-                   help="also time the stacked and plain models under torch.compile (slow to compile)")
-    p.add_argument("--compile-ablation", action="store_true",
-                   help="with --compile: also the stacked model compiled with its norms on the eager route")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the stacked and plain models under torch.compile (slow to compile)",
+    )
+    p.add_argument(
+        "--compile-ablation",
+        action="store_true",
+        help="with --compile: also the stacked model compiled with its norms on the eager route",
+    )
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--_memory-child", dest="memory_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)

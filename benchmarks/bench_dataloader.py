@@ -22,14 +22,19 @@ from pathlib import Path
 from machine import machine  # benchmarks/ is the script folder, so on sys.path
 
 
-
-
 def measure(dataset, workers: int, batch_size: int, batches: int) -> float:
     import torch
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     it = iter(loader)
     next(it)  # warm-up: worker start, first decode
     seen, start = 0, time.perf_counter()
@@ -81,8 +86,16 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="cen-bench-loader-"))
     try:
-        generate(tmp, args.scenes, args.height, args.width, seed=0, splits=(1.0, 0.0, 0.0), progress=False,
-                 workers=min(2, os.cpu_count() or 1))
+        generate(
+            tmp,
+            args.scenes,
+            args.height,
+            args.width,
+            seed=0,
+            splits=(1.0, 0.0, 0.0),
+            progress=False,
+            workers=min(2, os.cpu_count() or 1),
+        )
         transform = segmentation_train(args.crop, scale_range=(0.5, 2.0), shorter_side=args.shorter_side)
         dataset = NYUDv2(tmp, "train.txt", num_classes=NUM_CLASSES, transform=transform)
         cpu_ms = cpu_ms_per_sample(dataset, 2 * args.scenes)
@@ -93,13 +106,22 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    config = {"height": args.height, "width": args.width, "shorter_side": args.shorter_side,
-              "scale_range": [0.5, 2.0], "crop": args.crop, "batch_size": args.batch_size,
-              "batches": args.batches, "torch_threads": torch.get_num_threads(),
-              "cpu_ms_per_sample_1_thread": round(cpu_ms, 1)}
+    config = {
+        "height": args.height,
+        "width": args.width,
+        "shorter_side": args.shorter_side,
+        "scale_range": [0.5, 2.0],
+        "crop": args.crop,
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_ms_per_sample_1_thread": round(cpu_ms, 1),
+    }
     print(f"machine: {machine()}")
-    print(f"pipeline: {args.height}x{args.width} PNG rgb+depth+mask -> shorter side {args.shorter_side}, "
-          f"scale 0.5-2.0, crop {args.crop}, mirror; batch {args.batch_size}")
+    print(
+        f"pipeline: {args.height}x{args.width} PNG rgb+depth+mask -> shorter side {args.shorter_side}, "
+        f"scale 0.5-2.0, crop {args.crop}, mirror; batch {args.batch_size}"
+    )
     print(f"CPU per sample (1 thread, in process): {cpu_ms:.1f} ms")
     print(f"{'workers':>7} {'samples/s':>10}")
     for r in results:

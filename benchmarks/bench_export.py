@@ -87,7 +87,7 @@ def time_rounds(calls: dict, x: dict, repeats: int, warmup: int) -> dict[str, li
     names = list(calls)
     times = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
             calls[n](x)
@@ -104,9 +104,16 @@ def run(args) -> dict:
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "machine": machine(),
         "torch": torch.__version__,
-        "config": {"backbone": args.backbone, "decoder_widths": list(args.widths), "classes": args.classes,
-                   "size": list(args.size), "threads": args.threads, "repeats": args.repeats,
-                   "warmup": args.warmup, "modalities": list(NAMES)},  # fmt: skip
+        "config": {
+            "backbone": args.backbone,
+            "decoder_widths": list(args.widths),
+            "classes": args.classes,
+            "size": list(args.size),
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "modalities": list(NAMES),
+        },  # fmt: skip
         "batches": {},
         "notes": notes,
     }
@@ -126,13 +133,19 @@ def run(args) -> dict:
                 try:
                     out = active[name](x)
                 except Exception as err:  # noqa: BLE001  (a compiler failure is reported, not fatal)
-                    notes.append(f"{name} skipped at batch {batch}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                    notes.append(
+                        f"{name} skipped at batch {batch}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    )
                     del active[name]
                     continue
                 if name == "compiled":
                     entry.setdefault("compile_s", time.perf_counter() - t0)
-                entry.setdefault("max_abs_diff", {})[name] = max(float(np.abs(reference[k] - out[k]).max()) for k in out)
-            print(f"[batch {batch}] timing {args.warmup} warmup + {args.repeats} rounds ...", file=sys.stderr, flush=True)
+                entry.setdefault("max_abs_diff", {})[name] = max(
+                    float(np.abs(reference[k] - out[k]).max()) for k in out
+                )
+            print(
+                f"[batch {batch}] timing {args.warmup} warmup + {args.repeats} rounds ...", file=sys.stderr, flush=True
+            )
             times = time_rounds(active, x, args.repeats, args.warmup)
             for name, ts in times.items():
                 s = sorted(ts)

@@ -83,7 +83,9 @@ def build_cen(backbone: str, num_modalities: int, num_classes: int, fraction: fl
     return model.train()
 
 
-def make_batch(batch: int, num_modalities: int, size: int, num_classes: int, seed: int = 1) -> tuple[dict, torch.Tensor]:
+def make_batch(
+    batch: int, num_modalities: int, size: int, num_classes: int, seed: int = 1
+) -> tuple[dict, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     inputs = {n: torch.randn(batch, 3, size, size, generator=g) for n in NAMES[:num_modalities]}
     out = -(-size // 4)
@@ -125,7 +127,7 @@ def time_variants(steps: dict, repeats: int, warmup: int, device: torch.device):
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -169,9 +171,17 @@ def run(args) -> dict:
         "machine": machine() + (f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "config": {"backbone": args.backbone, "modalities": args.modalities, "batch_per_modality": args.batch,
-                   "size": args.size, "classes": args.classes, "repeats": args.repeats, "warmup": args.warmup,
-                   "device": str(device), "exchange_fraction": args.exchange_fraction},
+        "config": {
+            "backbone": args.backbone,
+            "modalities": args.modalities,
+            "batch_per_modality": args.batch,
+            "size": args.size,
+            "classes": args.classes,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "device": str(device),
+            "exchange_fraction": args.exchange_fraction,
+        },
         "variants": {},
     }
     compile_s = None
@@ -197,16 +207,22 @@ def run(args) -> dict:
             syncs[n] = count_host_syncs(steps[n])
     xs = [x.to(device) for x in inputs.values()]
     nonzero = nonzero_per_forward(models["reference"], xs)
-    print(f"timing {args.warmup} warmup + {args.repeats} rounds of {len(names)} variants ...", file=sys.stderr,
-          flush=True)
+    print(
+        f"timing {args.warmup} warmup + {args.repeats} rounds of {len(names)} variants ...", file=sys.stderr, flush=True
+    )
     times, cpu_times = time_variants(steps, args.repeats, args.warmup, device)
     ref, ref_cpu = statistics.median(times["reference"]), statistics.median(cpu_times["reference"])
     for n in names:
         ts, cs = times[n], cpu_times[n]
-        entry = {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts,
-                 "speedup_vs_reference": ref / statistics.median(ts),
-                 "cpu_median_s": statistics.median(cs), "cpu_times_s": cs,
-                 "cpu_speedup_vs_reference": ref_cpu / statistics.median(cs)}
+        entry = {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "times_s": ts,
+            "speedup_vs_reference": ref / statistics.median(ts),
+            "cpu_median_s": statistics.median(cs),
+            "cpu_times_s": cs,
+            "cpu_speedup_vs_reference": ref_cpu / statistics.median(cs),
+        }
         if n in memory:
             entry["peak_bytes"] = memory[n]
             entry["memory_vs_reference"] = memory[n] / memory["reference"]
@@ -236,9 +252,11 @@ def format_table(result: dict) -> str:
     for n, v in result["variants"].items():
         mem = f"{v['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in v else "-"
         rel = f"{v['memory_vs_reference']:.2f}" if "memory_vs_reference" in v else "-"
-        lines.append(f"| {n} | {v['median_s']:.3f} | {v['min_s']:.3f} | {v['speedup_vs_reference']:.2f}x | "
-                     f"{v['cpu_median_s']:.2f} | {v['cpu_speedup_vs_reference']:.2f}x | "
-                     f"{mem} | {rel} | {v.get('host_syncs_per_step', '-')} |")
+        lines.append(
+            f"| {n} | {v['median_s']:.3f} | {v['min_s']:.3f} | {v['speedup_vs_reference']:.2f}x | "
+            f"{v['cpu_median_s']:.2f} | {v['cpu_speedup_vs_reference']:.2f}x | "
+            f"{mem} | {rel} | {v.get('host_syncs_per_step', '-')} |"
+        )
     extra = [f"reference: {result['variants']['reference']['nonzero_per_forward']} nonzero per forward"]
     if COMPILED in result["variants"]:
         extra.append(f"compile: {result['variants'][COMPILED]['compile_s']:.0f} s for the first step")
@@ -259,8 +277,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate of the step")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on the CPU")
-    p.add_argument("--variants", nargs="+", choices=EAGER[1:], default=list(EAGER[1:]),
-                   help="the eager cen variants to time (the reference always runs)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=EAGER[1:],
+        default=list(EAGER[1:]),
+        help="the eager cen variants to time (the reference always runs)",
+    )
     p.add_argument("--compile", action="store_true", help=f"also time {COMPILED} (minutes of compiling on a CPU)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")

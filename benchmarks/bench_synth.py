@@ -20,8 +20,6 @@ from pathlib import Path
 from machine import machine  # benchmarks/ is the script folder, so on sys.path
 
 
-
-
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its reaped children (s)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -49,11 +47,18 @@ def main() -> None:
         seconds = time.perf_counter() - start
         cpu = cpu_seconds() - cpu_start
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
-        results.append({
-            "num": args.num, "height": args.height, "width": args.width, "workers": workers,
-            "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "scenes_per_s": round(args.num / seconds, 1),
-            "megabytes": round(size / 1e6, 1),
-        })
+        results.append(
+            {
+                "num": args.num,
+                "height": args.height,
+                "width": args.width,
+                "workers": workers,
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
+                "scenes_per_s": round(args.num / seconds, 1),
+                "megabytes": round(size / 1e6, 1),
+            }
+        )
         if args.out and workers == args.workers[-1]:
             shutil.rmtree(args.out, ignore_errors=True)
             shutil.move(str(tmp), args.out)
@@ -63,8 +68,10 @@ def main() -> None:
     print(f"machine: {machine()} (load = 1-minute load average at the end)")
     print(f"{'scenes':>7} {'size':>9} {'workers':>7} {'wall s':>8} {'CPU s':>8} {'scenes/s':>9} {'MB':>7}")
     for r in results:
-        print(f"{r['num']:>7} {r['height']:>4}x{r['width']:<4} {r['workers']:>7} {r['seconds']:>8.2f} "
-              f"{r['cpu_seconds']:>8.2f} {r['scenes_per_s']:>9.1f} {r['megabytes']:>7.1f}")
+        print(
+            f"{r['num']:>7} {r['height']:>4}x{r['width']:<4} {r['workers']:>7} {r['seconds']:>8.2f} "
+            f"{r['cpu_seconds']:>8.2f} {r['scenes_per_s']:>9.1f} {r['megabytes']:>7.1f}"
+        )
     print(json.dumps({"benchmark": "synth", "machine": machine(), "results": results}))
 
 

@@ -54,7 +54,9 @@ class ListEncoder(nn.Module):
                 elif isinstance(block, BasicBlock):
                     blocks.append(ListBasicBlock(block, num_modalities, threshold))
                 else:
-                    raise TypeError(f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock")
+                    raise TypeError(
+                        f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock"
+                    )
             setattr(self, name, nn.Sequential(*blocks))
         self.train(model.training)
 

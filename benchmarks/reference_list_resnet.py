@@ -157,14 +157,16 @@ class ListResNet(nn.Module):
                 elif isinstance(block, BasicBlock):
                     blocks.append(ListBasicBlock(block, num_modalities, threshold))
                 else:
-                    raise TypeError(f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock")
+                    raise TypeError(
+                        f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock"
+                    )
             setattr(self, name, nn.Sequential(*blocks))
         self.avgpool = ModuleParallel(copy.deepcopy(model.avgpool))
         self.fc = ModuleParallel(copy.deepcopy(model.fc))
         self.train(model.training)
 
     @classmethod
-    def from_torchvision(cls, model: ResNet, num_modalities: int, threshold: float = 2e-2) -> "ListResNet":
+    def from_torchvision(cls, model: ResNet, num_modalities: int, threshold: float = 2e-2) -> ListResNet:
         """Build from a torchvision ResNet, plain or converted by :func:`cen.convert` (weights are copied)."""
         return cls(model, num_modalities, threshold)
 

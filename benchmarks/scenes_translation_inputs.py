@@ -24,8 +24,12 @@ from torch import nn
 
 from cen.data.synth.layouts import render_sample
 
-INPUTS = {"none": (), "reshading": ("reshading",), "edge_texture": ("edge_texture",),
-          "both": ("reshading", "edge_texture")}
+INPUTS = {
+    "none": (),
+    "reshading": ("reshading",),
+    "edge_texture": ("edge_texture",),
+    "both": ("reshading", "edge_texture"),
+}
 LIGHTS = {"nyudv2 light (ambient 0.7-0.85)": "rgb", "taskonomy light (ambient 0.2-0.4)": "taskonomy_rgb"}
 
 
@@ -85,8 +89,11 @@ def main() -> None:
             row[name] = held_out_l1(x, data[key], args.num, args.steps, args.seed)
         results[light] = row
         print(f"{light:36s}" + "".join(f"{v:14.4f}" for v in row.values()))
-    print(json.dumps({"results": results, "args": vars(args), "seconds": round(time.time() - start, 1),
-                      "machine": machine()}))
+    print(
+        json.dumps(
+            {"results": results, "args": vars(args), "seconds": round(time.time() - start, 1), "machine": machine()}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,17 +42,37 @@ def test_reference_style_refinenet_computes_the_same_function(bench_modules):
     a = model.encoder.layer1[0].bn2.weight.grad.view(2, -1)  # modality m's slice is bn_m of the list model
     b = listed.encoder.layer1[0].bn2
     torch.testing.assert_close(a[1], b.bn_1.weight.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.decoder.clf_conv.weight.grad, listed.decoder.clf_conv.weight.grad,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.decoder.clf_conv.weight.grad, listed.decoder.clf_conv.weight.grad, rtol=1e-4, atol=1e-5
+    )
     assert ref_mod.nonzero_per_forward(listed, list(inputs.values())) > 0
 
 
 def test_bench_step_reports_every_variant(tmp_path):
     out = tmp_path / "step.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_step.py"), "--backbone", "resnet18", "--size", "32", "--classes", "3",
-         "--repeats", "2", "--warmup", "0", "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        [
+            sys.executable,
+            str(BENCH / "bench_step.py"),
+            "--backbone",
+            "resnet18",
+            "--size",
+            "32",
+            "--classes",
+            "3",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())

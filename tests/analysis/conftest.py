@@ -53,8 +53,19 @@ def make_run(tmp_path):
     evaluations (int), final (per-layer exchanged fractions of best.pt).
     """
 
-    def make(name="run", *, modalities=("rgb", "depth"), task="segmentation", exchange=True, tracker=True,
-             checkpoint="v2", results=True, images=True, evaluations=3, final=((0.0, 0.25), (0.25, 0.25), (0.5, 0.75))):
+    def make(
+        name="run",
+        *,
+        modalities=("rgb", "depth"),
+        task="segmentation",
+        exchange=True,
+        tracker=True,
+        checkpoint="v2",
+        results=True,
+        images=True,
+        evaluations=3,
+        final=((0.0, 0.25), (0.25, 0.25), (0.5, 0.75)),
+    ):
         run = tmp_path / name
         run.mkdir()
         mods = list(modalities)
@@ -77,8 +88,18 @@ def make_run(tmp_path):
                 set_gammas(model, [[x[m % len(x)] for m in range(len(mods))] for x in frac])
                 if track is not None:
                     track.update(step)
-                records.append({"kind": "train", "step": step, "epoch": e, "loss": 3.0 - 0.1 * step,
-                                "ce/rgb": 1.0, "l1": 8.0 - step * 0.2, "lr/encoder": 1e-3, "images_per_s": 50.0})
+                records.append(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": e,
+                        "loss": 3.0 - 0.1 * step,
+                        "ce/rgb": 1.0,
+                        "l1": 8.0 - step * 0.2,
+                        "lr/encoder": 1e-3,
+                        "images_per_s": 50.0,
+                    }
+                )
             if task == "segmentation":
                 scores = {b: _seg_scores(0.1 * e + 0.01 * i) for i, b in enumerate(branches)}
             else:
@@ -87,9 +108,13 @@ def make_run(tmp_path):
             if len(mods) > 1:
                 rec["alpha"] = {m: 1.0 / len(mods) + 0.01 * e * (i - 0.5) for i, m in enumerate(mods)}
             if exchange:
-                fr = {layer: {m: float((getattr(model.encoder, f"layer{i + 1}").bn2.gamma[j].abs() < THETA)
-                                       .float().mean()) for j, m in enumerate(mods)}
-                      for i, layer in enumerate(LAYERS)}
+                fr = {
+                    layer: {
+                        m: float((getattr(model.encoder, f"layer{i + 1}").bn2.gamma[j].abs() < THETA).float().mean())
+                        for j, m in enumerate(mods)
+                    }
+                    for i, layer in enumerate(LAYERS)
+                }
                 rec["exchange"] = fr
                 rec["exchange_mean"] = {m: sum(fr[la][m] for la in LAYERS) / 3 for m in mods}
             records.append(rec)

@@ -27,10 +27,20 @@ window.addEventListener("load", () => {
 def _check(html_path, tmp_path):
     probe = html_path.with_name("render_check.html")
     probe.write_text(html_path.read_text(encoding="utf-8").replace("</body>", CHECK), encoding="utf-8")
-    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-           probe.as_uri()]
+    cmd = [
+        BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False).stdout
     found = re.search(r"IMAGES (\d+) BROKEN (\d+) \[([^\]]*)\]", dom)
     assert found, f"the check script did not run; DOM starts {dom[:300]!r}"

@@ -39,9 +39,18 @@ def test_segmentation_run_report(make_run):
     html_path, notes = write_report(run)
     assert html_path == run / "report" / "report.html" and notes == []
     srcs = _assert_images_exist(html_path)
-    for name in ("figure_a.png", "figure_a_over_training.png", "exchange_over_training.png",
-                 "theorem1_over_training.png", "gamma_histograms.png", "train_curves.png", "val_curves.png",
-                 "alpha.png", "heatmap_per_class_iou.png", "predictions/pred_0000_ensemble.png"):
+    for name in (
+        "figure_a.png",
+        "figure_a_over_training.png",
+        "exchange_over_training.png",
+        "theorem1_over_training.png",
+        "gamma_histograms.png",
+        "train_curves.png",
+        "val_curves.png",
+        "alpha.png",
+        "heatmap_per_class_iou.png",
+        "predictions/pred_0000_ensemble.png",
+    ):
         assert name in srcs, name
     data = json.loads((run / "report" / "report.json").read_text())
     # Figure A of best.pt, from its gammas: the fractions set in conftest's `final`

@@ -66,8 +66,9 @@ class FakeTrainer:
 def _sweep(tmp_path, fake, *names, overrides=(), folder="cfg"):
     configs = collect_configs([_configs(tmp_path / folder, *names)])
     stream = io.StringIO()
-    result = run_sweep(configs, tmp_path / "runs", overrides, train=fake, check=None, stream=stream, progress=False,
-                       clock=fake.clock)
+    result = run_sweep(
+        configs, tmp_path / "runs", overrides, train=fake, check=None, stream=stream, progress=False, clock=fake.clock
+    )
     return result, stream.getvalue(), json.loads((tmp_path / "runs" / "sweep.json").read_text())
 
 
@@ -81,20 +82,28 @@ def test_a_folder_gives_its_yaml_files_sorted_and_files_keep_their_order(tmp_pat
     assert [p.name for p in collect_configs(files)] == ["sum.yaml", "cen.yaml"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "missing.yaml: no such config file or folder"),
-    ("empty", "empty: no *.yaml configs in this folder"),
-    ("text", "notes.txt: expected a .yaml config file"),
-    ("same stem", "have the same name 'cen'"),
-    ("nothing", "no configs given"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "missing.yaml: no such config file or folder"),
+        ("empty", "empty: no *.yaml configs in this folder"),
+        ("text", "notes.txt: expected a .yaml config file"),
+        ("same stem", "have the same name 'cen'"),
+        ("nothing", "no configs given"),
+    ],
+)
 def test_bad_config_arguments_are_one_line_errors(tmp_path, case, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     a = _configs(tmp_path / "a", "cen.yaml")
     b = _configs(tmp_path / "b", "cen.yaml")
-    items = {"missing": [tmp_path / "missing.yaml"], "empty": [tmp_path / "empty"], "text": [tmp_path / "notes.txt"],
-             "same stem": [a, b], "nothing": []}[case]
+    items = {
+        "missing": [tmp_path / "missing.yaml"],
+        "empty": [tmp_path / "empty"],
+        "text": [tmp_path / "notes.txt"],
+        "same stem": [a, b],
+        "nothing": [],
+    }[case]
     with pytest.raises(SweepError) as err:
         collect_configs(items)
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -137,8 +146,9 @@ def test_finished_runs_are_skipped_interrupted_resume_others_start_in_order(tmp_
     (runs / "c").mkdir()
     (runs / "c" / "last.pt").write_bytes(b"x")
     fake = FakeTrainer()
-    result, out, record = _sweep(tmp_path, fake, "d.yaml", "c.yaml", "b.yaml", "a.yaml",
-                                 overrides=["train.max_steps=2"])
+    result, out, record = _sweep(
+        tmp_path, fake, "d.yaml", "c.yaml", "b.yaml", "a.yaml", overrides=["train.max_steps=2"]
+    )
     assert [(name, resume) for name, _, _, resume in fake.calls] == [("b", False), ("c", True), ("d", False)]
     _name, overrides, run_dir, _ = fake.calls[0]
     assert overrides == ["train.max_steps=2", f"run.dir={runs}", "run.name=b"] and run_dir == runs / "b"
@@ -146,7 +156,11 @@ def test_finished_runs_are_skipped_interrupted_resume_others_start_in_order(tmp_
     assert "1 to start" not in out and "2 to start, 1 to resume, 1 finished already" in out
     assert "run 1 of 4: a: finished already" in out and "run 3 of 4: c (resuming from last.pt" in out
     assert [(r["name"], r["status"], r["attempts"]) for r in record["runs"]] == [
-        ("a", "done", 0), ("b", "done", 1), ("c", "done", 1), ("d", "done", 1)]
+        ("a", "done", 0),
+        ("b", "done", 1),
+        ("c", "done", 1),
+        ("d", "done", 1),
+    ]
     assert record["runs"][1]["seconds"] == 10.0 and record["runs"][0]["seconds"] == 0.0
     assert record["runs"][1]["overrides"] == ["train.max_steps=2"]
     # a second sweep over the same folder trains nothing
@@ -220,8 +234,14 @@ def test_a_plain_keyboard_interrupt_outside_training_also_stops(tmp_path):
 def test_runs_of_an_earlier_sweep_stay_listed_and_stale_running_becomes_interrupted(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    (runs / "sweep.json").write_text(json.dumps({"version": 1, "runs": [
-        {"name": "old", "config": "x/old.yaml", "status": "running", "seconds": 3.0, "attempts": 1}]}))
+    (runs / "sweep.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "runs": [{"name": "old", "config": "x/old.yaml", "status": "running", "seconds": 3.0, "attempts": 1}],
+            }
+        )
+    )
     _, _, record = _sweep(tmp_path, FakeTrainer(), "a.yaml")
     assert [(r["name"], r["status"]) for r in record["runs"]] == [("a", "done"), ("old", "interrupted")]
 
@@ -231,15 +251,19 @@ def test_configs_are_loaded_before_anything_trains(tmp_path):
     (folder / "b.yaml").write_text("modalities: [rgb, depth]\nmodel: {nme: tiny}\n")  # a typo in one recipe
     configs = collect_configs([folder])
     fake, stream = FakeTrainer(), io.StringIO()
-    result = run_sweep(configs, tmp_path / "runs", ["train.max_steps=2"], train=fake, stream=stream, progress=False,
-                       clock=fake.clock)  # the real check: cen.train.config.load_config
+    result = run_sweep(
+        configs, tmp_path / "runs", ["train.max_steps=2"], train=fake, stream=stream, progress=False, clock=fake.clock
+    )  # the real check: cen.train.config.load_config
     assert [c[0] for c in fake.calls] == ["a", "c"] and result.exit_code == 1
     assert result.failed[0][0] == "b" and "unknown config key 'model.nme'" in result.failed[0][1]
     assert "run 2 of 3: b FAILED (its config does not load): ConfigError:" in stream.getvalue()
     # a mistyped override breaks every config: one error, nothing trained, no folder made
     fake = FakeTrainer()
-    with pytest.raises(SweepError, match=r"no config of the sweep loads \(nothing was trained\); a: ConfigError: "
-                                         r".*unknown config key 'train.max_stpes'"):
+    with pytest.raises(
+        SweepError,
+        match=r"no config of the sweep loads \(nothing was trained\); a: ConfigError: "
+        r".*unknown config key 'train.max_stpes'",
+    ):
         run_sweep(configs, tmp_path / "other", ["train.max_stpes=2"], train=fake, stream=io.StringIO())
     assert fake.calls == [] and not (tmp_path / "other").exists()
 
@@ -278,9 +302,16 @@ def test_cli_takes_overrides_before_and_after_options(tmp_path, monkeypatch):
 # -- end to end: two tiny runs, one interrupted with SIGINT and resumed ---------------------------
 def _tiny(tmp):
     return [
-        f"data.root={tmp}/scenes", "data.generate={num: 12, height: 32, width: 40, workers: 1}",
-        "model.name=tiny", "train.batch_size=4", "train.device=cpu", "train.progress=false", "eval.num_images=0",
-        "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]", "train.max_steps=2", "train.log_every=1",
+        f"data.root={tmp}/scenes",
+        "data.generate={num: 12, height: 32, width: 40, workers: 1}",
+        "model.name=tiny",
+        "train.batch_size=4",
+        "train.device=cpu",
+        "train.progress=false",
+        "eval.num_images=0",
+        "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]",
+        "train.max_steps=2",
+        "train.log_every=1",
     ]
 
 

@@ -24,12 +24,24 @@ def _seg(miou, pixel=0.7, mean=0.6):
     return {"pixel_acc": pixel, "mean_acc": mean, "miou": miou, "per_class_iou": [0.1, None]}
 
 
-def _run(parent, name, *, test=None, modalities=("rgb", "depth"), task="segmentation", select="auto",
-         params=1234567, times=(100.0, 160.0), records=None, last=True):
+def _run(
+    parent,
+    name,
+    *,
+    test=None,
+    modalities=("rgb", "depth"),
+    task="segmentation",
+    select="auto",
+    params=1234567,
+    times=(100.0, 160.0),
+    records=None,
+    last=True,
+):
     run = parent / name
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(f"task: {task}\nmodalities: [{', '.join(modalities)}]\n"
-                                     f"train: {{select: {select}}}\n", encoding="utf-8")
+    (run / "config.yaml").write_text(
+        f"task: {task}\nmodalities: [{', '.join(modalities)}]\ntrain: {{select: {select}}}\n", encoding="utf-8"
+    )
     if records is None:
         records = [{"kind": "info", "step": 0, "time": times[0], "event": "start", "params": params}]
         records += [{"kind": "train", "step": i + 1, "time": t, "loss": 1.0} for i, t in enumerate(times[1:])]
@@ -44,8 +56,10 @@ def _run(parent, name, *, test=None, modalities=("rgb", "depth"), task="segmenta
 def _rows_by_name(text):
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
-    return head, {cells[0]: dict(zip(head, cells)) for cells in
-                  ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+    return head, {
+        cells[0]: dict(zip(head, cells))
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])
+    }
 
 
 def test_rows_hold_ensemble_scores_in_percent_params_time_and_the_paper_number(tmp_path):
@@ -75,8 +89,17 @@ def test_translation_columns_and_a_mixed_paper_column_names_its_metric(tmp_path)
     _run(tmp_path, "exchange_weighted", task="translation", test={"rgb": scores, "ensemble": scores})
     _run(tmp_path, "sum", test={"ensemble": _seg(0.5)})
     head, rows = _rows_by_name(markdown(collect_rows(tmp_path)))
-    assert head[3:12] == ["pixel acc %", "mean acc %", "mIoU %", "L1", "RMSE", "FID", "KID x100", "KID std x100",
-                          "extra_score"]
+    assert head[3:12] == [
+        "pixel acc %",
+        "mean acc %",
+        "mIoU %",
+        "L1",
+        "RMSE",
+        "FID",
+        "KID x100",
+        "KID std x100",
+        "extra_score",
+    ]
     t = rows["exchange_weighted"]
     assert (t["L1"], t["FID"], t["KID x100"], t["mIoU %"]) == ("0.12", "61.50", "1.70", "")
     assert t["paper"] == "FID 60.94" and rows["sum"]["paper"] == "mIoU % 48.1"
@@ -85,16 +108,29 @@ def test_translation_columns_and_a_mixed_paper_column_names_its_metric(tmp_path)
 def test_unfinished_interrupted_failed_and_pending_runs_are_listed_with_their_status(tmp_path):
     _run(tmp_path, "done", test={"ensemble": _seg(0.5)})
     _run(tmp_path, "going", times=(0.0, 5.0, 9.0))
-    _run(tmp_path, "stopped", records=[{"kind": "info", "step": 0, "time": 0.0, "params": 10},
-                                       {"kind": "train", "step": 4, "time": 8.0},
-                                       {"kind": "info", "step": 4, "time": 8.5, "event": "interrupted"}])
+    _run(
+        tmp_path,
+        "stopped",
+        records=[
+            {"kind": "info", "step": 0, "time": 0.0, "params": 10},
+            {"kind": "train", "step": 4, "time": 8.0},
+            {"kind": "info", "step": 4, "time": 8.5, "event": "interrupted"},
+        ],
+    )
     _run(tmp_path, "broke", last=False, times=(0.0, 1.0))
-    (tmp_path / "sweep.json").write_text(json.dumps({"version": 1, "runs": [
-        {"name": "done", "status": "done", "seconds": 3725.0},
-        {"name": "broke", "status": "failed", "seconds": 1.0, "error": "ValueError: bad"},
-        {"name": "never", "status": "failed", "error": "ConfigError: x.yaml: unknown key"},
-        {"name": "later", "status": "pending"},
-    ]}))
+    (tmp_path / "sweep.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "runs": [
+                    {"name": "done", "status": "done", "seconds": 3725.0},
+                    {"name": "broke", "status": "failed", "seconds": 1.0, "error": "ValueError: bad"},
+                    {"name": "never", "status": "failed", "error": "ConfigError: x.yaml: unknown key"},
+                    {"name": "later", "status": "pending"},
+                ],
+            }
+        )
+    )
     (tmp_path / "report").mkdir()  # not a run folder: not a row
     rows = {r.name: r for r in collect_rows(tmp_path)}
     assert list(rows) == ["done", "broke", "never", "later", "going", "stopped"]  # sweep order, then by name
@@ -109,9 +145,14 @@ def test_unfinished_interrupted_failed_and_pending_runs_are_listed_with_their_st
 
 
 def test_train_time_from_time_stamps_skips_the_pause_after_an_interrupt():
-    records = [{"kind": "info", "time": 0.0}, {"kind": "train", "time": 10.0},
-               {"kind": "info", "time": 12.0, "event": "interrupted"},
-               {"kind": "train", "time": 1000.0}, {"kind": "test", "time": 1005.0}, {"kind": "train"}]
+    records = [
+        {"kind": "info", "time": 0.0},
+        {"kind": "train", "time": 10.0},
+        {"kind": "info", "time": 12.0, "event": "interrupted"},
+        {"kind": "train", "time": 1000.0},
+        {"kind": "test", "time": 1005.0},
+        {"kind": "train"},
+    ]
     assert train_seconds(records) == 17.0
     assert train_seconds([{"time": 3.0}]) is None
 
@@ -131,11 +172,14 @@ def test_sort_best_first_missing_last_and_bad_keys(tmp_path):
         sort_rows(rows, "accuracy")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "nowhere: no such folder"),
-    ("empty", "empty: no runs in this folder"),
-    ("run itself", "is a run folder itself; give the folder that holds the runs"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "nowhere: no such folder"),
+        ("empty", "empty: no runs in this folder"),
+        ("run itself", "is a run folder itself; give the folder that holds the runs"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(tmp_path, case, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes").mkdir()
@@ -170,9 +214,19 @@ def test_write_table_and_cli_print_and_write_markdown_and_csv(tmp_path, capsys):
 def test_paper_rows_cover_every_ablation_recipe_once():
     names = [r.name for r in SEGMENTATION]
     assert len(names) == len(set(names)) and len({r.name for r in TRANSLATION}) == len(TRANSLATION)
-    published = {"sum": 48.1, "gated_sum": 48.4, "cbn_unshared": 48.3, "cbn_shared": 48.9, "concat_head": 50.8,
-                 "cen": 51.1, "fixed30": 47.2, "random": 46.8, "discard": 47.5, "unshared_l1_full": 49.1,
-                 "unshared_l1_half": 48.5}
+    published = {
+        "sum": 48.1,
+        "gated_sum": 48.4,
+        "cbn_unshared": 48.3,
+        "cbn_shared": 48.9,
+        "concat_head": 50.8,
+        "cen": 51.1,
+        "fixed30": 47.2,
+        "random": 46.8,
+        "discard": 47.5,
+        "unshared_l1_full": 49.1,
+        "unshared_l1_half": 48.5,
+    }
     assert {n: paper_row(n).value for n in published} == published
     assert paper_row("l1_alone").display() == "no improvement"
     assert paper_row("rgb_only").value is None and paper_row("depth_only") is not None

@@ -97,9 +97,7 @@ def _list_counterpart(listed, name):
     return listed.get_submodule(name)
 
 
-@pytest.mark.parametrize(
-    ("block", "num_modalities"), [(Bottleneck, 2), (Bottleneck, 3), (BasicBlock, 2)]
-)
+@pytest.mark.parametrize(("block", "num_modalities"), [(Bottleneck, 2), (Bottleneck, 3), (BasicBlock, 2)])
 def test_list_baseline_matches_converted_model(block, num_modalities):
     stacked, listed = _pair(block, num_modalities)
     xs, target = _inputs(2, num_modalities)

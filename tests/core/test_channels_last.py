@@ -77,8 +77,11 @@ def _small_net(num):
     """Stem (conv, norm, ReLU), one exchanging BasicBlock, a 1x1 head: converted for ``num`` modalities."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
-        BasicBlock(16, 16), nn.Conv2d(16, 5, 1),
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        BasicBlock(16, 16),
+        nn.Conv2d(16, 5, 1),
     )
     cen.convert(net, num)
     with torch.no_grad():

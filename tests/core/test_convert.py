@@ -89,7 +89,10 @@ def test_exchange_by_names_and_predicate():
     assert {n for n, f in flags.items() if f} == {"layer4.1.bn2", "bn1"}
     model = cen.convert(torchvision.models.resnet18(), 3, exchange=lambda name, m: name.startswith("layer1"))
     assert {n for n, m in model.named_modules() if isinstance(m, _ModalityNorm) and m.exchange} == {
-        "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"
+        "layer1.0.bn1",
+        "layer1.0.bn2",
+        "layer1.1.bn1",
+        "layer1.1.bn2",
     }
 
 

@@ -49,7 +49,13 @@ def test_auto_on_a_network_without_known_blocks_is_a_clear_error():
     with pytest.raises(ValueError, match="exchange='auto' found no known block in UNetish") as info:
         cen.convert(net, 2)
     message = str(info.value)
-    for part in ("Bottleneck -> bn2", "BasicBlock -> bn1", "exchange=[norm names", "predicate", "register_exchange_point"):
+    for part in (
+        "Bottleneck -> bn2",
+        "BasicBlock -> bn1",
+        "exchange=[norm names",
+        "predicate",
+        "register_exchange_point",
+    ):
         assert part in message
     assert isinstance(net.enc[1], nn.BatchNorm2d)  # nothing was converted
     # one modality has nothing to fuse, so 'auto' finding nothing is fine there

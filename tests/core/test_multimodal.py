@@ -42,7 +42,9 @@ def _reference(mm, inputs, present):
     for p, name in zip(idx, present):
         sl = slice(p * channels, (p + 1) * channels)
         h = net.conv1(inputs[name])
-        ys.append(F.batch_norm(h, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], False, 0.0, bn.eps))
+        ys.append(
+            F.batch_norm(h, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], False, 0.0, bn.eps)
+        )
     ys = reference_exchange(ys, bn.gamma[idx], bn.threshold)
     outs = {name: net.conv2(torch.relu(y)).mean(dim=(2, 3)) for name, y in zip(present, ys)}
     alpha = torch.softmax(mm.ensemble.alpha[idx], 0)
@@ -78,7 +80,9 @@ def test_single_modality_does_not_exchange():
         out = mm({"depth": x})["depth"]
         bn = net.bn
         sl = slice(8, 16)
-        h = F.batch_norm(net.conv1(x), bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], False, 0.0, bn.eps)
+        h = F.batch_norm(
+            net.conv1(x), bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], False, 0.0, bn.eps
+        )
         torch.testing.assert_close(out, net.conv2(torch.relu(h)).mean(dim=(2, 3)))
 
 

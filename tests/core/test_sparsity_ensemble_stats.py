@@ -18,7 +18,7 @@ def _model(num=2):
 def test_disjoint_penalises_each_modality_on_its_own_half():
     model = _model()
     expected = 0.0
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         if getattr(module, "exchange", False):
             g = module.gamma.detach().abs()
             half = g.shape[1] // 2

@@ -75,8 +75,12 @@ def test_cen_export_subset_and_overrides(checkpoint, tmp_path):
 
 def test_cen_export_config_with_other_modalities_is_an_error(checkpoint, tmp_path):
     path, config, _ = checkpoint
-    args = _parse(["export", str(config), "modalities=[rgb]", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")])
-    with pytest.raises(export_cli.ExportCommandError, match=r"modalities \['rgb', 'depth'\], but .*config.yaml gives \['rgb'\]"):
+    args = _parse(
+        ["export", str(config), "modalities=[rgb]", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")]
+    )
+    with pytest.raises(
+        export_cli.ExportCommandError, match=r"modalities \['rgb', 'depth'\], but .*config.yaml gives \['rgb'\]"
+    ):
         args.func(args)
 
 

@@ -141,7 +141,9 @@ def test_runner_checks_the_modalities(tmp_path):
     assert "\n" not in message
     with pytest.raises(ExportError, match=r"takes the modalities \['rgb', 'depth'\], but the config gives \['rgb'\]"):
         runner.check_modalities(["rgb"], source="the config")
-    with pytest.raises(ExportError, match=r"input 'depth' must have shape \(batch, 3, height, width\), got \(1, 4, 8, 8\)"):
+    with pytest.raises(
+        ExportError, match=r"input 'depth' must have shape \(batch, 3, height, width\), got \(1, 4, 8, 8\)"
+    ):
         runner({"rgb": np.zeros((1, 3, 8, 8)), "depth": np.zeros((1, 4, 8, 8))})
     with pytest.raises(ExportError, match="floating-point"):
         runner({n: np.zeros((1, 3, 8, 8), dtype=np.int64) for n in ("rgb", "depth")})
@@ -172,12 +174,30 @@ def test_cen_predict_runs_an_onnx_file(refinenet, refinenet_file, tmp_path):
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(rgb)
     Image.fromarray(rng.integers(2000, 30000, (48, 64), dtype=np.uint16)).save(depth)
     labels = tmp_path / "labels.png"
-    assert main(["predict", "--onnx", str(refinenet_file), "--rgb", str(rgb), "--depth", str(depth),
-                 "--out", str(tmp_path / "pred.png"), "--labels", str(labels)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--onnx",
+                str(refinenet_file),
+                "--rgb",
+                str(rgb),
+                "--depth",
+                str(depth),
+                "--out",
+                str(tmp_path / "pred.png"),
+                "--labels",
+                str(labels),
+            ]
+        )
+        == 0
+    )
     inputs = read_inputs({"rgb": str(rgb), "depth": str(depth)})
     with torch.no_grad():
         expected = predict_scores(refinenet, inputs)["ensemble"][0].argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(labels)), expected)
     # a file for other modalities is refused in one line
-    assert main(["predict", "--onnx", str(refinenet_file), "--input", f"normal={rgb}", "--out",
-                 str(tmp_path / "x.png")]) == 2
+    assert (
+        main(["predict", "--onnx", str(refinenet_file), "--input", f"normal={rgb}", "--out", str(tmp_path / "x.png")])
+        == 2
+    )

@@ -161,7 +161,9 @@ class RefRefineNet(nn.Module):
     def _layer(self, planes, blocks, threshold, stride=1):
         downsample = None
         if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(shared_conv(self.inplanes, planes * 4, k=1, stride=stride), PerModalityBN(planes * 4, self.num))
+            downsample = nn.Sequential(
+                shared_conv(self.inplanes, planes * 4, k=1, stride=stride), PerModalityBN(planes * 4, self.num)
+            )
         mods = [RefBottleneck(self.inplanes, planes, self.num, threshold, stride, downsample)]
         self.inplanes = planes * 4
         mods += [RefBottleneck(self.inplanes, planes, self.num, threshold) for _ in range(1, blocks)]

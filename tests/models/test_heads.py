@@ -116,8 +116,14 @@ def test_refinenet_fused_loss_trains_block_decoder_and_encoder_branch_losses_do_
     out = model(x)
     F.cross_entropy(out[ENSEMBLE_KEY], target).backward(retain_graph=True)
     head, dec, enc = model.concat_head, model.decoder, model.encoder
-    for p in (head.fuse.weight, head.norm.weight, head.out[1].weight, dec.mflow_conv_g4_b.units[2].conv2.weight,
-              dec.p_ims1d2_outl1_dimred.weight, enc.conv1.weight):
+    for p in (
+        head.fuse.weight,
+        head.norm.weight,
+        head.out[1].weight,
+        dec.mflow_conv_g4_b.units[2].conv2.weight,
+        dec.p_ims1d2_outl1_dimred.weight,
+        enc.conv1.weight,
+    ):
         assert _grad_norm(p) > 0
     assert dec.clf_conv.weight.grad is None  # the branches' classifier is not on the fused path
     model.zero_grad(set_to_none=True)
@@ -155,7 +161,9 @@ def test_refinenet_concat_state_dict_and_config_round_trip():
 def test_refinenet_concat_needs_every_modality():
     model = _refinenet().eval()
     x = _images(RGBD)
-    with pytest.raises(ValueError, match=r"head='concat' fuses the features of every modality .*\['depth'\] are missing"):
+    with pytest.raises(
+        ValueError, match=r"head='concat' fuses the features of every modality .*\['depth'\] are missing"
+    ):
         model({"rgb": x["rgb"]})
     with pytest.raises(ValueError, match="missing"):
         model.train()({"depth": x["depth"]})

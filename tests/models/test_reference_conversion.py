@@ -284,6 +284,8 @@ def test_numpy_extras_load_safely_and_other_objects_need_trust(tmp_path):
     assert list(load_reference_checkpoint(with_numpy)) == ["module.alpha"]
     with_args = tmp_path / "args.pth"
     torch.save({"segmenter": sd, "args": argparse.Namespace(lr=1)}, with_args)
-    with pytest.raises(ReferenceCheckpointError, match=r"args.pth: holds Python objects \(argparse.Namespace\).*--trust"):
+    with pytest.raises(
+        ReferenceCheckpointError, match=r"args.pth: holds Python objects \(argparse.Namespace\).*--trust"
+    ):
         load_reference_checkpoint(with_args)
     assert list(load_reference_checkpoint(with_args, trust=True)) == ["module.alpha"]

@@ -67,7 +67,13 @@ def test_expected_keys_plus_the_unused_norms_are_exactly_the_references():
 
 def test_reference_key_list_converts_strictly_and_completely():
     sd = tsv_state_dict(GEN_TSV)
-    assert infer_generator_config(sd) == {"num_modalities": 2, "in_channels": 3, "out_channels": 3, "ngf": 64, "num_downs": 8}
+    assert infer_generator_config(sd) == {
+        "num_modalities": 2,
+        "in_channels": 3,
+        "out_channels": 3,
+        "ngf": 64,
+        "num_downs": 8,
+    }
     converted = convert_reference_generator(sd, NAMES)
     with torch.device("meta"):
         model = UNetCEN(NAMES)
@@ -85,7 +91,14 @@ def test_reference_key_list_converts_strictly_and_completely():
         "task": "translation",
         "modalities": list(NAMES),
         "data": {"dataset": "taskonomy", "target": "rgb"},
-        "model": {"name": "unet", "ngf": 64, "num_downs": 8, "ndf": 64, "threshold": TRANSLATION_THRESHOLD, "ensemble": True},
+        "model": {
+            "name": "unet",
+            "ngf": 64,
+            "num_downs": 8,
+            "ndf": 64,
+            "threshold": TRANSLATION_THRESHOLD,
+            "ensemble": True,
+        },
     }
 
 
@@ -132,7 +145,9 @@ def test_round_trip_through_the_reference_format(names):
     assert list(back.state_dict) == list(own)
     assert all(torch.equal(back.state_dict[k], own[k]) for k in own)
     single_alpha = ["module.alpha"] if len(names) == 1 else []  # softmax of one alpha is 1: dropped, said
-    assert all(k.startswith("module.") for k in back.dropped) and len(back.dropped) == 3 * len(names) * 5 + len(single_alpha)
+    assert all(k.startswith("module.") for k in back.dropped) and len(back.dropped) == 3 * len(names) * 5 + len(
+        single_alpha
+    )
     assert [k for k in back.dropped if "insnorm" not in k] == single_alpha
 
 
@@ -226,14 +241,23 @@ def test_convert_checkpoint_command_writes_the_generator(reference_model, inputs
     assert cli_main(["convert-checkpoint", str(src), str(dst), "--modalities", *NAMES]) == 0
     out = capsys.readouterr().out
     assert "dropped 30 entries" in out
-    assert "(conv1.insnorm_conv, conv8.insnorm_conv, deconv8.insnorm_deconv; 156 parameters)" in out  # 2 * 2 * (4 + 32 + 3)
+    assert (
+        "(conv1.insnorm_conv, conv8.insnorm_conv, deconv8.insnorm_deconv; 156 parameters)" in out
+    )  # 2 * 2 * (4 + 32 + 3)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     obj = _read_written(dst)
     assert obj["config"] == {
         "task": "translation",
         "modalities": list(NAMES),
         "data": {"dataset": "taskonomy", "target": "rgb"},
-        "model": {"name": "unet", "ngf": NGF, "num_downs": 8, "ndf": 64, "threshold": TRANSLATION_THRESHOLD, "ensemble": True},
+        "model": {
+            "name": "unet",
+            "ngf": NGF,
+            "num_downs": 8,
+            "ndf": 64,
+            "threshold": TRANSLATION_THRESHOLD,
+            "ensemble": True,
+        },
     }
     section = {k: v for k, v in obj["config"]["model"].items() if k not in ("name", "ndf")}
     model = UNetCEN(obj["config"]["modalities"], **section)
@@ -264,7 +288,17 @@ def test_convert_checkpoint_command_options_and_errors(reference_model, tmp_path
     assert cli_main(["convert-checkpoint", str(src), str(dst), "--model", "refinenet"]) == 1
     assert "bn1.bn_0.weight" in capsys.readouterr().err
     assert not dst.exists()
-    args = ["--model", "unet", "--modalities", "normal", "reshading", "--threshold", "0.03", "--target", "depth_zbuffer"]
+    args = [
+        "--model",
+        "unet",
+        "--modalities",
+        "normal",
+        "reshading",
+        "--threshold",
+        "0.03",
+        "--target",
+        "depth_zbuffer",
+    ]
     assert cli_main(["convert-checkpoint", str(src), str(dst), *args]) == 0
     config = _read_written(dst)["config"]
     assert config["modalities"] == ["normal", "reshading"] and config["data"]["target"] == "depth_zbuffer"

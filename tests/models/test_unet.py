@@ -23,7 +23,9 @@ def _inputs(names=NAMES, batch=2, size=64, seed=0):
 # -- sizes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("names", "expected"), [(NAMES, 54_429_317), (("depth_zbuffer", "normal", "edge_texture"), 54_439_174)])
+@pytest.mark.parametrize(
+    ("names", "expected"), [(NAMES, 54_429_317), (("depth_zbuffer", "normal", "edge_texture"), 54_439_174)]
+)
 def test_parameter_counts_equal_the_references_applied_parameters(names, expected):
     with torch.device("meta"):
         model = UNetCEN(names)
@@ -53,7 +55,11 @@ def test_norms_exchange_and_dropout_are_where_the_reference_puts_them(num_downs)
     assert exchanging == list(range(1, n - 1))  # blocks 2 .. n-1 (1-based), i.e. 2-7 with 8 levels
     assert [b.norm is not None for b in gen.up] == [True] * (n - 1) + [False]
     assert not any(b.norm.exchange for b in gen.up if b.norm is not None)
-    assert all(isinstance(m, ModalityInstanceNorm2d) and m.num_modalities == 2 for m in gen.modules() if "Norm" in type(m).__name__)
+    assert all(
+        isinstance(m, ModalityInstanceNorm2d) and m.num_modalities == 2
+        for m in gen.modules()
+        if "Norm" in type(m).__name__
+    )
     dropout = [b.dropout is not None for b in gen.up]
     assert dropout == [j < min(3, n - 1) for j in range(n)]
     assert all(b.dropout.p == 0.5 for b in gen.up if b.dropout is not None)

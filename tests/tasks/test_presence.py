@@ -42,14 +42,33 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def _cfg(root, run_dir, *extra):
-    return load_config(None, [
-        "task=presence", "modalities=[rgb,points]", "data.dataset=scenes_points", f"data.root={root}",
-        "data.num_points=48", "data.generate.num=10", "data.generate.height=24", "data.generate.width=32",
-        "data.generate.seed=3", "model.name=hetero", "model.embed_dim=8", "optim.name=adam",
-        "optim.stages=[{epochs: 2, encoder_lr: 1e-3, decoder_lr: 1e-3}]", "train.batch_size=4",
-        "train.progress=false", "train.device=cpu", "train.log_every=1", "eval.batch_size=2", "eval.num_images=0",
-        f"run.dir={run_dir}", "run.name=run", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            "task=presence",
+            "modalities=[rgb,points]",
+            "data.dataset=scenes_points",
+            f"data.root={root}",
+            "data.num_points=48",
+            "data.generate.num=10",
+            "data.generate.height=24",
+            "data.generate.width=32",
+            "data.generate.seed=3",
+            "model.name=hetero",
+            "model.embed_dim=8",
+            "optim.name=adam",
+            "optim.stages=[{epochs: 2, encoder_lr: 1e-3, decoder_lr: 1e-3}]",
+            "train.batch_size=4",
+            "train.progress=false",
+            "train.device=cpu",
+            "train.log_every=1",
+            "eval.batch_size=2",
+            "eval.num_images=0",
+            f"run.dir={run_dir}",
+            "run.name=run",
+            *extra,
+        ],
+    )
 
 
 def _models(width=8, exchange=True, **kw):
@@ -89,11 +108,13 @@ def test_presence_trains_end_to_end_exchanges_and_reloads(scenes, tmp_path, caps
 
 
 def test_concat_and_single_modality_runs(scenes, tmp_path):
-    out = Trainer(_cfg(scenes, tmp_path, "model.name=hetero_concat", "run.name=concat",
-                       "loss.sparsity_weight=0")).fit()
+    out = Trainer(_cfg(scenes, tmp_path, "model.name=hetero_concat", "run.name=concat", "loss.sparsity_weight=0")).fit()
     assert set(out["test"]) == {CONCAT_KEY}
-    out = Trainer(_cfg(scenes, tmp_path, "modalities=[points]", "model.ensemble=false", "run.name=points",
-                       "loss.sparsity_weight=0")).fit()
+    out = Trainer(
+        _cfg(
+            scenes, tmp_path, "modalities=[points]", "model.ensemble=false", "run.name=points", "loss.sparsity_weight=0"
+        )
+    ).fit()
     assert set(out["test"]) == {"points"}
 
 
@@ -106,8 +127,11 @@ def test_recipes_load_and_build(scenes):
         task.setup({"model": model})
         outputs[path.stem] = (task.outputs(model), task.select)
     assert outputs == {
-        "cen": (["rgb", "points", "ensemble"], "ensemble"), "late": (["rgb", "points", "ensemble"], "ensemble"),
-        "concat": ([CONCAT_KEY], CONCAT_KEY), "rgb_only": (["rgb"], "rgb"), "points_only": (["points"], "points"),
+        "cen": (["rgb", "points", "ensemble"], "ensemble"),
+        "late": (["rgb", "points", "ensemble"], "ensemble"),
+        "concat": ([CONCAT_KEY], CONCAT_KEY),
+        "rgb_only": (["rgb"], "rgb"),
+        "points_only": (["points"], "points"),
     }
 
 
@@ -154,8 +178,10 @@ def test_sample_points_rule():
     assert few.shape == (6, 3) and len({tuple(p) for p in few.tolist()}) == 6  # without replacement
     many = sample_points(pts, 25, torch.Generator().manual_seed(0))
     assert {tuple(p) for p in many.tolist()} == {tuple(p) for p in pts.tolist()}  # every point, then repeats
-    assert torch.equal(sample_points(pts, 25, torch.Generator().manual_seed(4)),
-                       sample_points(pts, 25, torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        sample_points(pts, 25, torch.Generator().manual_seed(4)),
+        sample_points(pts, 25, torch.Generator().manual_seed(4)),
+    )
 
 
 def test_evaluation_draws_are_fixed_and_training_draws_vary(scenes):
@@ -238,31 +264,47 @@ def test_metrics_score_a_perfect_ranking_and_skip_classes_without_positives():
 
 # -- bad input -------------------------------------------------------------------------------------
 def test_point_clouds_of_different_sizes_in_one_batch_are_named():
-    samples = [{"points": torch.zeros(5, 3), "target": torch.zeros(K)},
-               {"points": torch.zeros(7, 3), "target": torch.zeros(K)}]
-    with pytest.raises(DataError, match=r"modality 'points': point clouds of different sizes \[5, 7\] in one batch "
-                                        r"and no collate rule") as err:
+    samples = [
+        {"points": torch.zeros(5, 3), "target": torch.zeros(K)},
+        {"points": torch.zeros(7, 3), "target": torch.zeros(K)},
+    ]
+    with pytest.raises(
+        DataError,
+        match=r"modality 'points': point clouds of different sizes \[5, 7\] in one batch "
+        r"and no collate rule",
+    ) as err:
         collate(samples)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"modality 'points': point clouds of different sizes \[5, 7\] in one batch"):
         PointNetEncoder(4)([torch.zeros(5, 3), torch.zeros(7, 3)])
-    with pytest.raises(ValueError, match=r"modality 'points': PointNetEncoder expects points \(B, N, 3\), got \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"modality 'points': PointNetEncoder expects points \(B, N, 3\), got \(2, 5\)"
+    ):
         PointNetEncoder(4)(torch.zeros(2, 5))
 
 
 def test_bad_presence_settings_are_named(scenes, tmp_path):
-    with pytest.raises(ConfigError, match=r"modalities \['depth'\] are not in the presence data; it has \['rgb', "
-                                          r"'points'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"modalities \['depth'\] are not in the presence data; it has \['rgb', "
+        r"'points'\]",
+    ):
         build_task(_cfg(scenes, tmp_path, "modalities=[rgb,depth]"))
     with pytest.raises(ConfigError, match="train.select_metric='miou' is not a presence score"):
         build_task(_cfg(scenes, tmp_path, "train.select_metric=miou"))
     with pytest.raises(ConfigError, match="data.num_points must be >= 1"):
         _cfg(scenes, tmp_path, "data.num_points=0")
-    with pytest.raises(ValueError, match=r"data.dataset='scenes' has no data for task 'presence'; for presence use "
-                                         r"one of: scenes_points"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.dataset='scenes' has no data for task 'presence'; for presence use "
+        r"one of: scenes_points",
+    ):
         build_task(_cfg(scenes, tmp_path, "data.dataset=scenes")).build_datasets()
-    with pytest.raises(ValueError, match=r"modalities \['normal'\] are not in the presence data of the generated "
-                                         r"scenes; it has \['rgb', 'points'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"modalities \['normal'\] are not in the presence data of the generated "
+        r"scenes; it has \['rgb', 'points'\]",
+    ):
         ScenePresence(scenes, "train.txt", ["rgb", "normal"])
 
 

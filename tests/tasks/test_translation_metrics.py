@@ -30,9 +30,9 @@ def real() -> torch.Tensor:
 
 def stream(metrics: TranslationMetrics, branch_fakes: dict[str, torch.Tensor], real: torch.Tensor, batch: int = 16):
     for b in range(0, len(real), batch):
-        r = real[b:b + batch]
+        r = real[b : b + batch]
         for name, fake in branch_fakes.items():
-            metrics.update(name, fake[b:b + batch], r)
+            metrics.update(name, fake[b : b + batch], r)
 
 
 def numpy_kid(x: np.ndarray, y: np.ndarray) -> float:

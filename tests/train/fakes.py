@@ -16,8 +16,7 @@ class FakeScenes(Dataset):
     adds torch noise, so tests see augmentation randomness.
     """
 
-    def __init__(self, n=8, size=32, modalities=("rgb", "depth"), augment=False, seed=0, ignore=False,
-                 max_label=None):
+    def __init__(self, n=8, size=32, modalities=("rgb", "depth"), augment=False, seed=0, ignore=False, max_label=None):
         g = torch.Generator().manual_seed(seed)
         self.items = []
         for _ in range(n):

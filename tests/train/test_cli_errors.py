@@ -12,8 +12,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _train(tmp_path, *extra):
-    return ["train", str(CONFIGS / "scenes.yaml"), f"run.dir={tmp_path}", f"data.root={tmp_path}/none",
-            "train.device=cpu", *extra]
+    return [
+        "train",
+        str(CONFIGS / "scenes.yaml"),
+        f"run.dir={tmp_path}",
+        f"data.root={tmp_path}/none",
+        "train.device=cpu",
+        *extra,
+    ]
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

@@ -46,8 +46,22 @@ def test_train_generates_data_trains_and_prints_the_table(trained, capsys):
 
 def test_eval_multiscale_flip_writes_scores(trained, capsys):
     out = trained / "eval"
-    rc = main(["eval", *_args(trained), "--checkpoint", str(trained / "runs" / "scenes" / "best.pt"),
-               "--scales", "0.75", "1", "--flip", "--images", "1", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            *_args(trained),
+            "--checkpoint",
+            str(trained / "runs" / "scenes" / "best.pt"),
+            "--scales",
+            "0.75",
+            "1",
+            "--flip",
+            "--images",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "scales [0.75, 1.0], flip" in printed and "ensemble" in printed and "mIoU" in printed

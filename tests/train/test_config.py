@@ -28,7 +28,9 @@ def test_reference_recipes_hold_the_reference_hyperparameters():
 
 
 def test_overrides_merge_with_lists_and_indices():
-    cfg = load_config(CONFIGS / "scenes.yaml", ["modalities=[rgb]", "optim.stages.1.epochs=7", "loss.sparsity_mode=none"])
+    cfg = load_config(
+        CONFIGS / "scenes.yaml", ["modalities=[rgb]", "optim.stages.1.epochs=7", "loss.sparsity_mode=none"]
+    )
     assert list(cfg.modalities) == ["rgb"] and cfg.optim.stages[1].epochs == 7 and cfg.loss.sparsity_mode == "none"
     cfg = load_config(None, ["optim.stages=[{epochs: 2, encoder_lr: 0.1}]"])
     assert len(cfg.optim.stages) == 1 and cfg.optim.stages[0].decoder_lr == 3e-3  # schema default filled in

@@ -23,8 +23,12 @@ from cen.train.runlog import read_metrics
 from cen.train.trainer import Trainer
 from tests.train.fakes import fake_datasets, tiny_overrides
 
-OVERRIDES = ("model.bn_stats=frozen", "eval.test=false", "train.batch_size=4",
-             "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.05}]")
+OVERRIDES = (
+    "model.bn_stats=frozen",
+    "eval.test=false",
+    "train.batch_size=4",
+    "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.05}]",
+)
 
 
 def _free_port() -> int:
@@ -34,8 +38,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from cen.train import distributed
 

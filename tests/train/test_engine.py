@@ -50,9 +50,12 @@ class TwoModelTask(Task):
         return {"generator": nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(0.2)), "critic": nn.Conv2d(3, 1, 1)}
 
     def configure_optimizers(self, models):
-        return {"generator": torch.optim.Adam([{"params": models["generator"].parameters(), "name": "decoder"}]),
-                "critic": torch.optim.SGD([{"params": models["critic"].parameters(), "name": "decoder"}],
-                                          lr=0.1, momentum=0.9)}
+        return {
+            "generator": torch.optim.Adam([{"params": models["generator"].parameters(), "name": "decoder"}]),
+            "critic": torch.optim.SGD(
+                [{"params": models["critic"].parameters(), "name": "decoder"}], lr=0.1, momentum=0.9
+            ),
+        }
 
     def training_step(self, batch, models, nets, optimizers):
         x, y = batch["rgb"], batch["target"]
@@ -86,7 +89,9 @@ class TwoModelTask(Task):
 if TwoModelTask.name not in TASKS:
     TASKS.register(TwoModelTask.name)(TwoModelTask)
 
-STAGES = "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.01}, {epochs: 1, encoder_lr: 0.01, decoder_lr: 0.002}]"
+STAGES = (
+    "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.01}, {epochs: 1, encoder_lr: 0.01, decoder_lr: 0.002}]"
+)
 
 
 def _cfg(tmp_path, *extra):
@@ -136,7 +141,9 @@ def test_registries_name_the_known_entries(tmp_path):
 def test_frozen_statistics_without_weights_are_refused(tmp_path, capsys):
     # the trap of configs/nyudv2_r101.yaml model.pretrained=null: norms at mean 0 / variance 1
     cfg = load_config(None, tiny_overrides(tmp_path, "model.name=refinenet", "model.bn_stats=frozen"))
-    with pytest.raises(ConfigError, match="model.bn_stats=frozen .* model.pretrained is null: set model.bn_stats=train"):
+    with pytest.raises(
+        ConfigError, match="model.bn_stats=frozen .* model.pretrained is null: set model.bn_stats=train"
+    ):
         Trainer(cfg, datasets=fake_datasets())
     from cen.cli.main import main
 
@@ -144,5 +151,6 @@ def test_frozen_statistics_without_weights_are_refused(tmp_path, capsys):
     assert main(["train", str(configs / "nyudv2_r101.yaml"), "model.pretrained=null", f"run.dir={tmp_path}"]) == 2
     assert "model.bn_stats=train" in capsys.readouterr().err
     build_task(load_config(configs / "nyudv2_r101.yaml")).check_training_config()  # with the weights: fine
-    build_task(load_config(configs / "nyudv2_r101.yaml", ["model.pretrained=null", "model.bn_stats=train"])
-               ).check_training_config()
+    build_task(
+        load_config(configs / "nyudv2_r101.yaml", ["model.pretrained=null", "model.bn_stats=train"])
+    ).check_training_config()

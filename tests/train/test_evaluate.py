@@ -43,8 +43,14 @@ def batches(n=3, b=2, h=16, w=20, seed=0):
     for _ in range(n):
         mask = torch.randint(0, K, (b, h, w), generator=g)
         mask[:, 0, :3] = 255
-        out.append({"rgb": torch.randn(b, 3, h, w, generator=g), "depth": torch.rand(b, 3, h, w, generator=g),
-                    "mask": mask, "name": [f"s{i}" for i in range(b)]})
+        out.append(
+            {
+                "rgb": torch.randn(b, 3, h, w, generator=g),
+                "depth": torch.rand(b, 3, h, w, generator=g),
+                "mask": mask,
+                "name": [f"s{i}" for i in range(b)],
+            }
+        )
     return out
 
 
@@ -140,8 +146,9 @@ def test_bicubic_is_opencv_inter_cubic():
     """The reference resizes logits with cv2.INTER_CUBIC; torch's bicubic is the same filter."""
     cv2 = pytest.importorskip("cv2")
     logits = torch.randn(1, K, 12, 16)
-    ours = predict_scores(lambda inputs: {"rgb": logits}, {"rgb": torch.zeros(1, 3, 12, 16)}, (45, 61),
-                          upsample="bicubic")["rgb"]
+    ours = predict_scores(
+        lambda inputs: {"rgb": logits}, {"rgb": torch.zeros(1, 3, 12, 16)}, (45, 61), upsample="bicubic"
+    )["rgb"]
     theirs = cv2.resize(logits[0].permute(1, 2, 0).numpy(), (61, 45), interpolation=cv2.INTER_CUBIC)
     assert torch.allclose(ours[0].permute(1, 2, 0), torch.from_numpy(theirs), atol=1e-4)
 
@@ -162,8 +169,12 @@ def test_saves_prediction_images(tmp_path):
 
 def test_bad_batches_raise_clearly():
     with pytest.raises(ValueError, match="lacks the modalities \\['depth'\\]"):
-        evaluate(tiny_model(), [{"rgb": torch.randn(1, 3, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long)}],
-                 K, progress=False)
+        evaluate(
+            tiny_model(),
+            [{"rgb": torch.randn(1, 3, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long)}],
+            K,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="no batches"):
         evaluate(tiny_model(), [], K, progress=False)
     bad = batches(1)
@@ -173,8 +184,10 @@ def test_bad_batches_raise_clearly():
 
 
 def test_format_table():
-    results = {"rgb": {"pixel_acc": 0.5, "mean_acc": 0.25, "miou": 0.125, "per_class_iou": [0.1, None]},
-               "ensemble": {"pixel_acc": 0.765, "mean_acc": 0.628, "miou": math.nan, "per_class_iou": [1.0, 0.5]}}
+    results = {
+        "rgb": {"pixel_acc": 0.5, "mean_acc": 0.25, "miou": 0.125, "per_class_iou": [0.1, None]},
+        "ensemble": {"pixel_acc": 0.765, "mean_acc": 0.628, "miou": math.nan, "per_class_iou": [1.0, 0.5]},
+    }
     table = format_table(results, title="scores (%)")
     lines = table.splitlines()
     assert lines[0] == "scores (%)"

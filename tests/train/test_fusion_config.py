@@ -21,8 +21,22 @@ from tests.train.fakes import FakeScenes, fake_datasets, tiny_overrides
 
 ABLATIONS = Path(__file__).resolve().parents[2] / "configs" / "ablations"
 #: The recipe names cen.analysis.paper expects (one file per row of the comparison).
-SEGMENTATION_ROWS = ("cen", "sum", "gated_sum", "cbn_unshared", "cbn_shared", "concat_head", "fixed30", "random",
-                     "discard", "unshared_l1_full", "unshared_l1_half", "l1_alone", "rgb_only", "depth_only")
+SEGMENTATION_ROWS = (
+    "cen",
+    "sum",
+    "gated_sum",
+    "cbn_unshared",
+    "cbn_shared",
+    "concat_head",
+    "fixed30",
+    "random",
+    "discard",
+    "unshared_l1_full",
+    "unshared_l1_half",
+    "l1_alone",
+    "rgb_only",
+    "depth_only",
+)
 
 
 def _batch(n=2, size=32):
@@ -52,15 +66,21 @@ def test_defaults_are_the_paper_and_options_override_by_key(tmp_path):
     [
         (["model.fusion=fancy"], r"model.fusion='fancy' is not valid; expected one of \['exchange', 'sum', .*'none'\]"),
         (["model.head=stack"], r"model.head='stack' is not valid; expected one of \['ensemble', 'concat'\]"),
-        (["model.fusion=sum", "model.fusion_options.fraction=0.3"],
-         r"model.fusion_options=\{'fraction': 0.3\}: fusion 'sum' has no option 'fraction'; it takes no options"),
+        (
+            ["model.fusion=sum", "model.fusion_options.fraction=0.3"],
+            r"model.fusion_options=\{'fraction': 0.3\}: fusion 'sum' has no option 'fraction'; it takes no options",
+        ),
         (["model.fusion_options.bogus=1"], r"fusion 'exchange' has no option 'bogus'; it takes aggregate"),
-        (["model.fusion=fixed", "model.fusion_options.fraction=1.5"],
-         r"model.fusion_options.fraction=1.5 is not valid; expected a number in \(0, 1\)"),
+        (
+            ["model.fusion=fixed", "model.fusion_options.fraction=1.5"],
+            r"model.fusion_options.fraction=1.5 is not valid; expected a number in \(0, 1\)",
+        ),
         (["model.fusion=random", "model.fusion_options.fraction=0"], r"fraction=0 is not valid"),
         (["model.fusion=random", "model.fusion_options.fraction=0.6"], r"2 disjoint sets leave at most"),
-        (["model.fusion=fixed", "modalities=[rgb]"],
-         r"model.fusion='fixed' with modalities \['rgb'\].*needs at least 2, got 1"),
+        (
+            ["model.fusion=fixed", "modalities=[rgb]"],
+            r"model.fusion='fixed' with modalities \['rgb'\].*needs at least 2, got 1",
+        ),
         (["model.fusion=random", "modalities=[depth]"], r"fusion 'random' exchanges between modalities"),
         (["model.fusion_options={aggregate: median}"], r"aggregate must be 'mean' or 'weighted', got 'median'"),
         (["model.head=concat", "modalities=[rgb]"], r"model.head='concat' with modalities \['rgb'\].*two or more"),
@@ -75,10 +95,17 @@ def test_bad_fusion_settings_are_one_line_config_errors(overrides, expected):
 
 def test_a_share_too_large_for_the_real_layer_is_named_when_the_model_is_built(tmp_path):
     # 0.33 of the 64-channel probe fits three disjoint sets (21 <= 21), not of the tiny net's 8 channels (3 > 2)
-    cfg = load_config(None, tiny_overrides(tmp_path, "modalities=[rgb,depth,normal]", "model.fusion=fixed",
-                                           "model.fusion_options.fraction=0.33"))
-    with pytest.raises(ConfigError, match=r"cannot build model.name='tiny' \(model.fusion='fixed', model.fusion_opt"
-                                          r"ions=\{'fraction': 0.33\}.*3 disjoint sets leave at most 2"):
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path, "modalities=[rgb,depth,normal]", "model.fusion=fixed", "model.fusion_options.fraction=0.33"
+        ),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot build model.name='tiny' \(model.fusion='fixed', model.fusion_opt"
+        r"ions=\{'fraction': 0.33\}.*3 disjoint sets leave at most 2",
+    ):
         MODELS.get("tiny")(cfg)
 
 
@@ -94,9 +121,18 @@ def test_tiny_takes_unshared_convs_and_refuses_the_concat_head(tmp_path):
 
 
 def test_refinenet_gets_every_fusion_setting_and_auto_selects_the_concat_output(tmp_path):
-    cfg = load_config(None, tiny_overrides(
-        tmp_path, "model.name=refinenet", "model.backbone=resnet18", "model.decoder_widths=[16, 8, 8, 8]",
-        "model.head=concat", "model.fusion=conditional_norm", "model.shared_convs=false"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path,
+            "model.name=refinenet",
+            "model.backbone=resnet18",
+            "model.decoder_widths=[16, 8, 8, 8]",
+            "model.head=concat",
+            "model.fusion=conditional_norm",
+            "model.shared_convs=false",
+        ),
+    )
     task = build_task(cfg)
     models = task.build_models()
     model = models["model"]
@@ -106,12 +142,24 @@ def test_refinenet_gets_every_fusion_setting_and_auto_selects_the_concat_output(
     task.setup(models)
     assert task.select == "ensemble"  # the concat block's fused output, although there is no alpha-ensemble
     assert set(model.eval()(_batch(1, 64))) == {"rgb", "depth", "ensemble"}
-    assert (task.meta()["head"], task.meta()["fusion"], task.meta()["shared_convs"]) == ("concat", "conditional_norm", False)
+    assert (task.meta()["head"], task.meta()["fusion"], task.meta()["shared_convs"]) == (
+        "concat",
+        "conditional_norm",
+        False,
+    )
 
 
 def test_frozen_statistics_keep_the_random_exchange_drawing_every_step(tmp_path):
-    cfg = load_config(None, tiny_overrides(tmp_path, "model.fusion=random", "model.fusion_options={fraction: 0.25}",
-                                           "model.bn_stats=frozen", "loss.sparsity_weight=0"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path,
+            "model.fusion=random",
+            "model.fusion_options={fraction: 0.25}",
+            "model.bn_stats=frozen",
+            "loss.sparsity_weight=0",
+        ),
+    )
     task = build_task(cfg)
     models = task.build_models()
     task.train_mode(models)
@@ -133,26 +181,47 @@ def test_frozen_statistics_keep_the_random_exchange_drawing_every_step(tmp_path)
 def test_a_checkpoint_with_another_fusion_is_refused_in_one_line(tmp_path):
     base = ["train.max_steps=1", "eval.test=false"]
     Trainer(load_config(None, tiny_overrides(tmp_path, *base)), datasets=fake_datasets()).fit()
-    for change, expected in ((["model.fusion=discard"], "fusion: checkpoint 'exchange' vs config 'discard'"),
-                             (["model.shared_convs=false"], "shared_convs: checkpoint True vs config False"),
-                             (["model.fusion_options={aggregate: weighted}"],
-                              "fusion_options: checkpoint {} vs config {'aggregate': 'weighted'}")):
+    for change, expected in (
+        (["model.fusion=discard"], "fusion: checkpoint 'exchange' vs config 'discard'"),
+        (["model.shared_convs=false"], "shared_convs: checkpoint True vs config False"),
+        (
+            ["model.fusion_options={aggregate: weighted}"],
+            "fusion_options: checkpoint {} vs config {'aggregate': 'weighted'}",
+        ),
+    ):
         cfg = load_config(None, tiny_overrides(tmp_path, *base, *change))
-        with pytest.raises(CheckpointError, match="was trained with another setup: " + expected.replace("{", r"\{")
-                           .replace("}", r"\}").replace("(", r"\(").replace(")", r"\)")) as err:
+        with pytest.raises(
+            CheckpointError,
+            match="was trained with another setup: "
+            + expected.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(").replace(")", r"\)"),
+        ) as err:
             Trainer(cfg, datasets=fake_datasets(), resume=True).fit()
         assert "\n" not in str(err.value)
 
 
 def test_translation_unet_gets_the_fusion_settings_and_the_concat_head():
-    cfg = load_config(None, ["task=translation", "modalities=[depth_euclidean,normal,edge_texture]",
-                             "model.name=unet", "model.ngf=4", "model.num_downs=5", "model.ndf=4", "optim.name=adam",
-                             "model.head=concat", "model.fusion=exchange", "model.fusion_options.aggregate=weighted"])
+    cfg = load_config(
+        None,
+        [
+            "task=translation",
+            "modalities=[depth_euclidean,normal,edge_texture]",
+            "model.name=unet",
+            "model.ngf=4",
+            "model.num_downs=5",
+            "model.ndf=4",
+            "optim.name=adam",
+            "model.head=concat",
+            "model.fusion=exchange",
+            "model.fusion_options.aggregate=weighted",
+        ],
+    )
     task = build_task(cfg)
     models = task.build_models()
     generator = models["generator"]
     assert generator.config["head"] == "concat" and generator.ensemble is None
-    assert {n.fusion.aggregate for n in generator.modules() if isinstance(n, _ModalityNorm) and n.fusion} == {"weighted"}
+    assert {n.fusion.aggregate for n in generator.modules() if isinstance(n, _ModalityNorm) and n.fusion} == {
+        "weighted"
+    }
     task.setup(models)
     assert task.select == "ensemble"
     assert task.meta()["fusion_options"] == {"aggregate": "weighted"} and task.meta()["head"] == "concat"

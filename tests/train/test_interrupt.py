@@ -10,7 +10,9 @@ from cen.train.interrupt import StopRequest, TrainingInterrupted
 from cen.train.trainer import Trainer
 from tests.train.fakes import fake_datasets, tiny_overrides
 
-STAGES = "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.05}, {epochs: 1, encoder_lr: 0.01, decoder_lr: 0.02}]"
+STAGES = (
+    "optim.stages=[{epochs: 2, encoder_lr: 0.05, decoder_lr: 0.05}, {epochs: 1, encoder_lr: 0.01, decoder_lr: 0.02}]"
+)
 
 
 def _signal_during_step(trainer, step, signals):

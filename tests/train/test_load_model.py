@@ -22,19 +22,30 @@ WIDTHS = [24, 16, 16, 8]  # not the reference's
 
 def _refinenet(threshold=0.05):
     torch.manual_seed(0)
-    model = RefineNetCEN("resnet18", num_classes=5, modalities=["rgb", "depth"], threshold=threshold,
-                         decoder_widths=WIDTHS)
+    model = RefineNetCEN(
+        "resnet18", num_classes=5, modalities=["rgb", "depth"], threshold=threshold, decoder_widths=WIDTHS
+    )
     with torch.no_grad():  # running statistics away from their initial values too
-        for name, buf in model.named_buffers():
+        for _name, buf in model.named_buffers():
             if buf.is_floating_point():
                 buf.add_(0.1 * torch.rand_like(buf))
     return model
 
 
 def _converted_config(threshold=0.05):
-    return {"task": "segmentation", "modalities": ["rgb", "depth"], "data": {"num_classes": 5},
-            "model": {"name": "refinenet", "backbone": "resnet18", "threshold": threshold, "exchange": True,
-                      "ensemble": True, "decoder_widths": WIDTHS}}
+    return {
+        "task": "segmentation",
+        "modalities": ["rgb", "depth"],
+        "data": {"num_classes": 5},
+        "model": {
+            "name": "refinenet",
+            "backbone": "resnet18",
+            "threshold": threshold,
+            "exchange": True,
+            "ensemble": True,
+            "decoder_widths": WIDTHS,
+        },
+    }
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -70,17 +81,34 @@ def test_converted_checkpoint_round_trip_keeps_widths_threshold_and_outputs(tmp_
 def test_older_converted_form_is_still_read(tmp_path):
     model = _refinenet(threshold=0.03)
     path = tmp_path / "old.pt"
-    torch.save({"state_dict": model.state_dict(),
-                "config": {"backbone": "resnet18", "num_classes": 5, "modalities": ["rgb", "depth"],
-                           "threshold": 0.03, "decoder_widths": WIDTHS}}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "config": {
+                "backbone": "resnet18",
+                "num_classes": 5,
+                "modalities": ["rgb", "depth"],
+                "threshold": 0.03,
+                "decoder_widths": WIDTHS,
+            },
+        },
+        path,
+    )
     loaded = cen.load_model(path)
     assert loaded.threshold == 0.03
     _same_state(model, loaded)
 
 
 def test_training_checkpoints_round_trip(tmp_path):
-    cfg = load_config(None, tiny_overrides(tmp_path, "eval.test=false", "model.threshold=0.07",
-                                           "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path,
+            "eval.test=false",
+            "model.threshold=0.07",
+            "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]",
+        ),
+    )
     trainer = Trainer(cfg, datasets=fake_datasets())
     trainer.fit()
     for name in ("last.pt", "best.pt"):
@@ -138,8 +166,24 @@ def test_predict_uses_the_converted_model(tmp_path):
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (32, 32), dtype=np.uint16)).save(tmp_path / "depth.png")
     labels = tmp_path / "labels.png"
-    assert main(["predict", "--checkpoint", str(path), "--rgb", str(tmp_path / "rgb.png"), "--depth",
-                 str(tmp_path / "depth.png"), "--out", str(tmp_path / "pred.png"), "--labels", str(labels)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(path),
+                "--rgb",
+                str(tmp_path / "rgb.png"),
+                "--depth",
+                str(tmp_path / "depth.png"),
+                "--out",
+                str(tmp_path / "pred.png"),
+                "--labels",
+                str(labels),
+            ]
+        )
+        == 0
+    )
     from cen.cli.predict import read_inputs
     from cen.tasks.segmentation.evaluate import predict_scores
 

@@ -22,7 +22,9 @@ def test_fp16_on_a_cpu_is_a_one_line_error_naming_bf16(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, "train.precision=fp16"))
     with pytest.raises(ConfigError, match="train.precision=bf16"):
         Trainer(cfg, datasets=fake_datasets())
-    with pytest.raises(ConfigError, match=r"train.precision='fp8' is not valid; expected one of \['fp32', 'bf16', 'fp16'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train.precision='fp8' is not valid; expected one of \['fp32', 'bf16', 'fp16'\]"
+    ):
         load_config(None, tiny_overrides(tmp_path, "train.precision=fp8"))
 
 
@@ -100,8 +102,9 @@ def test_a_compiler_failure_says_to_set_compile_false(tmp_path):
 
     cfg = load_config(None, tiny_overrides(tmp_path, "eval.test=false", "train.max_steps=1", "train.compile=true"))
     trainer = Trainer(cfg, datasets=fake_datasets(), compile_backend=broken_backend)
-    with pytest.raises(UserError, match="torch.compile could not compile.*no working C\\+\\+ compiler.*"
-                                        "set train.compile=false") as err:
+    with pytest.raises(
+        UserError, match="torch.compile could not compile.*no working C\\+\\+ compiler.*set train.compile=false"
+    ) as err:
         trainer.fit()
     assert "\n" not in str(err.value)
     assert compile_error(ValueError("a bug of ours")) is None  # other errors keep their traceback

@@ -30,10 +30,18 @@ def files(tmp_path_factory):
     with torch.no_grad():  # make the branches disagree a little
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    atomic_save({"format": FORMAT, "version": VERSION, "kind": TRAINING, "models": {"model": model.state_dict()},
-                 "config": OmegaConf.to_container(cfg, resolve=True),
-                 "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
-                 "meta": build_task(cfg).meta()}, d / "best.pt")
+    atomic_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": TRAINING,
+            "models": {"model": model.state_dict()},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
+            "meta": build_task(cfg).meta(),
+        },
+        d / "best.pt",
+    )
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")
@@ -55,8 +63,23 @@ def test_preprocessing_matches_the_loaders(files):
 def test_predict_writes_colour_and_label_pngs_of_the_ensemble(files, tmp_path):
     d, model = files
     out, labels, grid = tmp_path / "pred.png", tmp_path / "labels.png", tmp_path / "grid.png"
-    rc = main(["predict", "--checkpoint", str(d / "best.pt"), "--rgb", str(d / "rgb.png"),
-               "--depth", str(d / "depth.png"), "--out", str(out), "--labels", str(labels), "--grid", str(grid)])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(d / "best.pt"),
+            "--rgb",
+            str(d / "rgb.png"),
+            "--depth",
+            str(d / "depth.png"),
+            "--out",
+            str(out),
+            "--labels",
+            str(labels),
+            "--grid",
+            str(grid),
+        ]
+    )
     assert rc == 0
     model.eval()
     x = read_inputs({"rgb": str(d / "rgb.png"), "depth": str(d / "depth.png")})
@@ -71,13 +94,45 @@ def test_predict_writes_colour_and_label_pngs_of_the_ensemble(files, tmp_path):
 def test_rgb_only_and_single_branch(files, tmp_path):
     d, model = files
     labels = tmp_path / "l.png"
-    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--rgb", str(d / "rgb.png"),
-                 "--out", str(tmp_path / "p.png"), "--labels", str(labels)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(d / "best.pt"),
+                "--rgb",
+                str(d / "rgb.png"),
+                "--out",
+                str(tmp_path / "p.png"),
+                "--labels",
+                str(labels),
+            ]
+        )
+        == 0
+    )
     model.eval()
     x = read_inputs({"rgb": str(d / "rgb.png")})
     assert np.array_equal(np.asarray(Image.open(labels)), predict_scores(model, x)["rgb"][0].argmax(0).numpy())
-    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--rgb", str(d / "rgb.png"), "--depth",
-                 str(d / "depth.png"), "--branch", "depth", "--out", str(tmp_path / "p.png"), "--labels", str(labels)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(d / "best.pt"),
+                "--rgb",
+                str(d / "rgb.png"),
+                "--depth",
+                str(d / "depth.png"),
+                "--branch",
+                "depth",
+                "--out",
+                str(tmp_path / "p.png"),
+                "--labels",
+                str(labels),
+            ]
+        )
+        == 0
+    )
     full = read_inputs({"rgb": str(d / "rgb.png"), "depth": str(d / "depth.png")})
     assert np.array_equal(np.asarray(Image.open(labels)), predict_scores(model, full)["depth"][0].argmax(0).numpy())
 
@@ -94,8 +149,10 @@ def test_clear_errors(files, tmp_path, capsys):
     assert "--rgb" in err and "nope.png" in err and "no such file" in err
     err = _err(capsys, ["predict", "--checkpoint", str(d / "missing.pt"), "--rgb", str(d / "rgb.png"), "--out", out])
     assert "--checkpoint" in err and "missing.pt" in err
-    err = _err(capsys, ["predict", "--checkpoint", ck, "--rgb", str(d / "small.png"), "--depth", str(d / "depth.png"),
-                        "--out", out])
+    err = _err(
+        capsys,
+        ["predict", "--checkpoint", ck, "--rgb", str(d / "small.png"), "--depth", str(d / "depth.png"), "--out", out],
+    )
     assert "small.png is 22x10" in err and "depth.png is 22x18" in err
     err = _err(capsys, ["predict", "--checkpoint", ck, "--out", out])
     assert "--rgb PATH, --depth PATH or --input NAME=PATH" in err
@@ -113,10 +170,18 @@ def three(tmp_path_factory):
     cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}", "modalities=[rgb,depth,normal]"])
     torch.manual_seed(1)
     model = build_task(cfg).build_model()
-    atomic_save({"format": FORMAT, "version": VERSION, "kind": TRAINING, "models": {"model": model.state_dict()},
-                 "config": OmegaConf.to_container(cfg, resolve=True),
-                 "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
-                 "meta": build_task(cfg).meta()}, d / "best.pt")
+    atomic_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": TRAINING,
+            "models": {"model": model.state_dict()},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
+            "meta": build_task(cfg).meta(),
+        },
+        d / "best.pt",
+    )
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")
@@ -131,21 +196,74 @@ def test_any_modality_by_name_decoded_by_its_kind(three, tmp_path, capsys):
     raw = torch.from_numpy(np.array(Image.open(d / "normal.png"))).permute(2, 0, 1).float()
     assert torch.allclose(x["normal"][0], raw / 127.5 - 1)  # normals: [-1, 1], not ImageNet-normalised
     labels, grid = tmp_path / "l.png", tmp_path / "g.png"
-    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--rgb", paths["rgb"], "--input",
-                 f"depth={paths['depth']}", "--input", f"normal={paths['normal']}", "--out", str(tmp_path / "p.png"),
-                 "--labels", str(labels), "--grid", str(grid)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(d / "best.pt"),
+                "--rgb",
+                paths["rgb"],
+                "--input",
+                f"depth={paths['depth']}",
+                "--input",
+                f"normal={paths['normal']}",
+                "--out",
+                str(tmp_path / "p.png"),
+                "--labels",
+                str(labels),
+                "--grid",
+                str(grid),
+            ]
+        )
+        == 0
+    )
     model.eval()
     assert np.array_equal(np.asarray(Image.open(labels)), predict_scores(model, x)["ensemble"][0].argmax(0).numpy())
     assert np.asarray(Image.open(grid)).shape == (18, 4 * 22 + 3 * 4, 3)  # rgb | depth | normal | prediction
     # normal alone: missing-modality inference
-    assert main(["predict", "--checkpoint", str(d / "best.pt"), "--input", f"normal={paths['normal']}",
-                 "--out", str(tmp_path / "p.png"), "--labels", str(labels)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(d / "best.pt"),
+                "--input",
+                f"normal={paths['normal']}",
+                "--out",
+                str(tmp_path / "p.png"),
+                "--labels",
+                str(labels),
+            ]
+        )
+        == 0
+    )
     alone = predict_scores(model, {"normal": x["normal"]})["normal"][0].argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(labels)), alone)
     capsys.readouterr()
-    err = _err(capsys, ["predict", "--checkpoint", str(d / "best.pt"), "--input", f"normal={paths['depth']}",
-                        "--out", str(tmp_path / "p.png")])
+    err = _err(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(d / "best.pt"),
+            "--input",
+            f"normal={paths['depth']}",
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert f"--input normal={paths['depth']}" in err and "8-bit RGB" in err
-    err = _err(capsys, ["predict", "--checkpoint", str(d / "best.pt"), "--input", f"hha={paths['rgb']}",
-                        "--out", str(tmp_path / "p.png")])
+    err = _err(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(d / "best.pt"),
+            "--input",
+            f"hha={paths['rgb']}",
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert "['rgb', 'depth', 'normal']" in err and "hha" in err

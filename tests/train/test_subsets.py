@@ -25,8 +25,15 @@ K = 4
 
 def test_every_non_empty_subset_largest_first():
     subsets = modality_subsets(NAMES)
-    assert subsets == [("rgb", "depth", "normal"), ("rgb", "depth"), ("rgb", "normal"), ("depth", "normal"),
-                       ("rgb",), ("depth",), ("normal",)]
+    assert subsets == [
+        ("rgb", "depth", "normal"),
+        ("rgb", "depth"),
+        ("rgb", "normal"),
+        ("depth", "normal"),
+        ("rgb",),
+        ("depth",),
+        ("normal",),
+    ]
     assert len(modality_subsets("abcd")) == 15
 
 
@@ -44,8 +51,13 @@ def exchanging_model():
 
 def _loader(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{**{n: torch.randn(2, 3, 16, 20, generator=g) for n in NAMES},
-             "mask": torch.randint(0, K, (2, 16, 20), generator=g)} for _ in range(2)]
+    return [
+        {
+            **{n: torch.randn(2, 3, 16, 20, generator=g) for n in NAMES},
+            "mask": torch.randint(0, K, (2, 16, 20), generator=g),
+        }
+        for _ in range(2)
+    ]
 
 
 def test_each_subset_is_the_model_run_on_those_inputs_only(exchanging_model):
@@ -102,10 +114,19 @@ def test_models_that_cannot_drop_a_modality_are_refused():
 
 
 def test_cli_eval_subsets_writes_json_and_markdown(tmp_path, capsys):
-    args = [str(CONFIGS / "scenes_rgb_depth_normal.yaml"), f"data.root={tmp_path}/scenes",
-            "data.generate={num: 12, height: 24, width: 32, workers: 1}", "model.name=tiny", "train.batch_size=4",
-            "train.device=cpu", "train.progress=false", "eval.num_images=0", "eval.test=false",
-            "train.max_steps=2", f"run.dir={tmp_path}/runs"]
+    args = [
+        str(CONFIGS / "scenes_rgb_depth_normal.yaml"),
+        f"data.root={tmp_path}/scenes",
+        "data.generate={num: 12, height: 24, width: 32, workers: 1}",
+        "model.name=tiny",
+        "train.batch_size=4",
+        "train.device=cpu",
+        "train.progress=false",
+        "eval.num_images=0",
+        "eval.test=false",
+        "train.max_steps=2",
+        f"run.dir={tmp_path}/runs",
+    ]
     assert main(["train", *args]) == 0
     ck = tmp_path / "runs" / "scenes_rgb_depth_normal" / "last.pt"
     capsys.readouterr()
@@ -114,7 +135,8 @@ def test_cli_eval_subsets_writes_json_and_markdown(tmp_path, capsys):
     assert "every subset of ['rgb', 'depth', 'normal']" in out and "rgb+depth+normal" in out
     record = json.loads((tmp_path / "sub" / "subsets.json").read_text())
     assert record["metric"] == "miou" and [r["subset"] for r in record["subsets"]] == [
-        list(s) for s in modality_subsets(NAMES)]
+        list(s) for s in modality_subsets(NAMES)
+    ]
     assert set(record["subsets"][4]["scores"]) == {"rgb", "ensemble"}
     md = (tmp_path / "sub" / "subsets.md").read_text()
     assert "| depth+normal | - |" in md

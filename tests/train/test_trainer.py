@@ -82,8 +82,15 @@ def test_unimodal_config_trains_on_the_same_path(tmp_path):
 
 
 def test_frozen_statistics_keep_running_stats_while_gamma_trains(tmp_path):
-    cfg = load_config(None, tiny_overrides(tmp_path, "model.bn_stats=frozen", "eval.test=false",
-                                           "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tmp_path,
+            "model.bn_stats=frozen",
+            "eval.test=false",
+            "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]",
+        ),
+    )
     trainer = Trainer(cfg, datasets=fake_datasets())
     norms = [m for m in trainer.model.modules() if isinstance(m, _ModalityNorm)]
     before = [(n.running_mean.clone(), n.weight.detach().clone()) for n in norms]
@@ -114,15 +121,19 @@ def test_bad_inputs_are_reported_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"labels \[7\] outside 0..2 \(data.num_classes=3"):
         check_labels(torch.tensor([[0, 7, 255]]), 3)
     cfg = load_config(None, tiny_overrides(tmp_path))
-    with pytest.raises(ValueError, match=r"modalities \['depth'\] named in the config are absent .* provides \['rgb'\]"):
+    with pytest.raises(
+        ValueError, match=r"modalities \['depth'\] named in the config are absent .* provides \['rgb'\]"
+    ):
         Trainer(cfg, datasets=fake_datasets(modalities=("rgb",)))
     if not torch.cuda.is_available():
         cuda = load_config(None, tiny_overrides(tmp_path, "train.device=cuda:0"))
         with pytest.raises(DeviceError, match="CUDA"):
             Trainer(cuda, datasets=fake_datasets())
     with pytest.raises(ValueError, match=r"train.select='ensemble' is not an output .* \['rgb'\]"):
-        Trainer(load_config(None, tiny_overrides(tmp_path, "modalities=[rgb]", "train.select=ensemble")),
-                datasets=fake_datasets())
+        Trainer(
+            load_config(None, tiny_overrides(tmp_path, "modalities=[rgb]", "train.select=ensemble")),
+            datasets=fake_datasets(),
+        )
     too_few = load_config(None, tiny_overrides(tmp_path, "run.name=few", "data.num_classes=2"))
     with pytest.raises(ValueError, match="data.num_classes=2"):
         Trainer(too_few, datasets=fake_datasets()).fit()
@@ -135,8 +146,9 @@ def test_exchange_off_and_model_options(tmp_path):
 
 def test_proximal_sparsity_drives_the_penalised_gammas_to_zero_and_exchanges(tmp_path):
     # 4 steps at lr 0.05 with lambda 5: each step shrinks the penalised gammas by 0.25
-    cfg = load_config(None, tiny_overrides(
-        tmp_path, "loss.sparsity_solver=proximal", "loss.sparsity_weight=5.0", "eval.test=false"))
+    cfg = load_config(
+        None, tiny_overrides(tmp_path, "loss.sparsity_solver=proximal", "loss.sparsity_weight=5.0", "eval.test=false")
+    )
     Trainer(cfg, datasets=fake_datasets()).fit()
     val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"][-1]
     assert val["exchange_mean"] == {"rgb": 0.5, "depth": 0.5}  # exactly the disjoint halves
@@ -172,7 +184,13 @@ def test_gamma_history_is_logged_and_resumes_exactly(tmp_path):
     assert a["updates"] == b["updates"] == 4 and a["layers"].keys() == b["layers"].keys()
     for layer, entries in a["layers"].items():
         for key, value in entries.items():
-            same = torch.equal(value, b["layers"][layer][key]) if torch.is_tensor(value) else value == b["layers"][layer][key]
+            same = (
+                torch.equal(value, b["layers"][layer][key])
+                if torch.is_tensor(value)
+                else value == b["layers"][layer][key]
+            )
             assert same, (layer, key)
-    assert records[-1] == {**[r for r in read_metrics(tmp_path / "part" / "metrics.jsonl")
-                              if r["kind"] == "gamma"][-1], "time": records[-1]["time"]}
+    assert records[-1] == {
+        **[r for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if r["kind"] == "gamma"][-1],
+        "time": records[-1]["time"],
+    }

@@ -41,14 +41,31 @@ def _data():
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, [
-        "task=translation", f"modalities=[{','.join(INPUTS)}]", "model.name=unet", "model.ngf=4",
-        "model.num_downs=5", "model.ndf=4", "optim.name=adam", "optim.weight_decay=0",
-        "optim.stages=[{epochs: 2, encoder_lr: 2e-4, decoder_lr: 2e-4}]", "loss.sparsity_weight=1e-3",
-        "train.batch_size=2", "train.progress=false", "train.device=cpu", "train.log_every=1",
-        "eval.batch_size=2", "eval.num_images=1", "eval.features=scenes", f"run.dir={tmp_path}", "run.name=run",
-        *extra,
-    ])
+    return load_config(
+        None,
+        [
+            "task=translation",
+            f"modalities=[{','.join(INPUTS)}]",
+            "model.name=unet",
+            "model.ngf=4",
+            "model.num_downs=5",
+            "model.ndf=4",
+            "optim.name=adam",
+            "optim.weight_decay=0",
+            "optim.stages=[{epochs: 2, encoder_lr: 2e-4, decoder_lr: 2e-4}]",
+            "loss.sparsity_weight=1e-3",
+            "train.batch_size=2",
+            "train.progress=false",
+            "train.device=cpu",
+            "train.log_every=1",
+            "eval.batch_size=2",
+            "eval.num_images=1",
+            "eval.features=scenes",
+            f"run.dir={tmp_path}",
+            "run.name=run",
+            *extra,
+        ],
+    )
 
 
 def test_translation_trains_resumes_exactly_and_loads_the_generator(tmp_path, capsys):
@@ -67,8 +84,15 @@ def test_translation_trains_resumes_exactly_and_loads_the_generator(tmp_path, ca
             assert torch.equal(value, b["models"][name][key]), (name, key)
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
-    assert {"d_loss", "gan/reshading", "l1/edge_texture", "l1/ensemble", "l1_gamma",
-            "lr/generator/decoder", "lr/discriminator/decoder"} <= set(train[0])
+    assert {
+        "d_loss",
+        "gan/reshading",
+        "l1/edge_texture",
+        "l1/ensemble",
+        "l1_gamma",
+        "lr/generator/decoder",
+        "lr/discriminator/decoder",
+    } <= set(train[0])
     val = [r for r in records if r["kind"] == "val"]
     assert "best_l1" in val[-1] and set(val[-1]["alpha"]) == set(INPUTS)
     l1 = [r["scores"]["ensemble"]["l1"] for r in val]
@@ -97,8 +121,12 @@ def test_generator_mode_is_an_evaluation_option(tmp_path):
 def test_converted_translation_checkpoint_loads(tmp_path):
     torch.manual_seed(0)
     g = UNetCEN(list(INPUTS), ngf=4, num_downs=5, threshold=0.03)
-    config = {"task": "translation", "modalities": list(INPUTS), "data": {"dataset": "taskonomy", "target": "rgb"},
-              "model": {"name": "unet", "ngf": 4, "num_downs": 5, "ndf": 4, "threshold": 0.03, "ensemble": True}}
+    config = {
+        "task": "translation",
+        "modalities": list(INPUTS),
+        "data": {"dataset": "taskonomy", "target": "rgb"},
+        "model": {"name": "unet", "ngf": 4, "num_downs": 5, "ndf": 4, "threshold": 0.03, "ensemble": True},
+    }
     atomic_torch_save(weights_checkpoint(g.state_dict(), config), tmp_path / "g.pt")
     loaded = cen.load_model(tmp_path / "g.pt").eval()
     x = {k: torch.rand(1, 3, 32, 32) * 2 - 1 for k in INPUTS}
@@ -133,7 +161,9 @@ def test_cen_eval_rejects_segmentation_options_for_translation(tmp_path, capsys)
     config = {"task": "translation", "modalities": list(INPUTS), "model": {"name": "unet", "ngf": 4, "num_downs": 5}}
     atomic_torch_save(weights_checkpoint(g.state_dict(), config), tmp_path / "g.pt")
     cfg_file = tmp_path / "t.yaml"
-    cfg_file.write_text(f"task: translation\nmodalities: [{', '.join(INPUTS)}]\nmodel: {{name: unet, ngf: 4, num_downs: 5}}\n")
+    cfg_file.write_text(
+        f"task: translation\nmodalities: [{', '.join(INPUTS)}]\nmodel: {{name: unet, ngf: 4, num_downs: 5}}\n"
+    )
     assert main(["eval", str(cfg_file), "--checkpoint", str(tmp_path / "g.pt"), "--scales", "1", "0.5"]) == 2
     assert "--scales does not apply to task 'translation'" in capsys.readouterr().err
 
@@ -155,19 +185,47 @@ def test_cen_predict_writes_every_branch_of_a_translation_checkpoint(tmp_path, c
     Image.fromarray(shade).save(tmp_path / "shade.png")
     Image.fromarray(edges).save(tmp_path / "edges.png")
     out = tmp_path / "generated"
-    assert main(["predict", "--checkpoint", str(tmp_path / "g.pt"), "--input", f"reshading={tmp_path / 'shade.png'}",
-                 "--input", f"edge_texture={tmp_path / 'edges.png'}", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "g.pt"),
+                "--input",
+                f"reshading={tmp_path / 'shade.png'}",
+                "--input",
+                f"edge_texture={tmp_path / 'edges.png'}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     # the loaders' linear decoding: 8-bit / 255, 16-bit / 65535, grey to 3 channels, then [-1, 1]
-    x = {"reshading": torch.from_numpy(shade / 255.0).float().expand(3, -1, -1)[None] * 2 - 1,
-         "edge_texture": torch.from_numpy(edges / 65535.0).float().expand(3, -1, -1)[None] * 2 - 1}
+    x = {
+        "reshading": torch.from_numpy(shade / 255.0).float().expand(3, -1, -1)[None] * 2 - 1,
+        "edge_texture": torch.from_numpy(edges / 65535.0).float().expand(3, -1, -1)[None] * 2 - 1,
+    }
     with torch.no_grad():
         want = g.eval()(x)
     for branch in (*INPUTS, "ensemble"):
         got = np.asarray(Image.open(out / f"{branch}.png"))
         assert got.shape == (32, 32, 3)
         assert np.abs(got.astype(int) - image_array(want[branch][0]).astype(int)).max() <= 1, branch
-    assert main(["predict", "--checkpoint", str(tmp_path / "g.pt"), "--input", f"curvature={tmp_path / 'shade.png'}",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "g.pt"),
+                "--input",
+                f"curvature={tmp_path / 'shade.png'}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "'curvature'" in capsys.readouterr().err
 
 

@@ -52,8 +52,8 @@ def test_grid_undoes_normalisation_and_writes_one_png(tmp_path):
     assert img.shape == (h, 4 * w + 3 * 4, 3)
     assert np.abs(img[:, :w].astype(int) - (raw.permute(1, 2, 0).numpy() * 255).round()).max() <= 1
     assert img[0, w + 4].tolist() == [0, 0, 0]
-    assert np.array_equal(img[:, 2 * (w + 4): 2 * (w + 4) + w], colorize(mask))
-    assert np.array_equal(img[:, 3 * (w + 4):], colorize(pred))
+    assert np.array_equal(img[:, 2 * (w + 4) : 2 * (w + 4) + w], colorize(mask))
+    assert np.array_equal(img[:, 3 * (w + 4) :], colorize(pred))
 
 
 def test_grid_accepts_scores_and_skips_missing_panels():

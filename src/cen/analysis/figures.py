@@ -42,8 +42,9 @@ def _colours(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
-def stacked_shares(layers: Sequence[str], fractions: Mapping[str, Mapping[str, float]],
-                   modalities: Sequence[str]) -> dict[str, dict[str, float]]:
+def stacked_shares(
+    layers: Sequence[str], fractions: Mapping[str, Mapping[str, float]], modalities: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Figure A's bar heights: of a layer's ``M*C`` (modality, channel) slots, the share each modality exchanges.
 
     ``fractions[layer][modality]`` is the fraction of that modality's ``C`` channels it
@@ -73,8 +74,9 @@ def _bars(ax, layers, shares, modalities, *, labels=True) -> None:
         ax.set_xticks([])
 
 
-def figure_a(layers: Sequence[str], shares: Mapping[str, Mapping[str, float]], modalities: Sequence[str],
-             title: str) -> Figure:
+def figure_a(
+    layers: Sequence[str], shares: Mapping[str, Mapping[str, float]], modalities: Sequence[str], title: str
+) -> Figure:
     """Stacked bars per exchanging layer, bottom (left) to top (right): not exchanged / exchanged by each modality."""
     fig = Figure(figsize=(max(6.0, 0.28 * len(layers) + 2.5), 4.2))
     ax = fig.subplots()
@@ -86,8 +88,12 @@ def figure_a(layers: Sequence[str], shares: Mapping[str, Mapping[str, float]], m
     return fig
 
 
-def figure_a_over_time(frames: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], layers: Sequence[str],
-                       modalities: Sequence[str], columns: int = 4) -> Figure:
+def figure_a_over_time(
+    frames: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]],
+    layers: Sequence[str],
+    modalities: Sequence[str],
+    columns: int = 4,
+) -> Figure:
     """Small multiples of :func:`figure_a`, one panel per ``(label, shares)`` frame (e.g. per evaluation)."""
     rows = math.ceil(len(frames) / columns)
     cols = min(columns, len(frames))
@@ -97,18 +103,27 @@ def figure_a_over_time(frames: Sequence[tuple[str, Mapping[str, Mapping[str, flo
         _bars(ax, layers, shares, modalities, labels=False)
         ax.set_title(label, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(frames):]:
+    for ax in axes[len(frames) :]:
         ax.set_visible(False)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+    fig.legend(
+        handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02)
+    )
     fig.supxlabel("exchanging layer, bottom → top", fontsize=8, y=0.04)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
-def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, ylabel: str,
-          xlabel: str = "step", percent: bool = False, ax=None, styles: Mapping[str, str] | None = None) -> Figure:
+def lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "step",
+    percent: bool = False,
+    ax=None,
+    styles: Mapping[str, str] | None = None,
+) -> Figure:
     """One line per ``name: (x, y)``; ``y`` values of None are gaps. With ``percent`` the y axis shows %."""
     fig = None
     if ax is None:
@@ -118,8 +133,9 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, titl
     for (name, (x, y)), colour in zip(series.items(), _colours(len(series))):
         yv = np.array([np.nan if v is None else v for v in y], dtype=float) * (100 if percent else 1)
         values.append(yv[np.isfinite(yv)])
-        ax.plot(list(x), yv, (styles or {}).get(name, "-"), color=colour, label=name,
-                marker="." if len(x) < 30 else None)
+        ax.plot(
+            list(x), yv, (styles or {}).get(name, "-"), color=colour, label=name, marker="." if len(x) < 30 else None
+        )
     every = np.concatenate(values) if values else np.array([])
     if every.size and every.min() > 0 and every.max() / every.min() > 100:
         ax.set_yscale("log")  # e.g. losses of runs with very different l1 terms on one panel
@@ -132,8 +148,14 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, titl
     return fig if fig is not None else ax.figure
 
 
-def panels(groups: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], *, ylabel: str = "",
-           percent_keys: Sequence[str] = (), columns: int = 3, styles: Mapping[str, str] | None = None) -> Figure:
+def panels(
+    groups: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    *,
+    ylabel: str = "",
+    percent_keys: Sequence[str] = (),
+    columns: int = 3,
+    styles: Mapping[str, str] | None = None,
+) -> Figure:
     """Side-by-side :func:`lines` panels, one per ``title: series``."""
     cols = min(columns, max(len(groups), 1))
     rows = math.ceil(max(len(groups), 1) / cols)
@@ -141,14 +163,19 @@ def panels(groups: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[flo
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, (title, series) in zip(axes, groups.items()):
         lines(series, title=title, ylabel=ylabel or title, percent=title in percent_keys, ax=ax, styles=styles)
-    for ax in axes[len(groups):]:
+    for ax in axes[len(groups) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
 
 
-def gamma_histograms(gammas: Mapping[str, np.ndarray], penalised: Mapping[str, np.ndarray],
-                     thresholds: Mapping[str, float], modalities: Sequence[str], title: str) -> Figure:
+def gamma_histograms(
+    gammas: Mapping[str, np.ndarray],
+    penalised: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    modalities: Sequence[str],
+    title: str,
+) -> Figure:
     """Per layer (a panel each, bottom to top), histograms of ``|gamma|`` per modality with ``theta`` marked.
 
     ``gammas[layer]`` is ``(M, C)``; ``penalised[layer]`` a bool ``(M, C)``: penalised scales are
@@ -179,8 +206,9 @@ def gamma_histograms(gammas: Mapping[str, np.ndarray], penalised: Mapping[str, n
     return fig
 
 
-def heatmap(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], columns: Sequence[str], *,
-            title: str) -> Figure:
+def heatmap(
+    matrix: Sequence[Sequence[float | None]], rows: Sequence[str], columns: Sequence[str], *, title: str
+) -> Figure:
     """Values in ``[0, 1]`` as a colour map with the % written in each cell; None is blank (class left out)."""
     data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     fig = Figure(figsize=(max(4.0, 0.55 * len(columns) + 2.0), 0.45 * len(rows) + 1.6))
@@ -192,8 +220,15 @@ def heatmap(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], colum
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if not np.isnan(data[i, j]):
-                    ax.text(j, i, f"{100 * data[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if data[i, j] < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * data[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if data[i, j] < 0.6 else "black",
+                    )
     fig.colorbar(im, ax=ax, label="%")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

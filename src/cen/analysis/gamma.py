@@ -41,28 +41,49 @@ def _share(part: int, whole: int) -> float | None:
 def _counts(ever: int, under: int, recovered: int, back: int, rises: int, penalised: int) -> dict:
     """The record of one group of scales (a layer's modality, or all of them)."""
     return {
-        "penalised": penalised, "under": under, "ever": ever, "recovered": recovered, "back_now": back,
-        "rises": rises, "share_under": _share(under, penalised), "share_ever": _share(ever, penalised),
+        "penalised": penalised,
+        "under": under,
+        "ever": ever,
+        "recovered": recovered,
+        "back_now": back,
+        "rises": rises,
+        "share_under": _share(under, penalised),
+        "share_ever": _share(ever, penalised),
         "share_recovered": _share(recovered, ever),
     }
 
 
-def _summarize(state: Mapping[str, Mapping[str, Tensor]], penalised: Mapping[str, Tensor], names: list[str],
-               thresholds: Mapping[str, float], mode: str, updates: int) -> dict:
+def _summarize(
+    state: Mapping[str, Mapping[str, Tensor]],
+    penalised: Mapping[str, Tensor],
+    names: list[str],
+    thresholds: Mapping[str, float],
+    mode: str,
+    updates: int,
+) -> dict:
     """:meth:`GammaTracker.summary` of per-layer states (on any device; one host copy)."""
     rows = []
     for name, s in state.items():
         pen = penalised[name]
         ever = s["ever"] & pen
-        rows.append(torch.stack([
-            ever.sum(1), (s["below"] & pen).sum(1), (ever & (s["recoveries"] > 0)).sum(1),
-            (ever & ~s["below"]).sum(1), (s["recoveries"] * pen).sum(1), pen.sum(1),
-        ], dim=1))  # (M, 6)
+        rows.append(
+            torch.stack(
+                [
+                    ever.sum(1),
+                    (s["below"] & pen).sum(1),
+                    (ever & (s["recoveries"] > 0)).sum(1),
+                    (ever & ~s["below"]).sum(1),
+                    (s["recoveries"] * pen).sum(1),
+                    pen.sum(1),
+                ],
+                dim=1,
+            )
+        )  # (M, 6)
     flat = torch.cat(rows).tolist() if rows else []  # the one host copy
     layers, total, start = {}, [0] * 6, 0
     for name, r in zip(state, rows):
         layers[name] = {}
-        for m, counts in enumerate(flat[start:start + r.shape[0]]):
+        for m, counts in enumerate(flat[start : start + r.shape[0]]):
             layers[name][names[m] if m < len(names) else f"m{m}"] = _counts(*counts)
             total = [a + b for a, b in zip(total, counts)]
         start += r.shape[0]
@@ -78,8 +99,11 @@ def summarize_state(state: Mapping) -> dict:
     penalised = {}
     for name, entry in layers.items():
         shape = tuple(entry["ever"].shape)
-        penalised[name] = (disjoint_groups(*shape, device=entry["ever"].device) if mode == "disjoint"
-                           else torch.ones(shape, dtype=torch.bool, device=entry["ever"].device))
+        penalised[name] = (
+            disjoint_groups(*shape, device=entry["ever"].device)
+            if mode == "disjoint"
+            else torch.ones(shape, dtype=torch.bool, device=entry["ever"].device)
+        )
     thresholds = {n: float(e.get("threshold", 0.0)) for n, e in layers.items()}
     return _summarize(layers, penalised, list(state.get("names", [])), thresholds, mode, int(state.get("updates", 0)))
 
@@ -101,8 +125,7 @@ class GammaTracker:
     reports nothing.
     """
 
-    def __init__(self, model: nn.Module, threshold: float | None = None, *, mode: str = "disjoint",
-                 names=None) -> None:
+    def __init__(self, model: nn.Module, threshold: float | None = None, *, mode: str = "disjoint", names=None) -> None:
         if mode not in SPARSITY_MODES:
             raise ValueError(f"mode={mode!r}; expected one of {SPARSITY_MODES}")
         if threshold is not None and threshold < 0:
@@ -110,8 +133,9 @@ class GammaTracker:
         inner = getattr(model, "module", model)  # DistributedDataParallel
         self.mode = mode
         self.norms = dict(exchanging_norms(inner))
-        self.thresholds = {name: float(threshold if threshold is not None else norm.threshold)
-                           for name, norm in self.norms.items()}
+        self.thresholds = {
+            name: float(threshold if threshold is not None else norm.threshold) for name, norm in self.norms.items()
+        }
         num = {norm.num_modalities for norm in self.norms.values()}
         if names is None:
             names = getattr(inner, "names", None)
@@ -125,8 +149,11 @@ class GammaTracker:
         for name, norm in self.norms.items():
             g = norm.gamma
             shape, dev = g.shape, g.device
-            self.penalised[name] = (disjoint_groups(*shape, device=dev) if mode == "disjoint"
-                                    else torch.ones(shape, dtype=torch.bool, device=dev))
+            self.penalised[name] = (
+                disjoint_groups(*shape, device=dev)
+                if mode == "disjoint"
+                else torch.ones(shape, dtype=torch.bool, device=dev)
+            )
             self.state[name] = {
                 "below": torch.zeros(shape, dtype=torch.bool, device=dev),
                 "ever": torch.zeros(shape, dtype=torch.bool, device=dev),
@@ -183,9 +210,14 @@ class GammaTracker:
     def state_dict(self) -> dict:
         """Tensors and plain values only (loads with ``torch.load(weights_only=True)``)."""
         return {
-            "version": STATE_VERSION, "mode": self.mode, "updates": self.updates, "names": list(self.names),
-            "layers": {name: {"threshold": self.thresholds[name], **{k: t.clone() for k, t in s.items()}}
-                       for name, s in self.state.items()},
+            "version": STATE_VERSION,
+            "mode": self.mode,
+            "updates": self.updates,
+            "names": list(self.names),
+            "layers": {
+                name: {"threshold": self.thresholds[name], **{k: t.clone() for k, t in s.items()}}
+                for name, s in self.state.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -204,8 +236,10 @@ class GammaTracker:
                 if key not in entry:
                     raise ValueError(f"gamma tracker state of layer {name} lacks {key!r}")
                 if tuple(entry[key].shape) != tuple(self.state[name][key].shape):
-                    raise ValueError(f"gamma tracker state of layer {name}: {key} has shape "
-                                     f"{tuple(entry[key].shape)}, expected {tuple(self.state[name][key].shape)}")
+                    raise ValueError(
+                        f"gamma tracker state of layer {name}: {key} has shape "
+                        f"{tuple(entry[key].shape)}, expected {tuple(self.state[name][key].shape)}"
+                    )
         for name, entry in state["layers"].items():
             for key in _FIELDS:
                 self.state[name][key].copy_(entry[key])

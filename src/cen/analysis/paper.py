@@ -45,8 +45,15 @@ class PaperRow:
         return self.text if self.value is None else f"{self.value:g}"
 
 
-def _seg(name: str, value: float | None, description: str, *, text: str = "", source: str = FEEDBACK,
-         extra: tuple[tuple[str, float], ...] = ()) -> PaperRow:
+def _seg(
+    name: str,
+    value: float | None,
+    description: str,
+    *,
+    text: str = "",
+    source: str = FEEDBACK,
+    extra: tuple[tuple[str, float], ...] = (),
+) -> PaperRow:
     return PaperRow(name, description, "miou", value, source, text, extra)
 
 
@@ -61,24 +68,44 @@ SEGMENTATION: tuple[PaperRow, ...] = (
     _seg("fixed30", 47.2, "exchanging a fixed 30 % of channels, no l1"),
     _seg("random", 46.8, "random channel exchange (ShuffleNet-style)"),
     _seg("discard", 47.5, "discarding low-gamma channels without exchanging"),
-    _seg("unshared_l1_full", 49.1, "unshared convs, l1 on all channels (\"full\")"),
-    _seg("unshared_l1_half", 48.5, "unshared convs, l1 on half the channels (\"half\")"),
+    _seg("unshared_l1_full", 49.1, 'unshared convs, l1 on all channels ("full")'),
+    _seg("unshared_l1_half", 48.5, 'unshared convs, l1 on half the channels ("half")'),
     _seg("l1_alone", None, "l1 on gamma alone, no exchange", text="no improvement"),
     _seg("rgb_only", None, "unimodal RGB network (no number in the author feedback)"),
     _seg("depth_only", None, "unimodal depth network (no number in the author feedback)"),
-    _seg("nyudv2_r101", 51.1, "CEN, RefineNet-101 on NYUDv2", source=PAPER,
-         extra=(("pixel_acc", 76.2), ("mean_acc", 62.8))),
-    _seg("nyudv2_r152", 51.6, "CEN, RefineNet-152 on NYUDv2", source=PAPER,
-         extra=(("pixel_acc", 77.0), ("mean_acc", 64.4))),
+    _seg(
+        "nyudv2_r101",
+        51.1,
+        "CEN, RefineNet-101 on NYUDv2",
+        source=PAPER,
+        extra=(("pixel_acc", 76.2), ("mean_acc", 62.8)),
+    ),
+    _seg(
+        "nyudv2_r152",
+        51.6,
+        "CEN, RefineNet-152 on NYUDv2",
+        source=PAPER,
+        extra=(("pixel_acc", 77.0), ("mean_acc", 64.4)),
+    ),
     _seg("sunrgbd_r101", 51.1, "CEN, RefineNet-101 on SUN RGB-D", source=PAPER),
 )
 
 #: Translation rows (task ``translation``): paper Eq. 6 with the mean vs a |gamma|-weighted sum.
 TRANSLATION: tuple[PaperRow, ...] = (
-    PaperRow("exchange_mean", "Eq. 6 with the mean of the other modalities (depth + normal + texture -> RGB)",
-             "fid", 60.90, FEEDBACK_TRANSLATION),
-    PaperRow("exchange_weighted", "Eq. 6 with a |gamma|-weighted sum instead of the mean (depth + normal + "
-             "texture -> RGB)", "fid", 60.94, FEEDBACK_TRANSLATION),
+    PaperRow(
+        "exchange_mean",
+        "Eq. 6 with the mean of the other modalities (depth + normal + texture -> RGB)",
+        "fid",
+        60.90,
+        FEEDBACK_TRANSLATION,
+    ),
+    PaperRow(
+        "exchange_weighted",
+        "Eq. 6 with a |gamma|-weighted sum instead of the mean (depth + normal + texture -> RGB)",
+        "fid",
+        60.94,
+        FEEDBACK_TRANSLATION,
+    ),
 )
 
 ROWS: dict[str, tuple[PaperRow, ...]] = {"segmentation": SEGMENTATION, "translation": TRANSLATION}

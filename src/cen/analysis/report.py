@@ -93,14 +93,20 @@ class Page:
     def write(self, notes: Sequence[str], intro: str = "") -> Path:
         body = [f"<h1>{html.escape(self.title)}</h1>", intro]
         if notes:
-            body.append('<div class="notes"><b>Missing or partial:</b><ul>'
-                        + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></div>")
+            body.append(
+                '<div class="notes"><b>Missing or partial:</b><ul>'
+                + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+                + "</ul></div>"
+            )
         for title, parts in self.sections:
             body.append(f"<h2>{html.escape(title)}</h2>")
             body.extend(parts)
-        text = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
-                + "\n".join(body) + "</body></html>\n")
+        text = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(body)
+            + "</body></html>\n"
+        )
         path = self.out / "report.html"
         path.write_text(text, encoding="utf-8")
         return path
@@ -130,7 +136,7 @@ def halves(layers: Mapping[str, Mapping[str, float]]) -> dict | None:
         return None
     mean = [sum(layers[n].values()) / max(len(layers[n]), 1) for n in names]
     k = len(names) // 2
-    lower, upper = sum(mean[:k]) / k, sum(mean[len(names) - k:]) / k
+    lower, upper = sum(mean[:k]) / k, sum(mean[len(names) - k :]) / k
     return {"lower_half": lower, "upper_half": upper, "upper_exchanges_more": upper > lower}
 
 
@@ -172,13 +178,20 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
     mods = run.modalities
     best = checkpoint_exchange(run, "best") or checkpoint_exchange(run, "last")
     over = [rec for rec in run.evaluations() if isinstance(rec.get("exchange"), dict) and rec["exchange"]]
-    data["exchange"] = {"checkpoint": best, "over_training": [
-        {"step": r.get("step"), "epoch": r.get("epoch"), "layers": r["exchange"], "mean": r.get("exchange_mean")}
-        for r in over]}
+    data["exchange"] = {
+        "checkpoint": best,
+        "over_training": [
+            {"step": r.get("step"), "epoch": r.get("epoch"), "layers": r["exchange"], "mean": r.get("exchange_mean")}
+            for r in over
+        ],
+    }
     if best is None and not over:
         model = run.config.get("model") or {}
-        why = ("the run was trained without exchange (model.exchange: false)" if model.get("exchange") is False
-               else "no exchanging layers found in the checkpoints or the records")
+        why = (
+            "the run was trained without exchange (model.exchange: false)"
+            if model.get("exchange") is False
+            else "no exchanging layers found in the checkpoints or the records"
+        )
         parts.append(_missing(f"No exchange to show: {why}."))
         return
     if best is not None:
@@ -186,28 +199,49 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
         shares = figures.stacked_shares(layers, best["layers"], mods)
         best["stacked"] = shares
         best["halves"] = halves(best["layers"])
-        parts.append(page.figure(figures.figure_a(layers, shares, mods, f"{best['checkpoint']} (step {best['step']})"),
-                                 "figure_a.png", "Figure A"))
+        parts.append(
+            page.figure(
+                figures.figure_a(layers, shares, mods, f"{best['checkpoint']} (step {best['step']})"),
+                "figure_a.png",
+                "Figure A",
+            )
+        )
         h = best["halves"]
         if h:
-            parts.append(f"<p>Mean exchanged share of a modality's channels: lower half of the layers "
-                         f"{100 * h['lower_half']:.1f}%, upper half {100 * h['upper_half']:.1f}% "
-                         f"(upper layers {'exchange more' if h['upper_exchanges_more'] else 'do not exchange more'};"
-                         " the paper observes that they do).</p>")
+            parts.append(
+                f"<p>Mean exchanged share of a modality's channels: lower half of the layers "
+                f"{100 * h['lower_half']:.1f}%, upper half {100 * h['upper_half']:.1f}% "
+                f"(upper layers {'exchange more' if h['upper_exchanges_more'] else 'do not exchange more'};"
+                " the paper observes that they do).</p>"
+            )
     else:
         parts.append(_missing("No checkpoint with the exchanging layers' scales: no Figure A of best.pt."))
     if over:
         layers = list(over[-1]["exchange"])
-        frames = [(f"epoch {r.get('epoch')} · step {r.get('step')}",
-                   figures.stacked_shares(layers, r["exchange"], mods)) for r in _snapshots(over, _SNAPSHOTS)]
+        frames = [
+            (f"epoch {r.get('epoch')} · step {r.get('step')}", figures.stacked_shares(layers, r["exchange"], mods))
+            for r in _snapshots(over, _SNAPSHOTS)
+        ]
         parts.append("<p>The same bars at each evaluation (from <code>metrics.jsonl</code>):</p>")
-        parts.append(page.figure(figures.figure_a_over_time(frames, layers, mods), "figure_a_over_training.png",
-                                 "Figure A over training"))
+        parts.append(
+            page.figure(
+                figures.figure_a_over_time(frames, layers, mods), "figure_a_over_training.png", "Figure A over training"
+            )
+        )
         mean = _series(over, lambda r: r.get("exchange_mean"))
         if mean:
-            parts.append(page.figure(figures.lines(mean, title="exchanged share of each modality's channels "
-                                                   "(mean over layers)", ylabel="exchanged", percent=True),
-                                     "exchange_over_training.png", "exchange share over training"))
+            parts.append(
+                page.figure(
+                    figures.lines(
+                        mean,
+                        title="exchanged share of each modality's channels (mean over layers)",
+                        ylabel="exchanged",
+                        percent=True,
+                    ),
+                    "exchange_over_training.png",
+                    "exchange share over training",
+                )
+            )
     else:
         parts.append(_missing("No evaluation with exchange records yet: no Figure A over training."))
 
@@ -215,13 +249,19 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
 def _theorem_section(page: Page, run: Run, data: dict) -> None:
     parts = page.section("Theorem 1: do scales that fell under θ stay there?")
     records = run.gamma_records()
-    state = next((c.tracker for c in (run.checkpoints.get("last"), run.checkpoints.get("best"))
-                  if c is not None and c.tracker), None)
+    state = next(
+        (c.tracker for c in (run.checkpoints.get("last"), run.checkpoints.get("best")) if c is not None and c.tracker),
+        None,
+    )
     latest = records[-1][1] if records else (summarize_state(state) if state else None)
     data["theorem1"] = {"latest": latest, "over_training": [{"step": s, "total": r.get("total")} for s, r in records]}
     if latest is None:
-        parts.append(_missing("This run did not track gamma (no 'gamma' records in metrics.jsonl and no "
-                              "'gamma_tracker' in the checkpoints): the recovery statistics are not available."))
+        parts.append(
+            _missing(
+                "This run did not track gamma (no 'gamma' records in metrics.jsonl and no "
+                "'gamma_tracker' in the checkpoints): the recovery statistics are not available."
+            )
+        )
         return
     if not latest.get("layers"):
         parts.append(_missing("The run tracked gamma but has no exchanging layers."))
@@ -232,24 +272,62 @@ def _theorem_section(page: Page, run: Run, data: dict) -> None:
         f"sparsity mode {html.escape(str(latest.get('mode')))}, {latest.get('updates')} steps tracked): "
         f"<b>{t['ever']}</b> ever fell under θ ({_fmt('acc', t['share_ever'])}%), {t['under']} are under now; "
         f"<b>{t['recovered']}</b> of those that fell rose back above θ at least once "
-        f"({_fmt('acc', t['share_recovered'])}%), {t['back_now']} are above now.</p>")
+        f"({_fmt('acc', t['share_recovered'])}%), {t['back_now']} are above now.</p>"
+    )
     rows = []
     for layer, per in latest["layers"].items():
         for mod, r in per.items():
-            rows.append([layer, mod, r["penalised"], _fmt("acc", r["share_under"]), _fmt("acc", r["share_ever"]),
-                         r["recovered"], _fmt("acc", r["share_recovered"]), r["rises"]])
-    parts.append(_table(["layer", "modality", "penalised", "under θ now (%)", "ever under θ (%)", "recovered",
-                         "recovered of fallen (%)", "rises"], rows))
+            rows.append(
+                [
+                    layer,
+                    mod,
+                    r["penalised"],
+                    _fmt("acc", r["share_under"]),
+                    _fmt("acc", r["share_ever"]),
+                    r["recovered"],
+                    _fmt("acc", r["share_recovered"]),
+                    r["rises"],
+                ]
+            )
+    parts.append(
+        _table(
+            [
+                "layer",
+                "modality",
+                "penalised",
+                "under θ now (%)",
+                "ever under θ (%)",
+                "recovered",
+                "recovered of fallen (%)",
+                "rises",
+            ],
+            rows,
+        )
+    )
     if records:
         totals = [(s, r["total"]) for s, r in records if isinstance(r.get("total"), dict)]
-        series = {label: ([s for s, _ in totals], [tot.get(key) for _, tot in totals])
-                  for label, key in (("under θ now", "share_under"), ("ever under θ", "share_ever"),
-                                     ("recovered (of those that fell)", "share_recovered"))}
+        series = {
+            label: ([s for s, _ in totals], [tot.get(key) for _, tot in totals])
+            for label, key in (
+                ("under θ now", "share_under"),
+                ("ever under θ", "share_ever"),
+                ("recovered (of those that fell)", "share_recovered"),
+            )
+        }
         styles = {"ever under θ": "--", "recovered (of those that fell)": ":"}
-        parts.append(page.figure(figures.lines(series, title="penalised scales relative to θ over training",
-                                               ylabel="share", percent=True, styles=styles),
-                                 "theorem1_over_training.png",
-                                 "Theorem 1 statistics over training"))
+        parts.append(
+            page.figure(
+                figures.lines(
+                    series,
+                    title="penalised scales relative to θ over training",
+                    ylabel="share",
+                    percent=True,
+                    styles=styles,
+                ),
+                "theorem1_over_training.png",
+                "Theorem 1 statistics over training",
+            )
+        )
     else:
         parts.append(_missing("No per-evaluation 'gamma' records: only the final state (from the checkpoint)."))
 
@@ -264,12 +342,27 @@ def _histogram_section(page: Page, run: Run, data: dict) -> None:
     layers = _snapshots(list(ckpt.gammas), _HISTOGRAM_LAYERS)
     mode = (run.config.get("loss") or {}).get("sparsity_mode", "disjoint")
     gammas = {n: ckpt.gammas[n].numpy() for n in layers}
-    penalised = {n: (disjoint_groups(*ckpt.gammas[n].shape).numpy() if mode == "disjoint"
-                     else np.full(ckpt.gammas[n].shape, mode == "all")) for n in layers}
-    data["gamma_histograms"] = {"checkpoint": ckpt.path.name, "layers": {
-        n: {"threshold": ckpt.thresholds[n], "abs_gamma": np.abs(gammas[n]).round(6).tolist()} for n in layers}}
-    fig = figures.gamma_histograms(gammas, penalised, {n: ckpt.thresholds[n] for n in layers}, run.modalities,
-                                   f"|γ| of {ckpt.path.name}; dashed: θ")
+    penalised = {
+        n: (
+            disjoint_groups(*ckpt.gammas[n].shape).numpy()
+            if mode == "disjoint"
+            else np.full(ckpt.gammas[n].shape, mode == "all")
+        )
+        for n in layers
+    }
+    data["gamma_histograms"] = {
+        "checkpoint": ckpt.path.name,
+        "layers": {
+            n: {"threshold": ckpt.thresholds[n], "abs_gamma": np.abs(gammas[n]).round(6).tolist()} for n in layers
+        },
+    }
+    fig = figures.gamma_histograms(
+        gammas,
+        penalised,
+        {n: ckpt.thresholds[n] for n in layers},
+        run.modalities,
+        f"|γ| of {ckpt.path.name}; dashed: θ",
+    )
     parts.append(page.figure(fig, "gamma_histograms.png", "gamma histograms"))
 
 
@@ -294,19 +387,31 @@ def _training_section(page: Page, run: Run, data: dict) -> None:
     for rec in evals:
         for scores in (rec.get("scores") or {}).values():
             keys += [k for k in numeric_scores(scores) if k not in keys]
-    groups = {key: _series(evals, lambda r, key=key: {b: s.get(key) for b, s in (r.get("scores") or {}).items()})
-              for key in keys}
+    groups = {
+        key: _series(evals, lambda r, key=key: {b: s.get(key) for b, s in (r.get("scores") or {}).items()})
+        for key in keys
+    }
     data["val"] = [{"step": r.get("step"), "epoch": r.get("epoch"), "scores": r.get("scores")} for r in evals]
     if groups:
-        parts.append(page.figure(figures.panels(groups, percent_keys=[k for k in keys if _is_fraction(k)]),
-                                 "val_curves.png", "validation scores"))
+        parts.append(
+            page.figure(
+                figures.panels(groups, percent_keys=[k for k in keys if _is_fraction(k)]),
+                "val_curves.png",
+                "validation scores",
+            )
+        )
     else:
         parts.append(_missing("No validation records yet."))
     alpha = _series(evals, lambda r: r.get("alpha"))
     data["alpha"] = [{"step": r.get("step"), "alpha": r.get("alpha")} for r in evals if r.get("alpha")]
     if alpha:
-        parts.append(page.figure(figures.lines(alpha, title="ensemble weights softmax(α)", ylabel="weight"),
-                                 "alpha.png", "alpha over training"))
+        parts.append(
+            page.figure(
+                figures.lines(alpha, title="ensemble weights softmax(α)", ylabel="weight"),
+                "alpha.png",
+                "alpha over training",
+            )
+        )
     else:
         parts.append(_missing("No α in the records (a model without ensemble, or no evaluation yet)."))
 
@@ -337,9 +442,15 @@ def _test_section(page: Page, run: Run, data: dict) -> None:
         count = max(len(per_class[b][kind]) for b in branches)
         data["class_names"] = _class_names(run, count)
         matrix = [per_class[b][kind] + [None] * (count - len(per_class[b][kind])) for b in branches]
-        parts.append(page.figure(figures.heatmap(matrix, branches, _class_names(run, count),
-                                                 title=f"{kind} (%) per class; blank: class absent"),
-                                 f"heatmap_{re.sub(r'[^A-Za-z0-9_]+', '_', kind)}.png", f"{kind} heat map"))
+        parts.append(
+            page.figure(
+                figures.heatmap(
+                    matrix, branches, _class_names(run, count), title=f"{kind} (%) per class; blank: class absent"
+                ),
+                f"heatmap_{re.sub(r'[^A-Za-z0-9_]+', '_', kind)}.png",
+                f"{kind} heat map",
+            )
+        )
 
 
 def _predictions_section(page: Page, run: Run, data: dict) -> None:
@@ -357,12 +468,19 @@ def _predictions_section(page: Page, run: Run, data: dict) -> None:
         shutil.copyfile(f, dest / f.name)
         links.append(f"predictions/{f.name}")
     data["predictions"] = links
-    parts.append('<div class="grid">' + "".join(f'<img src="{html.escape(p)}" alt="{html.escape(p)}">' for p in links)
-                 + "</div>")
+    parts.append(
+        '<div class="grid">' + "".join(f'<img src="{html.escape(p)}" alt="{html.escape(p)}">' for p in links) + "</div>"
+    )
 
 
-SECTIONS = (_exchange_section, _theorem_section, _histogram_section, _training_section, _test_section,
-            _predictions_section)
+SECTIONS = (
+    _exchange_section,
+    _theorem_section,
+    _histogram_section,
+    _training_section,
+    _test_section,
+    _predictions_section,
+)
 
 
 def _build(page: Page, run: Run, data: dict, sections, notes: list[str]) -> None:
@@ -376,16 +494,22 @@ def _build(page: Page, run: Run, data: dict, sections, notes: list[str]) -> None
 def _intro(run: Run) -> str:
     cfg = run.config
     model = cfg.get("model") or {}
-    bits = [f"run folder <code>{html.escape(str(run.path))}</code>",
-            f"modalities {html.escape(', '.join(run.modalities) or '?')}"]
+    bits = [
+        f"run folder <code>{html.escape(str(run.path))}</code>",
+        f"modalities {html.escape(', '.join(run.modalities) or '?')}",
+    ]
     if model:
         backbone = f" {model['backbone']}" if model.get("name") == "refinenet" and model.get("backbone") else ""
-        bits.append(f"model {html.escape(str(model.get('name')) + backbone)}, "
-                    f"exchange {model.get('exchange')}, θ {run.threshold:g}")
+        bits.append(
+            f"model {html.escape(str(model.get('name')) + backbone)}, "
+            f"exchange {model.get('exchange')}, θ {run.threshold:g}"
+        )
     loss = cfg.get("loss") or {}
     if loss:
-        bits.append(f"λ {loss.get('sparsity_weight')}, sparsity {loss.get('sparsity_mode')} "
-                    f"({loss.get('sparsity_solver', 'gradient')} solver)")
+        bits.append(
+            f"λ {loss.get('sparsity_weight')}, sparsity {loss.get('sparsity_mode')} "
+            f"({loss.get('sparsity_solver', 'gradient')} solver)"
+        )
     return "<p>" + "; ".join(bits) + ".</p>"
 
 
@@ -448,8 +572,12 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[P
     for run, name in zip(runs, names):
         _, run_notes = write_report(run.path, out / name)
         notes += [f"{name}: {n}" for n in run_notes]
-        data["runs"][name] = {"path": str(run.path), "report": f"{name}/report.html", "branch": _select_branch(run),
-                              "test": {b: numeric_scores(s) for b, s in run.test_scores().items()}}
+        data["runs"][name] = {
+            "path": str(run.path),
+            "report": f"{name}/report.html",
+            "branch": _select_branch(run),
+            "test": {b: numeric_scores(s) for b, s in run.test_scores().items()},
+        }
     _compare_sections(page, runs, names, data, notes)
     data["notes"] = notes
     data["figures"] = page.figures
@@ -464,10 +592,14 @@ def _compare_sections(page: Page, runs: Sequence[Run], names: Sequence[str], dat
     for entry in data["runs"].values():
         for s in entry["test"].values():
             keys += [k for k in s if k not in keys]
-    rows = [[name, b] + [_fmt(k, s.get(k)) for k in keys]
-            for name in names for b, s in data["runs"][name]["test"].items()]
-    parts.append(_table(["run", "branch"] + [_header(k) for k in keys], rows) if rows
-                 else _missing("None of the runs has test scores yet."))
+    rows = [
+        [name, b] + [_fmt(k, s.get(k)) for k in keys] for name in names for b, s in data["runs"][name]["test"].items()
+    ]
+    parts.append(
+        _table(["run", "branch"] + [_header(k) for k in keys], rows)
+        if rows
+        else _missing("None of the runs has test scores yet.")
+    )
     parts = page.section("Curves (validation: each run's selected branch; ensemble if it has one)")
     val_keys: list[str] = []
     for run in runs:
@@ -481,17 +613,25 @@ def _compare_sections(page: Page, runs: Sequence[Run], names: Sequence[str], dat
         if loss:
             groups.setdefault("train loss", {})[name] = loss["loss"]
         for key in val_keys:
-            s = _series(run.evaluations(),
-                        lambda r, key=key, branch=branch: {"v": ((r.get("scores") or {}).get(branch) or {}).get(key)})
+            s = _series(
+                run.evaluations(),
+                lambda r, key=key, branch=branch: {"v": ((r.get("scores") or {}).get(branch) or {}).get(key)},
+            )
             if s:
                 groups.setdefault(f"val {key}", {})[f"{name} ({branch})"] = s["v"]
         mean = _series(run.evaluations(), lambda r: {"v": _mean_exchange(r)})
         if mean:
             groups.setdefault("exchanged share (mean)", {})[name] = mean["v"]
     if groups:
-        parts.append(page.figure(figures.panels(groups, percent_keys=[g for g in groups if _is_fraction(g)
-                                                                    or g.startswith("exchanged")]),
-                                 "compare_curves.png", "curves of every run"))
+        parts.append(
+            page.figure(
+                figures.panels(
+                    groups, percent_keys=[g for g in groups if _is_fraction(g) or g.startswith("exchanged")]
+                ),
+                "compare_curves.png",
+                "curves of every run",
+            )
+        )
     else:
         parts.append(_missing("No curves: none of the runs has records yet."))
 

@@ -170,8 +170,9 @@ def _model_states(ckpt) -> dict[str, dict]:
     return {"model": ckpt["model"]} if isinstance(ckpt.get("model"), dict) else {}
 
 
-def read_checkpoint(file: Path, layers: list[str], num_modalities: int, threshold: float,
-                    notes: list[str]) -> Checkpoint | None:
+def read_checkpoint(
+    file: Path, layers: list[str], num_modalities: int, threshold: float, notes: list[str]
+) -> Checkpoint | None:
     """The exchanging layers' ``gamma`` of a checkpoint (see the module docstring), or None with a note."""
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
@@ -188,11 +189,14 @@ def read_checkpoint(file: Path, layers: list[str], num_modalities: int, threshol
         layers = list(tracker["layers"])
         thresholds = {n: float(v.get("threshold", threshold)) for n, v in tracker["layers"].items()}
     else:
-        notes.append(f"{file}: no gamma tracking state (a run from before it existed); "
-                     "the Theorem 1 statistics need a run that tracked gamma")
+        notes.append(
+            f"{file}: no gamma tracking state (a run from before it existed); "
+            "the Theorem 1 statistics need a run that tracked gamma"
+        )
     # the network with the exchanging norms: the one that holds every layer's scale (the primary model first)
-    state = next((st for st in states.values() if all(f"{n}.weight" in st for n in layers)),
-                 next(iter(states.values())))
+    state = next(
+        (st for st in states.values() if all(f"{n}.weight" in st for n in layers)), next(iter(states.values()))
+    )
     gammas = {}
     for name in layers:
         weight = state.get(f"{name}.weight")
@@ -216,8 +220,15 @@ def load_run(path: str | Path) -> Run:
     config = _read_config(path, notes)
     records = read_records(path / "metrics.jsonl", notes)
     results = _read_results(path, notes)
-    run = Run(path=path, name=path.resolve().name, config=config, records=records, results=results,
-              checkpoints={}, notes=notes)
+    run = Run(
+        path=path,
+        name=path.resolve().name,
+        config=config,
+        records=records,
+        results=results,
+        checkpoints={},
+        notes=notes,
+    )
     layers = run.exchange_layers()
     num = _num_modalities(config, records)
     for key in ("best", "last"):
@@ -247,5 +258,8 @@ def numeric_scores(scores: dict) -> dict[str, float]:
 
 def per_class_scores(scores: dict) -> dict[str, list[Any]]:
     """The per-class lists of one branch's scores (e.g. ``per_class_iou``)."""
-    return {k: v for k, v in (scores or {}).items() if isinstance(v, list) and v
-            and all(x is None or isinstance(x, (int, float)) for x in v)}
+    return {
+        k: v
+        for k, v in (scores or {}).items()
+        if isinstance(v, list) and v and all(x is None or isinstance(x, (int, float)) for x in v)
+    }

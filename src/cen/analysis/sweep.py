@@ -66,8 +66,9 @@ def collect_configs(items: Sequence[str | Path]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix in CONFIG_SUFFIXES and not p.name.startswith("_"))
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix in CONFIG_SUFFIXES and not p.name.startswith("_")
+            )
             if not found:
                 raise SweepError(f"{path}: no *.yaml configs in this folder")
             configs += found
@@ -82,8 +83,10 @@ def collect_configs(items: Sequence[str | Path]) -> list[Path]:
     seen: dict[str, Path] = {}
     for path in configs:
         if path.stem in seen:
-            raise SweepError(f"{seen[path.stem]} and {path} have the same name {path.stem!r}: their runs would "
-                             "share one folder; rename one")
+            raise SweepError(
+                f"{seen[path.stem]} and {path} have the same name {path.stem!r}: their runs would "
+                "share one folder; rename one"
+            )
         seen[path.stem] = path
     return configs
 
@@ -131,17 +134,29 @@ class RunEntry:
     overrides: list[str] = field(default_factory=list)  # those it was last trained with
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "config": self.config, "status": self.status, "seconds": round(self.seconds, 3),
-                "attempts": self.attempts, "error": self.error, "overrides": self.overrides}
+        return {
+            "name": self.name,
+            "config": self.config,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "attempts": self.attempts,
+            "error": self.error,
+            "overrides": self.overrides,
+        }
 
     @classmethod
     def from_dict(cls, name: str, data: dict, config: str | None = None) -> RunEntry:
         """An entry read back from ``sweep.json`` (missing or malformed fields get their defaults)."""
         overrides = data.get("overrides")
-        return cls(name=name, config=config if config is not None else str(data.get("config", "")),
-                   status=str(data.get("status", "pending")), seconds=_number(data.get("seconds")),
-                   attempts=int(_number(data.get("attempts"))), error=str(data.get("error") or ""),
-                   overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [])
+        return cls(
+            name=name,
+            config=config if config is not None else str(data.get("config", "")),
+            status=str(data.get("status", "pending")),
+            seconds=_number(data.get("seconds")),
+            attempts=int(_number(data.get("attempts"))),
+            error=str(data.get("error") or ""),
+            overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+        )
 
 
 def _number(value) -> float:
@@ -172,8 +187,10 @@ class SweepLog:
         return log
 
     def write(self) -> None:
-        atomic_write_json(self.path, {"version": VERSION, "overrides": self.overrides,
-                                      "runs": [e.as_dict() for e in self.runs.values()]})
+        atomic_write_json(
+            self.path,
+            {"version": VERSION, "overrides": self.overrides, "runs": [e.as_dict() for e in self.runs.values()]},
+        )
 
 
 def read_sweep(parent: str | Path) -> dict[str, dict]:
@@ -252,10 +269,18 @@ class SweepResult:
         return 130 if self.interrupted else 1 if self.failed else 0
 
 
-def run_sweep(configs: Sequence[Path], parent: str | Path, overrides: Sequence[str] = (), *,
-              train: TrainFn = train_with_trainer, check: CheckFn | None = check_config, stream=None,
-              progress: bool | None = None, debug: bool = False,
-              clock: Callable[[], float] = time.monotonic) -> SweepResult:
+def run_sweep(
+    configs: Sequence[Path],
+    parent: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    train: TrainFn = train_with_trainer,
+    check: CheckFn | None = check_config,
+    stream=None,
+    progress: bool | None = None,
+    debug: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+) -> SweepResult:
     """Train ``configs`` in order into ``parent/<stem>/`` (see the module docstring).
 
     Args:
@@ -287,8 +312,10 @@ def run_sweep(configs: Sequence[Path], parent: str | Path, overrides: Sequence[s
     counts = {a: sum(v == a for v in plan.values()) for a in (SKIP, RESUME, START)}
     show = stream.isatty() if progress is None and hasattr(stream, "isatty") else bool(progress)
     prog = _Progress(len(configs), stream, show, clock)
-    prog.say(f"sweep of {len(configs)} run(s) into {parent}: {counts[START]} to start, {counts[RESUME]} to resume, "
-             f"{counts[SKIP]} finished already (skipped)")
+    prog.say(
+        f"sweep of {len(configs)} run(s) into {parent}: {counts[START]} to start, {counts[RESUME]} to resume, "
+        f"{counts[SKIP]} finished already (skipped)"
+    )
     result = SweepResult()
     try:
         for i, config in enumerate(configs, 1):
@@ -306,15 +333,16 @@ def run_sweep(configs: Sequence[Path], parent: str | Path, overrides: Sequence[s
                     prog.say(f"{head} FAILED (its config does not load): {entry.error}")
                 prog.advance(None, left=None)
                 continue
-            left = sum(decide(parent / c.stem) != SKIP for c in configs[i - 1:])
+            left = sum(decide(parent / c.stem) != SKIP for c in configs[i - 1 :])
             verb = "resuming from last.pt" if action == RESUME else "starting"
             prog.say(f"{head} ({verb}; {prog.timing(left)})")
             prog.show_run(i, name, left)
             entry.status, entry.error, entry.overrides = "running", "", list(overrides)
             entry.attempts += 1
             log.write()
-            status, error, took = _attempt(train, config, arguments[name], parent / name, action == RESUME,
-                                           clock, stream if debug else None)
+            status, error, took = _attempt(
+                train, config, arguments[name], parent / name, action == RESUME, clock, stream if debug else None
+            )
             entry.seconds += took
             entry.status, entry.error = status, error if status == "failed" else ""
             log.write()
@@ -324,8 +352,10 @@ def run_sweep(configs: Sequence[Path], parent: str | Path, overrides: Sequence[s
                 break
             if status == "failed":
                 result.failed.append((name, error))
-                prog.say(f"{head} FAILED after {format_seconds(took)}: {error}"
-                         + ("" if debug else " (--debug shows the traceback)"))
+                prog.say(
+                    f"{head} FAILED after {format_seconds(took)}: {error}"
+                    + ("" if debug else " (--debug shows the traceback)")
+                )
                 prog.advance(None, left=None)
                 continue
             result.done.append(name)
@@ -335,18 +365,29 @@ def run_sweep(configs: Sequence[Path], parent: str | Path, overrides: Sequence[s
         prog.close()
     total = format_seconds(prog.elapsed())
     if result.interrupted:
-        prog.say(f"sweep stopped at {result.interrupted} after {total}; rerun the same command to resume it "
-                 "and go on with the rest")
+        prog.say(
+            f"sweep stopped at {result.interrupted} after {total}; rerun the same command to resume it "
+            "and go on with the rest"
+        )
     else:
-        prog.say(f"sweep finished in {total}: {len(result.done)} trained, {len(result.skipped)} skipped, "
-                 f"{len(result.failed)} failed")
+        prog.say(
+            f"sweep finished in {total}: {len(result.done)} trained, {len(result.skipped)} skipped, "
+            f"{len(result.failed)} failed"
+        )
     if result.failed:
         prog.say("failed runs: " + "; ".join(f"{name} ({error})" for name, error in result.failed))
     return result
 
 
-def _attempt(train: TrainFn, config: Path, arguments: list[str], run_dir: Path, resume: bool,
-             clock: Callable[[], float], traceback_stream) -> tuple[str, str, float]:
+def _attempt(
+    train: TrainFn,
+    config: Path,
+    arguments: list[str],
+    run_dir: Path,
+    resume: bool,
+    clock: Callable[[], float],
+    traceback_stream,
+) -> tuple[str, str, float]:
     """Train one run: ``(status, message, seconds)`` with status done | interrupted | failed; a failure's
     traceback goes to ``traceback_stream`` when given."""
     start = clock()
@@ -368,8 +409,15 @@ class _Progress:
     def __init__(self, total: int, stream, show: bool, clock: Callable[[], float]) -> None:
         self.stream, self.clock, self.t0 = stream, clock, clock()
         self.durations: list[float] = []
-        self.bar = tqdm(total=total, desc="sweep", unit="run", file=stream, disable=not show, dynamic_ncols=True,
-                        bar_format="{desc}: {n_fmt}/{total_fmt} runs done |{bar}| {elapsed} elapsed{postfix}")
+        self.bar = tqdm(
+            total=total,
+            desc="sweep",
+            unit="run",
+            file=stream,
+            disable=not show,
+            dynamic_ncols=True,
+            bar_format="{desc}: {n_fmt}/{total_fmt} runs done |{bar}| {elapsed} elapsed{postfix}",
+        )
 
     def say(self, text: str) -> None:
         tqdm.write(text, file=self.stream)

@@ -83,8 +83,11 @@ def choose_branch(test: dict, config: dict) -> str:
 
 def train_seconds(records: Sequence[dict]) -> float | None:
     """Seconds between the first and last time stamps, without the gaps that follow an ``interrupted`` record."""
-    stamps = [(float(r["time"]), r.get("kind") == "info" and r.get("event") == "interrupted")
-              for r in records if isinstance(r.get("time"), (int, float))]
+    stamps = [
+        (float(r["time"]), r.get("kind") == "info" and r.get("event") == "interrupted")
+        for r in records
+        if isinstance(r.get("time"), (int, float))
+    ]
     if len(stamps) < 2:
         return None
     total = 0.0
@@ -127,8 +130,9 @@ def read_row(name: str, path: Path | None, entry: dict | None = None) -> Row:
     if isinstance(test, dict) and test:
         row.branch = choose_branch(test, config)
         row.scores = numeric_scores(test.get(row.branch) or {})
-    row.params = next((int(r["params"]) for r in records
-                       if r.get("kind") == "info" and isinstance(r.get("params"), int)), None)
+    row.params = next(
+        (int(r["params"]) for r in records if r.get("kind") == "info" and isinstance(r.get("params"), int)), None
+    )
     seconds = entry.get("seconds")
     row.seconds = float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else train_seconds(records)
     return row
@@ -149,8 +153,9 @@ def collect_rows(parent: str | Path) -> list[Row]:
     folders = {p.name: p for p in parent.iterdir() if p.is_dir() and any((p / f).exists() for f in RUN_FILES)}
     names = list(sweep) + sorted(n for n in folders if n not in sweep)
     if not names:
-        raise TableError(f"{parent}: no runs in this folder (expected sub-folders with {' / '.join(RUN_FILES)} "
-                         f"or a {SWEEP_FILE})")
+        raise TableError(
+            f"{parent}: no runs in this folder (expected sub-folders with {' / '.join(RUN_FILES)} or a {SWEEP_FILE})"
+        )
     rows = []
     for i, name in enumerate(names):
         row = read_row(name, folders.get(name), sweep.get(name))
@@ -240,14 +245,31 @@ def markdown(rows: Sequence[Row]) -> str:
     """A Markdown table of ``rows`` (scores in the units of :data:`SCORES`)."""
     keys = score_keys(rows)
     paper_head, with_metric = _paper_header(rows)
-    head = ["run", "status", "branch", *(_score_label(k) for k in keys), "params", "train time", paper_head,
-            "paper row"]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join([":---", ":---", ":---"] + ["---:"] * (len(keys) + 3) + [":---"]) + "|"]
+    head = [
+        "run",
+        "status",
+        "branch",
+        *(_score_label(k) for k in keys),
+        "params",
+        "train time",
+        paper_head,
+        "paper row",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join([":---", ":---", ":---"] + ["---:"] * (len(keys) + 3) + [":---"]) + "|",
+    ]
     for r in rows:
-        cells = [r.name, r.status, r.branch, *(_fmt(_scaled(k, r.scores.get(k))) for k in keys),
-                 _fmt_params(r.params), format_seconds(r.seconds), _paper_cell(r, with_metric),
-                 r.paper.description if r.paper else ""]
+        cells = [
+            r.name,
+            r.status,
+            r.branch,
+            *(_fmt(_scaled(k, r.scores.get(k))) for k in keys),
+            _fmt_params(r.params),
+            format_seconds(r.seconds),
+            _paper_cell(r, with_metric),
+            r.paper.description if r.paper else "",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     sources = sorted({r.paper.source for r in rows if r.paper and (r.paper.value is not None or r.paper.text)})
     if sources:
@@ -261,20 +283,44 @@ def csv_text(rows: Sequence[Row]) -> str:
     units = {k: k + ("_pct" if SCORES.get(k, ("", 1.0))[1] == 100.0 else "") for k in keys}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run", "status", "task", "branch", *(units[k] for k in keys), "params", "train_seconds",
-                     "paper_metric", "paper_value", "paper_source", "paper_row"])
+    writer.writerow(
+        [
+            "run",
+            "status",
+            "task",
+            "branch",
+            *(units[k] for k in keys),
+            "params",
+            "train_seconds",
+            "paper_metric",
+            "paper_value",
+            "paper_source",
+            "paper_row",
+        ]
+    )
     for r in rows:
         p = r.paper
-        writer.writerow([
-            r.name, r.status, r.task, r.branch,
-            *("" if r.scores.get(k) is None else repr(_scaled(k, r.scores[k])) for k in keys),
-            "" if r.params is None else r.params, "" if r.seconds is None else round(r.seconds, 1),
-            p.metric if p else "", p.display() if p else "", p.source if p else "", p.description if p else "",
-        ])
+        writer.writerow(
+            [
+                r.name,
+                r.status,
+                r.task,
+                r.branch,
+                *("" if r.scores.get(k) is None else repr(_scaled(k, r.scores[k])) for k in keys),
+                "" if r.params is None else r.params,
+                "" if r.seconds is None else round(r.seconds, 1),
+                p.metric if p else "",
+                p.display() if p else "",
+                p.source if p else "",
+                p.description if p else "",
+            ]
+        )
     return out.getvalue()
 
 
-def write_table(parent: str | Path, out: str | Path | None = None, *, sort: str | None = None) -> tuple[str, list[Path]]:
+def write_table(
+    parent: str | Path, out: str | Path | None = None, *, sort: str | None = None
+) -> tuple[str, list[Path]]:
     """Read the runs of ``parent`` and write ``table.md`` and ``table.csv`` into ``out`` (default ``parent``).
 
     Returns the Markdown text and the paths written.

@@ -58,7 +58,9 @@ def register(subparsers) -> None:
         default=None,
         help=f"exchange threshold theta (default: {THRESHOLD} for segmentation, {TRANSLATION_THRESHOLD} for translation)",
     )
-    parser.add_argument("--target", default="rgb", help="translation only: the target domain recorded in the config (default: rgb)")
+    parser.add_argument(
+        "--target", default="rgb", help="translation only: the target domain recorded in the config (default: rgb)"
+    )
     parser.add_argument(
         "--trust",
         action="store_true",
@@ -119,7 +121,11 @@ def dropped_note(dropped: list[str], state_dict) -> str:
         return "the file has none of the norms the reference builds but never applies; nothing dropped"
     norms = sorted({k.removeprefix("module.").rsplit(".insnorm_", 1)[0] for k in dropped if ".insnorm_" in k})
     params = sum(state_dict[k].numel() for k in dropped if ".insnorm_" in k and k.endswith((".weight", ".bias")))
-    parts = [f"the norms the reference builds but never applies ({', '.join(norms)}; {params:,} parameters)"] if norms else []
+    parts = (
+        [f"the norms the reference builds but never applies ({', '.join(norms)}; {params:,} parameters)"]
+        if norms
+        else []
+    )
     parts += [f"{k} (a single input: its softmax weight is 1)" for k in dropped if ".insnorm_" not in k]
     return f"dropped {len(dropped)} entries the model does not use: " + " and ".join(parts)
 

@@ -20,16 +20,27 @@ def _synth(args: argparse.Namespace) -> int:
     try:
         splits = tuple(float(x) for x in args.splits.split(","))
     except ValueError:
-        raise DataArgumentError(f"--splits {args.splits!r}: expected three comma-separated fractions, "
-                                "e.g. 0.8,0.1,0.1") from None
+        raise DataArgumentError(
+            f"--splits {args.splits!r}: expected three comma-separated fractions, e.g. 0.8,0.1,0.1"
+        ) from None
     try:
-        info = generate(args.out, args.num, height=args.height, width=args.width, seed=args.seed,
-                        splits=splits, progress=not args.quiet, workers=args.workers)
+        info = generate(
+            args.out,
+            args.num,
+            height=args.height,
+            width=args.width,
+            seed=args.seed,
+            splits=splits,
+            progress=not args.quiet,
+            workers=args.workers,
+        )
     except ValueError as err:  # generate() checks the arguments (num, sizes, splits) before any work
         raise DataArgumentError(str(err)) from err
     counts = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
-    print(f"wrote {args.num} scenes ({counts}) to {info['root']}; "
-          f"{info['num_classes']} classes: {', '.join(c['name'] for c in info['classes'])}")
+    print(
+        f"wrote {args.num} scenes ({counts}) to {info['root']}; "
+        f"{info['num_classes']} classes: {', '.join(c['name'] for c in info['classes'])}"
+    )
     return 0
 
 
@@ -61,69 +72,113 @@ def _hha(args: argparse.Namespace) -> int:
     from cen.data.hha import HHAError, write_hha
 
     try:
-        counts = write_hha(args.root, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
-                           overwrite=args.overwrite, progress=not args.quiet)
+        counts = write_hha(
+            args.root,
+            intrinsics=args.intrinsics,
+            depth_scale=args.depth_scale,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     except HHAError as err:
         raise DataArgumentError(str(err)) from None
-    print(f"{args.root}/hha: {counts['written']} written, {counts['kept']} already there"
-          f"{' (--overwrite recomputes them)' if counts['kept'] else ''}")
+    print(
+        f"{args.root}/hha: {counts['written']} written, {counts['kept']} already there"
+        f"{' (--overwrite recomputes them)' if counts['kept'] else ''}"
+    )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``cen data synth``, ``cen data check`` and ``cen data hha``."""
-    parser = subparsers.add_parser("data", help="generate synthetic scenes, validate data sets",
-                                   description="Generate synthetic scenes and validate data sets.")
+    parser = subparsers.add_parser(
+        "data",
+        help="generate synthetic scenes, validate data sets",
+        description="Generate synthetic scenes and validate data sets.",
+    )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
     synth = actions.add_parser(
-        "synth", help="render procedural indoor scenes in the NYUDv2 and Taskonomy layouts",
+        "synth",
+        help="render procedural indoor scenes in the NYUDv2 and Taskonomy layouts",
         description="Render procedural indoor scenes (RGB, depth, normals, shading, texture edges, labels) "
-                    "into OUT (NYUDv2 layout) and OUT/taskonomy (Taskonomy layout). Same seed, same bytes.")
+        "into OUT (NYUDv2 layout) and OUT/taskonomy (Taskonomy layout). Same seed, same bytes.",
+    )
     synth.add_argument("out", metavar="OUT", help="output directory")
     synth.add_argument("--num", type=int, default=1000, help="number of scenes (default 1000)")
     synth.add_argument("--height", type=int, default=120, help="image height in pixels (default 120)")
     synth.add_argument("--width", type=int, default=160, help="image width in pixels (default 160)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    synth.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                       help="rendering processes (default: CPU count, at most 4); the bytes do not depend on it")
+    synth.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="rendering processes (default: CPU count, at most 4); the bytes do not depend on it",
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 
     check = actions.add_parser(
-        "check", help="validate a data set: files, sizes, label values, lists",
+        "check",
+        help="validate a data set: files, sizes, label values, lists",
         description="Validate a data set on disk. Prints one line per problem naming the file; "
-                    "exit status 1 if there is any.")
+        "exit status 1 if there is any.",
+    )
     check.add_argument("root", metavar="ROOT", help="data set root")
-    check.add_argument("--layout", required=True, choices=("nyudv2", "taskonomy", "folder"),
-                       help="on-disk layout (nyudv2 also covers SUN RGB-D)")
-    check.add_argument("--list", action="append", metavar="FILE",
-                       help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT")
-    check.add_argument("--num-classes", type=int, default=None,
-                       help="label values must be below this or 255 (default: ROOT/classes.json, else 40)")
+    check.add_argument(
+        "--layout",
+        required=True,
+        choices=("nyudv2", "taskonomy", "folder"),
+        help="on-disk layout (nyudv2 also covers SUN RGB-D)",
+    )
+    check.add_argument(
+        "--list",
+        action="append",
+        metavar="FILE",
+        help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT",
+    )
+    check.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="label values must be below this or 255 (default: ROOT/classes.json, else 40)",
+    )
     check.add_argument("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)")
-    check.add_argument("--modalities", default=None,
-                       help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
-                            "list columns' rgb and depth (default: every modality folder found, e.g. hha)")
+    check.add_argument(
+        "--modalities",
+        default=None,
+        help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
+        "list columns' rgb and depth (default: every modality folder found, e.g. hha)",
+    )
     check.add_argument("--mask", default="masks", help="folder: label folder, or 'none' (default masks)")
     check.add_argument("--json", action="store_true", help="also print a JSON summary line")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=_check)
 
     hha = actions.add_parser(
-        "hha", help="compute the HHA encoding of every depth image into ROOT/hha/",
+        "hha",
+        help="compute the HHA encoding of every depth image into ROOT/hha/",
         description="Compute HHA (horizontal disparity, height above the floor, angle with gravity; Gupta et al. "
-                    "2014) from ROOT/depth/*.png into ROOT/hha/*.png (8-bit RGB). Intrinsics and depth scale: the "
-                    "options, else ROOT/camera.json (generated scenes), else NYUDv2's Kinect at 640x480 and 1/5000 m. "
-                    "See docs/data.md#hha.")
+        "2014) from ROOT/depth/*.png into ROOT/hha/*.png (8-bit RGB). Intrinsics and depth scale: the "
+        "options, else ROOT/camera.json (generated scenes), else NYUDv2's Kinect at 640x480 and 1/5000 m. "
+        "See docs/data.md#hha.",
+    )
     hha.add_argument("root", metavar="ROOT", help="data set root in the NYUDv2 layout")
-    hha.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
-                     help="camera intrinsics in pixels (default: ROOT/camera.json, else NYUDv2's Kinect "
-                          "518.857901,519.469611,325.582449,253.736166 for 640x480 images)")
-    hha.add_argument("--depth-scale", type=float, default=None, metavar="S",
-                     help="raw 16-bit depth x S = metres (default: ROOT/camera.json, else NYUDv2's 1/5000)")
+    hha.add_argument(
+        "--intrinsics",
+        default=None,
+        metavar="FX,FY,CX,CY",
+        help="camera intrinsics in pixels (default: ROOT/camera.json, else NYUDv2's Kinect "
+        "518.857901,519.469611,325.582449,253.736166 for 640x480 images)",
+    )
+    hha.add_argument(
+        "--depth-scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="raw 16-bit depth x S = metres (default: ROOT/camera.json, else NYUDv2's 1/5000)",
+    )
     hha.add_argument("--overwrite", action="store_true", help="recompute images already in ROOT/hha")
     hha.add_argument("--quiet", action="store_true", help="no progress bar")
     hha.set_defaults(func=_hha)

@@ -32,16 +32,27 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a cen checkpoint (best.pt / last.pt / converted)")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a cen checkpoint (best.pt / last.pt / converted)"
+    )
     p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
-    p.add_argument("--modalities", nargs="+", metavar="NAME", default=None,
-                   help="export for this subset of the modalities (missing-modality inference; default all)")
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="export for this subset of the modalities (missing-modality inference; default all)",
+    )
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="image size of the tracing example (default 64x64, or the model's multiple); "
                    "the file accepts any size")  # fmt: skip
     p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: the exporter's)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip running the file with onnxruntime against PyTorch after export")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip running the file with onnxruntime against PyTorch after export",
+    )
     p.set_defaults(func=run)
     _intermixed(p)
 

@@ -44,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multimodal fusion by channel exchanging: data, training, evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"cen {cen.__version__}")
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help=f"show the full traceback of every error (also {DEBUG_ENV}=1); may follow the command")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show the full traceback of every error (also {DEBUG_ENV}=1); may follow the command",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -52,25 +52,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
     src.add_argument("--onnx", metavar="PATH", help="a segmentation model exported by cen export, run with onnxruntime")
     p.add_argument("--rgb", metavar="PATH", help="8-bit RGB image")
-    p.add_argument("--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)")
-    p.add_argument("--input", action="append", metavar="NAME=PATH",
-                   help="an input by modality or domain name (repeatable), e.g. --input hha=h.png, "
-                        "--input normal=n.png; decoded by its kind (docs/data.md)")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png")
-    p.add_argument("--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)")
-    p.add_argument("--grid", metavar="PATH", help="also write every input (by its kind) and the prediction side by side")
-    p.add_argument("--modalities", nargs="+", metavar="NAME",
-                   help="which of the given inputs to feed the model (default: all given)")
-    p.add_argument("--branch", metavar="NAME",
-                   help="output to write: 'ensemble' (default when the model has one) or a modality name")
-    p.add_argument("--scales", nargs="+", type=float, default=[1.0], metavar="S",
-                   help="test-time scales; several sum the softmax probabilities (default: 1.0)")
+    p.add_argument(
+        "--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)"
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME=PATH",
+        help="an input by modality or domain name (repeatable), e.g. --input hha=h.png, "
+        "--input normal=n.png; decoded by its kind (docs/data.md)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png",
+    )
+    p.add_argument(
+        "--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)"
+    )
+    p.add_argument(
+        "--grid", metavar="PATH", help="also write every input (by its kind) and the prediction side by side"
+    )
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        metavar="NAME",
+        help="which of the given inputs to feed the model (default: all given)",
+    )
+    p.add_argument(
+        "--branch",
+        metavar="NAME",
+        help="output to write: 'ensemble' (default when the model has one) or a modality name",
+    )
+    p.add_argument(
+        "--scales",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        metavar="S",
+        help="test-time scales; several sum the softmax probabilities (default: 1.0)",
+    )
     p.add_argument("--flip", action="store_true", help="add horizontally flipped runs (test-time augmentation)")
-    p.add_argument("--upsample", choices=UPSAMPLE_MODES, default="bilinear",
-                   help="how the logits are resized to the image (default bilinear; bicubic as the reference)")
-    p.add_argument("--depth-scale", type=float, default=None, metavar="F",
-                   help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)")
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLE_MODES,
+        default="bilinear",
+        help="how the logits are resized to the image (default bilinear; bicubic as the reference)",
+    )
+    p.add_argument(
+        "--depth-scale",
+        type=float,
+        default=None,
+        metavar="F",
+        help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=run)
 
@@ -86,8 +122,9 @@ def _flag(name: str, path: str) -> str:
     return f"{INPUT_FLAGS[name]} {path}" if name in INPUT_FLAGS else f"--input {name}={path}"
 
 
-def read_inputs(paths: dict[str, str], depth_scale: float | None = None,
-                kinds: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+def read_inputs(
+    paths: dict[str, str], depth_scale: float | None = None, kinds: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
     """``{modality: path}`` -> ``{modality: Tensor(1, 3, H, W)}`` preprocessed as the loaders do,
     each by its kind (``kinds``, else inferred from the name: :func:`cen.data.kinds.infer_kind`)."""
     from cen.data.constants import REFERENCE_DEPTH_SCALE
@@ -142,8 +179,9 @@ def _given_inputs(args: argparse.Namespace) -> dict[str, str]:
             raise PredictError(f"input {name!r} is given twice")
         given[name] = path
     if not given:
-        raise PredictError("give at least one input image: --rgb PATH, --depth PATH or --input NAME=PATH "
-                           "(e.g. --input normal=n.png)")
+        raise PredictError(
+            "give at least one input image: --rgb PATH, --depth PATH or --input NAME=PATH (e.g. --input normal=n.png)"
+        )
     if args.modalities:
         extra = [m for m in args.modalities if m not in given]
         if extra:
@@ -174,7 +212,9 @@ def predict(args: argparse.Namespace):
     if names is not None:
         unknown = [m for m in given if m not in names]
         if unknown:
-            raise PredictError(f"{args.checkpoint}: the model takes the modalities {list(names)}; {unknown} is not one of them")
+            raise PredictError(
+                f"{args.checkpoint}: the model takes the modalities {list(names)}; {unknown} is not one of them"
+            )
     if cfg.task not in PREDICTORS:
         raise PredictError(f"{args.checkpoint}: cen predict knows the tasks {sorted(PREDICTORS)}, not {cfg.task!r}")
     return PREDICTORS[cfg.task](args, model, cfg, given, device)
@@ -187,8 +227,10 @@ def _predict_onnx(args, given, device) -> torch.Tensor:
     runner = OnnxRunner(args.onnx)
     config = runner.model_config or {}
     if "num_classes" not in config:
-        raise PredictError(f"--onnx {args.onnx}: cen predict --onnx runs segmentation models (class scores per "
-                           f"pixel); this file's model has no num_classes ({sorted(config)[:6]})")
+        raise PredictError(
+            f"--onnx {args.onnx}: cen predict --onnx runs segmentation models (class scores per "
+            f"pixel); this file's model has no num_classes ({sorted(config)[:6]})"
+        )
     runner.check_modalities(list(given), source="the given images")
     args.checkpoint = args.onnx  # named in messages
     return _predict_segmentation(args, _OnnxModel(runner), None, given, device)

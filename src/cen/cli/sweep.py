@@ -15,19 +15,32 @@ def register(subparsers) -> None:
     from cen.cli.train import _intermixed
 
     p = subparsers.add_parser(
-        "sweep", help="train several configs in turn into one folder (skips finished runs, resumes interrupted ones)",
+        "sweep",
+        help="train several configs in turn into one folder (skips finished runs, resumes interrupted ones)",
         description="Train the configs in turn into RUNS_PARENT/<config stem>/ with the same overrides. A run with "
         "results.json is skipped, one with last.pt (no results) resumes exactly, the others start. Wall times and "
         "outcomes go to RUNS_PARENT/sweep.json; `cen table RUNS_PARENT` compares the runs.",
         epilog="exit status: 0 when every run finished, 1 when a run failed (the others still ran), 130 after "
         "Ctrl-C (rerun the same command to resume)",
     )
-    p.add_argument("items", nargs="+", metavar="DIR_OR_FILE|key=value",
-                   help="a folder of *.yaml configs, config files, and key=value overrides applied to every run")
-    p.add_argument("--out", default=None, metavar="RUNS_PARENT",
-                   help="parent folder of the runs (default runs/sweep-<folder of the first config>)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a bar over the runs (default: on a terminal)")
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="DIR_OR_FILE|key=value",
+        help="a folder of *.yaml configs, config files, and key=value overrides applied to every run",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="RUNS_PARENT",
+        help="parent folder of the runs (default runs/sweep-<folder of the first config>)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a bar over the runs (default: on a terminal)",
+    )
     p.set_defaults(func=run)
     _intermixed(p)
 
@@ -45,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     configs = collect_configs(paths)
     parent = args.out if args.out is not None else default_parent(configs)
     try:
-        result = run_sweep(configs, parent, overrides, progress=args.progress, debug=bool(getattr(args, "debug", False)))
+        result = run_sweep(
+            configs, parent, overrides, progress=args.progress, debug=bool(getattr(args, "debug", False))
+        )
     finally:
         distributed.shutdown()
     return result.exit_code

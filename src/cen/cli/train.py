@@ -22,7 +22,8 @@ EPILOG = (
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a CEN model (segmentation or another task) from a config",
+        "train",
+        help="train a CEN model (segmentation or another task) from a config",
         description="Train (and finally test) a model from a YAML config with key=value overrides.",
         epilog=EPILOG,
     )
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
     _intermixed(p)
 
     e = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on the test (or validation) split",
+        "eval",
+        help="evaluate a checkpoint on the test (or validation) split",
         description="Score every branch (modalities and ensemble) of a checkpoint with its task's metrics "
         "(segmentation: pixel acc, mean acc, mIoU). The model is rebuilt from the checkpoint (cen.load_model); "
         "the data come from CONFIG.",
@@ -43,18 +45,35 @@ def register(subparsers) -> None:
     )
     e.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    e.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a cen training checkpoint (best.pt / last.pt) or one made by cen convert-checkpoint")
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a cen training checkpoint (best.pt / last.pt) or one made by cen convert-checkpoint",
+    )
     e.add_argument("--split", choices=("test", "val"), default="test", help="which list file to score (default test)")
-    e.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
-                   help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)")
+    e.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)",
+    )
     e.add_argument("--flip", action="store_true", default=None, help="also average horizontally flipped predictions")
     e.add_argument("--images", type=int, default=0, metavar="N", help="save N prediction images into --out")
-    e.add_argument("--out", default=None, metavar="DIR",
-                   help="write scores.json (and images; with --subsets subsets.json and subsets.md) here")
-    e.add_argument("--subsets", action="store_true",
-                   help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
-                        "inference) and print the table of per-branch and ensemble scores")
+    e.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write scores.json (and images; with --subsets subsets.json and subsets.md) here",
+    )
+    e.add_argument(
+        "--subsets",
+        action="store_true",
+        help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
+        "inference) and print the table of per-branch and ensemble scores",
+    )
     e.set_defaults(func=run_eval)
     _intermixed(e)
 
@@ -141,8 +160,9 @@ def _eval(args: argparse.Namespace) -> int:
         if value is None:
             continue
         if name not in task.eval_options:
-            raise EvalArgumentError(f"--{name} does not apply to task {task.name!r} (its options: "
-                                    f"{list(task.eval_options) or 'none'})")
+            raise EvalArgumentError(
+                f"--{name} does not apply to task {task.name!r} (its options: {list(task.eval_options) or 'none'})"
+            )
         options[name] = value
     info, device = distributed.init(cfg.train.device)
     model, saved = load_model_with_config(args.checkpoint)
@@ -152,14 +172,25 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.barrier()
     dataset = task.build_datasets(splits=(args.split,))[args.split]
     model.to(device)
-    loader = loaders.eval_loader(dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
-                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    loader = loaders.eval_loader(
+        dataset,
+        cfg.eval.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     out = Path(args.out) if args.out else None
     if args.subsets:
         return _eval_subsets(args, cfg, task, model, loader, device, info, options, out)
     results = task.evaluate(
-        {task.primary: model}, loader, device=device, progress=info.is_main and cfg.train.progress,
-        image_dir=out / "images" if out and args.images else None, num_images=args.images, **options,
+        {task.primary: model},
+        loader,
+        device=device,
+        progress=info.is_main and cfg.train.progress,
+        image_dir=out / "images" if out and args.images else None,
+        num_images=args.images,
+        **options,
     )
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
@@ -182,19 +213,33 @@ def _eval_subsets(args, cfg, task, model, loader, device, info, options, out) ->
         raise EvalArgumentError("--images does not combine with --subsets; run cen eval without --subsets for images")
 
     def run(sub_cfg):
-        return build_task(sub_cfg).evaluate({task.primary: model}, loader, device=device,
-                                            progress=info.is_main and cfg.train.progress, **options)
+        return build_task(sub_cfg).evaluate(
+            {task.primary: model}, loader, device=device, progress=info.is_main and cfg.train.progress, **options
+        )
 
     records = evaluate_subsets(cfg, model, loader, run)
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
-        title = f"{args.checkpoint} on {list_file}, every subset of {list(cfg.modalities)}{task.describe_options(options)}:"
+        title = (
+            f"{args.checkpoint} on {list_file}, every subset of {list(cfg.modalities)}{task.describe_options(options)}:"
+        )
         names = list(cfg.modalities)
         print(format_subsets(records, names, task.score_name, task.format_value, title=title), flush=True)
         if out:
-            atomic_write_json(out / "subsets.json", jsonable({"checkpoint": str(args.checkpoint), "split": args.split,
-                                                              "metric": task.score_name, **options,
-                                                              "subsets": records}))
-            atomic_write_text(out / "subsets.md", format_subsets(records, names, task.score_name, task.format_value,
-                                                                 markdown=True, title=title) + "\n")
+            atomic_write_json(
+                out / "subsets.json",
+                jsonable(
+                    {
+                        "checkpoint": str(args.checkpoint),
+                        "split": args.split,
+                        "metric": task.score_name,
+                        **options,
+                        "subsets": records,
+                    }
+                ),
+            )
+            atomic_write_text(
+                out / "subsets.md",
+                format_subsets(records, names, task.score_name, task.format_value, markdown=True, title=title) + "\n",
+            )
     return 0

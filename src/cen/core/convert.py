@@ -121,7 +121,9 @@ def make_twin(
     """
     twin_type = _twin_type(norm)
     if twin_type is None:
-        raise TypeError(f"cannot convert {type(norm).__name__}: expected BatchNorm1d/2d, SyncBatchNorm or InstanceNorm2d")
+        raise TypeError(
+            f"cannot convert {type(norm).__name__}: expected BatchNorm1d/2d, SyncBatchNorm or InstanceNorm2d"
+        )
     if fusion is None and exchange:
         fusion = "exchange"
     affine = norm.affine or fusion is not None
@@ -189,7 +191,9 @@ def _exchange_predicate(
                 f"convertible norms are: {candidates[:20]}{' ...' if len(candidates) > 20 else ''}"
             )
         return lambda name, m: name in wanted
-    raise TypeError(f"exchange must be 'auto', a bool, a collection of names or a callable, got {type(exchange).__name__}")
+    raise TypeError(
+        f"exchange must be 'auto', a bool, a collection of names or a callable, got {type(exchange).__name__}"
+    )
 
 
 def convert(
@@ -233,7 +237,9 @@ def convert(
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0 (it is compared with |gamma|), got {threshold!r}")
     if fusion_options is not None and not isinstance(fusion_options, Mapping):
-        raise TypeError(f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}")
+        raise TypeError(
+            f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}"
+        )
     check_fusion_options(fusion, fusion_options)  # a bad name or option fails even without fusion points
     if not isinstance(shared_convs, bool):
         raise TypeError(f"shared_convs must be a bool, got {shared_convs!r}")

@@ -60,7 +60,9 @@ class MultiModal(nn.Module):
     def present_names(self, inputs: Mapping[str, Tensor]) -> tuple[str, ...]:
         """The names of ``inputs`` in model order, after checking them."""
         if not isinstance(inputs, Mapping):
-            raise TypeError(f"expected a mapping {{name: Tensor}} with names from {list(self.names)}, got {type(inputs).__name__}")
+            raise TypeError(
+                f"expected a mapping {{name: Tensor}} with names from {list(self.names)}, got {type(inputs).__name__}"
+            )
         unknown = [k for k in inputs if k not in self.names]
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; expected names from {list(self.names)}")
@@ -69,7 +71,9 @@ class MultiModal(nn.Module):
             raise ValueError(f"no modality given; expected some of {list(self.names)}")
         if self.training and len(present) < len(self.names):
             missing = [n for n in self.names if n not in inputs]
-            raise ValueError(f"modalities {missing} are missing; in training every modality of {list(self.names)} is needed")
+            raise ValueError(
+                f"modalities {missing} are missing; in training every modality of {list(self.names)} is needed"
+            )
         return present
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

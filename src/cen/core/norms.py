@@ -225,7 +225,9 @@ class _ModalityNorm(nn.Module):
     def _check_input(self, x: Tensor, present: int) -> None:
         if x.dim() - 2 not in self._spatial_dims:
             expected = " or ".join(f"{d + 2}-d" for d in self._spatial_dims)
-            raise ValueError(f"{type(self).__name__} expects a {expected} input (B*M, C, ...), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects a {expected} input (B*M, C, ...), got shape {tuple(x.shape)}"
+            )
         if x.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.num_features} channels, got input of shape {tuple(x.shape)}"
@@ -255,7 +257,9 @@ class _ModalityNorm(nn.Module):
             norm_weight, norm_bias = weight, bias
         split_shape = (batch, num, self.num_features, *x.shape[2:])
         if self._split_ok(x):
-            y = self._normalize_split(x.view(split_shape), norm_weight, norm_bias, running_mean, running_var, update_stats)
+            y = self._normalize_split(
+                x.view(split_shape), norm_weight, norm_bias, running_mean, running_var, update_stats
+            )
             if fusion is not None:
                 y = fusion(y, x.view(split_shape), weight.view(num, -1), bias.view(num, -1), self.threshold, idx)
             return y.view(x.shape)

@@ -58,7 +58,9 @@ def stack(inputs: Mapping[str, Tensor] | Sequence[Tensor], names: Sequence[str] 
         labels = [f"#{i}" for i in range(len(inputs))]
         tensors = list(inputs)
     else:
-        raise TypeError(f"inputs must be a mapping {{name: Tensor}} or a sequence of tensors, got {type(inputs).__name__}")
+        raise TypeError(
+            f"inputs must be a mapping {{name: Tensor}} or a sequence of tensors, got {type(inputs).__name__}"
+        )
     if not tensors:
         raise ValueError("inputs must hold at least one modality, got none")
     for label, t in zip(labels, tensors):
@@ -88,8 +90,6 @@ def unstack(x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
         raise TypeError("unstack expects a tensor with a batch dimension")
     num = len(names)
     if x.shape[0] % num:
-        raise ValueError(
-            f"batch size {x.shape[0]} is not divisible by the number of modalities {num} ({list(names)})"
-        )
+        raise ValueError(f"batch size {x.shape[0]} is not divisible by the number of modalities {num} ({list(names)})")
     view = x.view(x.shape[0] // num, num, *x.shape[1:])
     return {name: view[:, m] for m, name in enumerate(names)}

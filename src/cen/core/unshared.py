@@ -135,8 +135,9 @@ def unshare(module: nn.Module, num_modalities: int) -> nn.Module:
         return root
     # The layers of a fusion strategy (inside a modality norm) see pooled features of every modality at
     # once, not a stacked batch: they stay as they are.
-    inside_norms = {id(m) for norm in module.modules() if isinstance(norm, _ModalityNorm)
-                    for m in norm.modules() if m is not norm}
+    inside_norms = {
+        id(m) for norm in module.modules() if isinstance(norm, _ModalityNorm) for m in norm.modules() if m is not norm
+    }
     for name, sub in list(module.named_modules()):
         if id(sub) in inside_norms:
             continue

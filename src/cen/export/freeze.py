@@ -214,7 +214,9 @@ def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None)
         fuse = LiveFusion(fusion, weight.float().view(num, channels), bias.float().view(num, channels),
                           norm.threshold, present)  # fmt: skip
     else:
-        fuse = _lower_mix(_fusion_mix(fusion, weight.view(num, channels), bias.view(num, channels), norm.threshold, present))
+        fuse = _lower_mix(
+            _fusion_mix(fusion, weight.view(num, channels), bias.view(num, channels), norm.threshold, present)
+        )
     norm_weight, norm_bias = (None, None) if affine_in_fusion else (weight, bias)
     if norm.running_mean is None:
         if not isinstance(norm, ModalityInstanceNorm2d):
@@ -225,7 +227,10 @@ def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None)
         instance = (None if norm_weight is None else norm_weight.float(),
                     None if norm_bias is None else norm_bias.float(), norm.eps)  # fmt: skip
         return FrozenNorm(num, None, None, fuse, instance=instance)
-    mean, var = _rows(norm.running_mean, norm.num_modalities, present), _rows(norm.running_var, norm.num_modalities, present)
+    mean, var = (
+        _rows(norm.running_mean, norm.num_modalities, present),
+        _rows(norm.running_var, norm.num_modalities, present),
+    )
     scale = torch.rsqrt(var + norm.eps)
     if norm_weight is not None:
         scale = scale * norm_weight
@@ -283,7 +288,9 @@ def present_indices(model: MultiModal, present: Sequence[str] | None) -> tuple[i
     if present is None:
         return None
     if isinstance(present, str) or not present:
-        raise FreezeError(f"present must be a non-empty sequence of modality names from {list(model.names)}, got {present!r}")
+        raise FreezeError(
+            f"present must be a non-empty sequence of modality names from {list(model.names)}, got {present!r}"
+        )
     unknown = [n for n in present if n not in model.names]
     if unknown:
         raise FreezeError(f"present modalities {unknown} are not the model's; it takes {list(model.names)}")

@@ -89,7 +89,9 @@ def example_inputs(
 
 def _check_example(example: Mapping[str, Tensor], names: Sequence[str]) -> list[Tensor]:
     if not isinstance(example, Mapping):
-        raise ExportError(f"example must be a mapping {{modality: Tensor}} for {list(names)}, got {type(example).__name__}")
+        raise ExportError(
+            f"example must be a mapping {{modality: Tensor}} for {list(names)}, got {type(example).__name__}"
+        )
     if set(example) != set(names):
         raise ExportError(f"example has the modalities {list(example)}; the exported graph takes exactly {list(names)}")
     tensors = []
@@ -158,7 +160,9 @@ def export_onnx(
     keys = list(frozen.outputs)
     clash = sorted(set(frozen.inputs) & {output_name(k) for k in keys})
     if clash:
-        raise ExportError(f"modality names {clash} clash with the output names (modality + {OUTPUT_SUFFIX!r}); rename them")
+        raise ExportError(
+            f"modality names {clash} clash with the output names (modality + {OUTPUT_SUFFIX!r}); rename them"
+        )
     proto = export_program(frozen, tensors, opset).model_proto
     meta = {
         META_INPUTS: json.dumps(list(frozen.inputs)),
@@ -175,7 +179,9 @@ def export_onnx(
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() >= 2**31:
-        raise ExportError(f"{path}: the model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit")
+        raise ExportError(
+            f"{path}: the model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit"
+        )
     data = proto.SerializeToString()
     atomic_write(path, lambda fh: fh.write(data))
     return Path(path)
@@ -224,7 +230,9 @@ class OnnxRunner:
         threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
     """
 
-    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
         ort = _require("onnxruntime", "running an ONNX model")
         self.path = Path(path)
         if not self.path.is_file():
@@ -245,7 +253,9 @@ class OnnxRunner:
         names = [o.name for o in self.session.get_outputs()]
         mapping = json.loads(meta[META_OUTPUTS]) if META_OUTPUTS in meta else {}
         self.onnx_outputs: dict[str, str] = {n: mapping.get(n, n) for n in names}
-        self.modalities: tuple[str, ...] = tuple(json.loads(meta[META_MODALITIES])) if META_MODALITIES in meta else self.inputs
+        self.modalities: tuple[str, ...] = (
+            tuple(json.loads(meta[META_MODALITIES])) if META_MODALITIES in meta else self.inputs
+        )
         self.model_config: dict | None = json.loads(meta[META_MODEL]) if META_MODEL in meta else None
         self.size_multiple: int = int(meta.get(META_MULTIPLE, 1))
 
@@ -262,9 +272,7 @@ class OnnxRunner:
     def check_modalities(self, names: Sequence[str], source: str = "the config") -> None:
         """One-line :class:`ExportError` unless ``names`` (e.g. a config's modalities) are the file's inputs."""
         if set(names) != set(self.inputs):
-            raise ExportError(
-                f"{self.path} takes the modalities {list(self.inputs)}, but {source} gives {list(names)}"
-            )
+            raise ExportError(f"{self.path} takes the modalities {list(self.inputs)}, but {source} gives {list(names)}")
 
     def _array(self, name: str, value) -> np.ndarray:
         if isinstance(value, Tensor):
@@ -288,7 +296,9 @@ class OnnxRunner:
         feed = {name: self._array(name, inputs[name]) for name in self.inputs}
         shapes = {tuple(a.shape) for a in feed.values()}
         if len(shapes) > 1:
-            raise ExportError(f"{self.path}: the modalities must have one shape, got { {n: a.shape for n, a in feed.items()} }")
+            raise ExportError(
+                f"{self.path}: the modalities must have one shape, got { {n: a.shape for n, a in feed.items()} }"
+            )
         sides = next(iter(shapes))[2:]
         if any(s % self.size_multiple for s in sides):
             raise ExportError(f"{self.path}: image sides must be multiples of {self.size_multiple} for this model, "
@@ -305,4 +315,13 @@ class OnnxRunner:
         return f"OnnxRunner({str(self.path)!r}, inputs={list(self.inputs)}, outputs={list(self.outputs)})"
 
 
-__all__ = ["ExportError", "FreezeError", "OnnxRunner", "example_inputs", "export_onnx", "export_program", "output_name", "verify_onnx"]
+__all__ = [
+    "ExportError",
+    "FreezeError",
+    "OnnxRunner",
+    "example_inputs",
+    "export_onnx",
+    "export_program",
+    "output_name",
+    "verify_onnx",
+]

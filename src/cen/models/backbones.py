@@ -92,7 +92,7 @@ def _read_state_dict_file(path: str | os.PathLike, backbone: str) -> dict[str, T
         raise ValueError(f"{path}: expected a torchvision-style state dict {{name: Tensor}} of {backbone} weights")
     sd = dict(obj)
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -101,8 +101,13 @@ def _load_into(resnet: tvm.ResNet, sd: Mapping[str, Tensor], source: str, backbo
     own = resnet.state_dict()
     missing = [k for k in own if k not in sd and not k.startswith("fc.")]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
+
         def show(items):
             return f"{items[:8]}{' ...' if len(items) > 8 else ''} ({len(items)})"
 

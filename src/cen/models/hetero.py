@@ -34,8 +34,9 @@ CONCAT_KEY = "concat"
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class ImageEncoder(nn.Module):
@@ -69,8 +70,9 @@ class PointNetEncoder(nn.Module):
     same ``N``: sample a fixed number per cloud (see :func:`cen.tasks.presence.data.sample_points`).
     """
 
-    def __init__(self, out_dim: int, widths: Sequence[int] = (32, 64, 128), in_features: int = 3,
-                 name: str = "points") -> None:
+    def __init__(
+        self, out_dim: int, widths: Sequence[int] = (32, 64, 128), in_features: int = 3, name: str = "points"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         chans = [in_features, *widths]
@@ -99,8 +101,9 @@ class PointNetEncoder(nn.Module):
             points = torch.stack(list(points)) if points else points
         if not isinstance(points, Tensor) or points.ndim != 3 or points.shape[2] != self.in_features:
             shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
-            raise ValueError(f"modality {self.name!r}: {type(self).__name__} expects points (B, N, "
-                             f"{self.in_features}), got {shape}")
+            raise ValueError(
+                f"modality {self.name!r}: {type(self).__name__} expects points (B, N, {self.in_features}), got {shape}"
+            )
         if points.shape[1] == 0:
             raise ValueError(f"modality {self.name!r}: the point clouds are empty (N = 0)")
         return points
@@ -137,17 +140,33 @@ class HeteroCEN(nn.Module):
     evaluation mode any non-empty subset of the modalities may be given (shared head).
     """
 
-    def __init__(self, encoders: Mapping[str, nn.Module], width: int, num_outputs: int, *, layers: int = 2,
-                 threshold: float = THRESHOLD, exchange: bool = True, ensemble: bool = True,
-                 private_heads: bool = False, fusion: str = "exchange",
-                 fusion_options: Mapping[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        width: int,
+        num_outputs: int,
+        *,
+        layers: int = 2,
+        threshold: float = THRESHOLD,
+        exchange: bool = True,
+        ensemble: bool = True,
+        private_heads: bool = False,
+        fusion: str = "exchange",
+        fusion_options: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__()
         names = check_names(list(encoders), "HeteroCEN encoders")
         if width < 1 or num_outputs < 1 or layers < 1:
             raise ValueError(f"width, num_outputs and layers must be >= 1, got {width}, {num_outputs}, {layers}")
         self.encoders = nn.ModuleDict(dict(encoders))
-        mlp = convert(shared_mlp(width, layers), len(names), threshold=threshold,
-                      exchange=exchange and len(names) > 1, fusion=fusion, fusion_options=fusion_options)
+        mlp = convert(
+            shared_mlp(width, layers),
+            len(names),
+            threshold=threshold,
+            exchange=exchange and len(names) > 1,
+            fusion=fusion,
+            fusion_options=fusion_options,
+        )
         head: nn.Module = nn.Linear(width, num_outputs)
         if private_heads:  # one Linear per modality, run as one batched product (cen.nn.ModalityLinear)
             head = convert(head, len(names), shared_convs=False, exchange=False)
@@ -168,8 +187,9 @@ class HeteroCEN(nn.Module):
         present = self.fused.present_names(inputs)
         if self.private_heads and len(present) < len(self.names):
             missing = [n for n in self.names if n not in present]
-            raise ValueError(f"modalities {missing} are missing; private heads need every modality of "
-                             f"{list(self.names)}")
+            raise ValueError(
+                f"modalities {missing} are missing; private heads need every modality of {list(self.names)}"
+            )
         out = {}
         for name in present:
             z = self.encoders[name](inputs[name])
@@ -203,7 +223,8 @@ class ConcatFusion(nn.Module):
         missing = [n for n in self.names if n not in inputs]
         unknown = [n for n in inputs if n not in self.names]
         if missing or unknown:
-            raise ValueError(f"ConcatFusion needs exactly the modalities {list(self.names)}; missing {missing}, "
-                             f"unknown {unknown}")
+            raise ValueError(
+                f"ConcatFusion needs exactly the modalities {list(self.names)}; missing {missing}, unknown {unknown}"
+            )
         z = torch.cat([self.encoders[n](inputs[n]) for n in self.names], 1)
         return {CONCAT_KEY: self.head(self.mlp(z))}

@@ -67,7 +67,9 @@ class PatchDiscriminator(nn.Module):
                 f"generated image along channels; got shape {tuple(x.shape)}"
             )
         if min(x.shape[-2:]) < MIN_SIZE:
-            raise ValueError(f"PatchDiscriminator needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(
+                f"PatchDiscriminator needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {x.shape[-2]}x{x.shape[-1]}"
+            )
         x = self.conv1(x)
         x = self.norm2(self.conv2(F.leaky_relu(x, LEAKY_SLOPE)))
         x = self.norm3(self.conv3(F.leaky_relu(x, LEAKY_SLOPE)))

@@ -78,7 +78,7 @@ def _reference_module_path(path: str) -> str:
     """Our module path (``model.encoder.layer1.0.bn2``) -> the reference's, without ``module.``."""
     for prefix in ("model.encoder.", "model.decoder."):
         if path.startswith(prefix):
-            rest = path[len(prefix):]
+            rest = path[len(prefix) :]
             break
     else:
         raise ValueError(f"{path!r} is neither in the encoder nor in the decoder")
@@ -192,7 +192,7 @@ def _numpy_safe_globals() -> list:
 
 def _strip_data_parallel(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     if sd and all(k.startswith(DATA_PARALLEL_PREFIX) for k in sd):
-        return {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in sd.items()}, DATA_PARALLEL_PREFIX
+        return {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in sd.items()}, DATA_PARALLEL_PREFIX
     return dict(sd), ""
 
 
@@ -353,7 +353,9 @@ def convert_reference_state_dict(
             value = torch.cat([parts[m].reshape(-1) for m in sorted(parts)])
         value = value.detach().to(dtype=target.dtype)
         if value.shape != target.shape:
-            raise AssertionError(f"internal error: {key} assembled to {tuple(value.shape)}, expected {tuple(target.shape)}")
+            raise AssertionError(
+                f"internal error: {key} assembled to {tuple(value.shape)}, expected {tuple(target.shape)}"
+            )
         result[key] = value
     return result
 

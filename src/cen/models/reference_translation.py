@@ -119,7 +119,7 @@ def unused_norm_keys(model: UNetCEN) -> dict[str, torch.Size]:
 
 def _strip_prefix(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     if sd and all(k.startswith(DATA_PARALLEL_PREFIX) for k in sd):
-        return {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in sd.items()}, DATA_PARALLEL_PREFIX
+        return {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in sd.items()}, DATA_PARALLEL_PREFIX
     return dict(sd), ""
 
 
@@ -158,7 +158,9 @@ def infer_generator_config(sd: Mapping[str, Tensor], source: str = "checkpoint")
         )
     first, last = flat["conv1.conv.module.weight"], flat[f"deconv{n}.deconv.module.weight"]
     if first.dim() != 4 or last.dim() != 4:
-        raise ReferenceCheckpointError(f"{source}: conv1 and deconv{n} weights must be 4-d, got {tuple(first.shape)}, {tuple(last.shape)}")
+        raise ReferenceCheckpointError(
+            f"{source}: conv1 and deconv{n} weights must be 4-d, got {tuple(first.shape)}, {tuple(last.shape)}"
+        )
     return {
         "num_modalities": len(slots),
         "in_channels": int(first.shape[1]),
@@ -265,7 +267,9 @@ def convert_reference_generator(
     flat, prefix = _strip_prefix(unwrap_state_dict(sd, source))
     names = tuple(modalities) if model is None else model.names
     if target in names:
-        raise ReferenceCheckpointError(f"target {target!r} is also an input {list(names)}; the target must not be an input")
+        raise ReferenceCheckpointError(
+            f"target {target!r} is also an input {list(names)}; the target must not be an input"
+        )
     if model is None:
         model = build_generator_for(flat, names, threshold=threshold, device="meta", source=source)
     key_map = reference_generator_key_map(model)
@@ -318,8 +322,11 @@ def to_reference_generator_state_dict(model: UNetCEN, *, unused_norms: bool = Tr
     A single-input model gets ``alpha = [1.]``.
     """
     cfg = model.config
-    unlike = {k: cfg.get(k) for k, v in (("head", "ensemble"), ("fusion", "exchange"), ("shared_convs", True))
-              if cfg.get(k, v) != v}
+    unlike = {
+        k: cfg.get(k)
+        for k, v in (("head", "ensemble"), ("fusion", "exchange"), ("shared_convs", True))
+        if cfg.get(k, v) != v
+    }
     if unlike:
         raise ValueError(
             f"the reference generator has an ensemble head, exchange fusion and shared convolutions; this model has "

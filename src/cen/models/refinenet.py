@@ -327,7 +327,8 @@ class RefineNetCEN(HeadedMultiModal):
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         if decoder_widths is not None and (
-            len(decoder_widths) != 4 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
+            len(decoder_widths) != 4
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
         ):
             raise ValueError(f"decoder_widths must be 4 positive ints (layer4 stage first), got {decoder_widths!r}")
         fused = bool(ensemble) and len(names) > 1
@@ -338,9 +339,7 @@ class RefineNetCEN(HeadedMultiModal):
             encoder, len(names), fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs,
             threshold=float(threshold), exchange=spec,
         )  # fmt: skip
-        decoder = RefineNetDecoder(
-            stage_channels(backbone), num_classes, widths=decoder_widths, dropout=float(dropout)
-        )
+        decoder = RefineNetDecoder(stage_channels(backbone), num_classes, widths=decoder_widths, dropout=float(dropout))
         concat = None
         if head == "concat":
             width = decoder.widths[3]

@@ -158,9 +158,7 @@ class UNetGenerator(nn.Module):
     def check_input(self, x: Tensor) -> None:
         """One-line ``ValueError`` unless ``x`` is ``(N, in_channels, H, W)`` with sides multiples of ``2**num_downs``."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNetGenerator expects images (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"UNetGenerator expects images (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise ValueError(
@@ -277,9 +275,7 @@ class UNetCEN(HeadedMultiModal):
         concat = None
         if head == "concat":
             width = 2 * ngf
-            out = nn.Sequential(
-                nn.ConvTranspose2d(width, out_channels, kernel_size=4, stride=2, padding=1), nn.Tanh()
-            )
+            out = nn.Sequential(nn.ConvTranspose2d(width, out_channels, kernel_size=4, stride=2, padding=1), nn.Tanh())
             concat = ConcatFusionHead(len(names), width, norm=instance_norm(width), out=out)
         super().__init__(generator, names, concat_head=concat, ensemble=fused)
         self.threshold = float(threshold)

@@ -58,8 +58,10 @@ class Task:
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         if self.model_names and cfg.model.name not in self.model_names:
-            raise ConfigError(f"model.name={cfg.model.name!r} is not a model of task {self.name!r}; "
-                              f"expected one of {list(self.model_names)}")
+            raise ConfigError(
+                f"model.name={cfg.model.name!r} is not a model of task {self.name!r}; "
+                f"expected one of {list(self.model_names)}"
+            )
         self.score_name = "score"
         self.higher_is_better = True
         # Set by the engine (cen.train.precision.Precision): how optimize() runs backward and the step.
@@ -96,8 +98,10 @@ class Task:
             except ValueError as err:
                 raise DataError(f"{err} [config: {self.data_context()}]") from None
             if not isinstance(sample, Mapping) or self.target_key not in sample:
-                raise DataError(f"{split} samples must be dicts with the modalities and {self.target_key!r}, "
-                                f"got {type(sample).__name__}")
+                raise DataError(
+                    f"{split} samples must be dicts with the modalities and {self.target_key!r}, "
+                    f"got {type(sample).__name__}"
+                )
             missing = [m for m in wanted if m not in sample]
             if missing:
                 have = [k for k in sample if k != self.target_key]
@@ -136,8 +140,9 @@ class Task:
         for model in models.values():
             model.train()
 
-    def training_step(self, batch: Mapping[str, Tensor], models: Models, nets: Models,
-                      optimizers: Optimizers) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
+    ) -> dict[str, Tensor]:
         """One optimisation step on a CPU batch (*required*).
 
         ``models`` are the plain networks, ``nets`` the same wrapped for the forward
@@ -164,8 +169,17 @@ class Task:
         optimizer.step()
 
     # -- evaluation ------------------------------------------------------------------
-    def evaluate(self, models: Models, loader, *, device: torch.device, progress: bool = True,
-                 image_dir=None, num_images: int = 0, **options) -> dict[str, dict]:
+    def evaluate(
+        self,
+        models: Models,
+        loader,
+        *,
+        device: torch.device,
+        progress: bool = True,
+        image_dir=None,
+        num_images: int = 0,
+        **options,
+    ) -> dict[str, dict]:
         """Scores of the models over ``loader``: ``{branch: {metric: value}}`` (*required*).
 
         Every process takes part (metrics are summed over processes). ``options`` are
@@ -231,7 +245,5 @@ def model_summary(model: nn.Module) -> dict:
     stats = exchange_stats(model)
     if stats:
         out["exchange"] = {layer: dict(zip(names, fr)) for layer, fr in stats.items()}
-        out["exchange_mean"] = {
-            name: sum(fr[m] for fr in stats.values()) / len(stats) for m, name in enumerate(names)
-        }
+        out["exchange_mean"] = {name: sum(fr[m] for fr in stats.values()) / len(stats) for m, name in enumerate(names)}
     return out

@@ -43,53 +43,69 @@ class DatasetEntry:
     def reader(self, name: str, task: str) -> Reader:
         if task not in self.readers:
             have = [n for n in DATASETS.names() if task in DATASETS.get(n).readers]
-            raise DataError(f"data.dataset={name!r} has no data for task {task!r}; for {task} use one of: "
-                            f"{', '.join(have)}")
+            raise DataError(
+                f"data.dataset={name!r} has no data for task {task!r}; for {task} use one of: {', '.join(have)}"
+            )
         return self.readers[task]
 
 
 def _nyudv2(root, list_file, cfg, transform):
     from cen.data import NYUDv2
 
-    return NYUDv2(root, list_file, modalities=tuple(cfg.modalities), transform=transform,
-                  num_classes=int(cfg.data.num_classes))
+    return NYUDv2(
+        root, list_file, modalities=tuple(cfg.modalities), transform=transform, num_classes=int(cfg.data.num_classes)
+    )
 
 
 def _sunrgbd(root, list_file, cfg, transform):
     from cen.data import SUNRGBD
 
-    return SUNRGBD(root, list_file, modalities=tuple(cfg.modalities), transform=transform,
-                   num_classes=int(cfg.data.num_classes))
+    return SUNRGBD(
+        root, list_file, modalities=tuple(cfg.modalities), transform=transform, num_classes=int(cfg.data.num_classes)
+    )
 
 
 def _folder(root, list_file, cfg, transform):
     from cen.data import FolderDataset
 
-    return FolderDataset(root, tuple(cfg.modalities), list_file, transform=transform,
-                         num_classes=int(cfg.data.num_classes))
+    return FolderDataset(
+        root, tuple(cfg.modalities), list_file, transform=transform, num_classes=int(cfg.data.num_classes)
+    )
 
 
 def _taskonomy(root, list_file, cfg, transform):
     from cen.data import Taskonomy
 
-    return Taskonomy(root, list_file, inputs=tuple(cfg.modalities), target=cfg.data.target, transform=transform,
-                     decode=cfg.data.decode)
+    return Taskonomy(
+        root,
+        list_file,
+        inputs=tuple(cfg.modalities),
+        target=cfg.data.target,
+        transform=transform,
+        decode=cfg.data.decode,
+    )
 
 
 def _generate_scenes(cfg) -> None:
     from cen.data import synth
 
     g = cfg.data.generate
-    synth.ensure_generated(cfg.data.root, num=g.num, height=g.height, width=g.width, seed=g.seed,
-                           progress=True, workers=g.workers)
+    synth.ensure_generated(
+        cfg.data.root, num=g.num, height=g.height, width=g.width, seed=g.seed, progress=True, workers=g.workers
+    )
 
 
 DATASETS.register("nyudv2")(DatasetEntry({"segmentation": _nyudv2}))
 DATASETS.register("sunrgbd")(DatasetEntry({"segmentation": _sunrgbd}))
 DATASETS.register("folder")(DatasetEntry({"segmentation": _folder}))
 DATASETS.register("taskonomy")(DatasetEntry({"translation": _taskonomy}))
-DATASETS.register("scenes")(DatasetEntry({"segmentation": _nyudv2, "translation": _taskonomy},
-                                         prepare=_generate_scenes, subdir={"translation": "taskonomy"}))
+DATASETS.register("scenes")(
+    DatasetEntry(
+        {"segmentation": _nyudv2, "translation": _taskonomy},
+        prepare=_generate_scenes,
+        subdir={"translation": "taskonomy"},
+    )
+)
 
 
 def prepare_data(cfg) -> None:
@@ -99,8 +115,9 @@ def prepare_data(cfg) -> None:
         entry.prepare(cfg)
 
 
-def build_splits(cfg, task: str, transforms: Mapping[str, object],
-                 splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Dataset]:
+def build_splits(
+    cfg, task: str, transforms: Mapping[str, object], splits: Sequence[str] = ("train", "val", "test")
+) -> dict[str, Dataset]:
     """``{split: Dataset}`` read from ``data.root`` with the list files of the config.
 
     ``transforms`` maps ``"train"`` and ``"eval"`` to the task's joint transforms. With

@@ -14,8 +14,11 @@ from cen.tasks.errors import ConfigError
 def fusion_kwargs(cfg) -> dict:
     """``fusion``, ``fusion_options`` (a plain dict) and ``shared_convs`` of ``cfg.model``, as the models take them."""
     m = cfg.model
-    return {"fusion": str(m.fusion), "fusion_options": dict(OmegaConf.to_container(m.fusion_options)),
-            "shared_convs": bool(m.shared_convs)}
+    return {
+        "fusion": str(m.fusion),
+        "fusion_options": dict(OmegaConf.to_container(m.fusion_options)),
+        "shared_convs": bool(m.shared_convs),
+    }
 
 
 def build_checked(cfg, make: Callable[[], nn.Module]) -> nn.Module:

@@ -49,20 +49,29 @@ def check_droppable(model: nn.Module, names: Sequence[str]) -> None:
     modality (``needs_all``, e.g. ``gated_sum``)."""
     inner = _unwrap(model)
     if getattr(inner, "names", None) is None:
-        raise SubsetError(f"--subsets: the model ({type(inner).__name__}) does not take its modalities by name, so "
-                          "none can be dropped; it needs a cen.MultiModal model")
+        raise SubsetError(
+            f"--subsets: the model ({type(inner).__name__}) does not take its modalities by name, so "
+            "none can be dropped; it needs a cen.MultiModal model"
+        )
     if len(names) < 2:
         raise SubsetError(f"--subsets: the model has one modality ({list(names)}); there is no subset to compare")
     for where, module in inner.named_modules():
         fusion = getattr(module, "fusion", None)
         if fusion is not None and getattr(fusion, "needs_all", False):
-            raise SubsetError(f"--subsets: fusion {getattr(fusion, 'name', type(fusion).__name__)!r} (at {where}) "
-                              f"reads every modality and is not defined with one missing; evaluate this model on "
-                              f"all of {list(names)} only")
+            raise SubsetError(
+                f"--subsets: fusion {getattr(fusion, 'name', type(fusion).__name__)!r} (at {where}) "
+                f"reads every modality and is not defined with one missing; evaluate this model on "
+                f"all of {list(names)} only"
+            )
 
 
-def evaluate_subsets(cfg, model: nn.Module, loader, evaluate: Callable[..., Mapping[str, Any]],
-                     subsets: Sequence[Sequence[str]] | None = None) -> list[dict[str, Any]]:
+def evaluate_subsets(
+    cfg,
+    model: nn.Module,
+    loader,
+    evaluate: Callable[..., Mapping[str, Any]],
+    subsets: Sequence[Sequence[str]] | None = None,
+) -> list[dict[str, Any]]:
     """``[{"subset": [names], "scores": {branch: scores}}]`` for every subset (default
     :func:`modality_subsets` of ``cfg.modalities``).
 
@@ -85,9 +94,15 @@ def evaluate_subsets(cfg, model: nn.Module, loader, evaluate: Callable[..., Mapp
     return records
 
 
-def format_subsets(records: Sequence[Mapping[str, Any]], names: Sequence[str], metric: str,
-                   fmt: Callable[[float], str] = lambda v: f"{v:.4f}", *, markdown: bool = False,
-                   title: str | None = None) -> str:
+def format_subsets(
+    records: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    metric: str,
+    fmt: Callable[[float], str] = lambda v: f"{v:.4f}",
+    *,
+    markdown: bool = False,
+    title: str | None = None,
+) -> str:
     """One row per subset, one column per branch (each modality, then the ensemble) holding
     ``metric`` of that branch; ``-`` where the branch did not run (its modality was dropped).
     ``markdown`` gives a Markdown table instead of aligned text."""

@@ -57,8 +57,13 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": _to_lists(random.getstate()),
     }
 
@@ -68,7 +73,9 @@ def set_rng_state(state: Mapping) -> None:
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     npst = state["numpy"]
-    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"]))
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"])
+    )
     random.setstate(_to_tuples(state["python"]))
 
 
@@ -167,8 +174,12 @@ def read_weights(path: str | Path, map_location: Any = "cpu") -> tuple[Mapping[s
 
     path = Path(path)
     obj = _read(path, map_location)
-    if isinstance(obj, dict) and "format" not in obj and isinstance(obj.get("state_dict"), dict) \
-            and isinstance(obj.get("config"), dict):
+    if (
+        isinstance(obj, dict)
+        and "format" not in obj
+        and isinstance(obj.get("state_dict"), dict)
+        and isinstance(obj.get("config"), dict)
+    ):
         state, data = obj["state_dict"], _legacy_config(obj["config"])
     else:
         _check_marker(obj, path)

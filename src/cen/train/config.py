@@ -110,7 +110,9 @@ class LossConfig:
     ensemble_weight: float = 1.0
     l1_weight: float = 100.0  # translation: weight of the L1 to the target per branch (pix2pix)
     ignore_index: int = IGNORE_INDEX
-    resize: str = "logits"  # logits: upsample logits (bilinear) to the mask | masks: downsample masks (nearest), as the reference
+    resize: str = (
+        "logits"  # logits: upsample logits (bilinear) to the mask | masks: downsample masks (nearest), as the reference
+    )
 
 
 @dataclass
@@ -204,7 +206,9 @@ def check_keys(data: Any, schema=Config, where: str = "", source: str = "") -> N
     if not isinstance(data, dict):
         if where:
             return
-        raise ConfigError(f"{source or 'config'}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source or 'config'}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
     types = _field_types(schema)
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -378,19 +382,23 @@ def _check_fusion(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ConfigError(f"model.fusion_options={options}: {err}") from None
     fraction = options.get("fraction")
-    if "fraction" in options and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
-                                  or not 0 < fraction < 1):
+    if "fraction" in options and (
+        isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1
+    ):
         raise ConfigError(f"model.fusion_options.fraction={fraction!r} is not valid; expected a number in (0, 1)")
     try:
         build_fusion(m.fusion, _PROBE_CHANNELS, len(mods), options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model.fusion={m.fusion!r} with modalities {mods} and model.fusion_options={options} "
-                          f"(tried on a {_PROBE_CHANNELS}-channel norm): {err}") from None
+        raise ConfigError(
+            f"model.fusion={m.fusion!r} with modalities {mods} and model.fusion_options={options} "
+            f"(tried on a {_PROBE_CHANNELS}-channel norm): {err}"
+        ) from None
     try:
         check_head(m.head, len(mods), bool(m.ensemble))
     except ValueError as err:
-        raise ConfigError(f"model.head={m.head!r} with modalities {mods} and model.ensemble={m.ensemble}: "
-                          f"{err}") from None
+        raise ConfigError(
+            f"model.head={m.head!r} with modalities {mods} and model.ensemble={m.ensemble}: {err}"
+        ) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:

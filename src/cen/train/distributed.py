@@ -74,7 +74,9 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
             raise DeviceError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N") from None
         index = first + local_rank  # under torchrun, process i uses the i-th device from the first
         if not 0 <= index < count:
-            raise DeviceError(f"train.device={spec!r} (process {local_rank}) needs cuda:{index}, but only {count} CUDA device(s) exist")
+            raise DeviceError(
+                f"train.device={spec!r} (process {local_rank}) needs cuda:{index}, but only {count} CUDA device(s) exist"
+            )
         return torch.device("cuda", index)
     raise DeviceError(f"train.device={spec!r} is not understood; expected auto, cpu, cuda or cuda:N")
 
@@ -120,4 +122,3 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
 
     convert_modality_norms(model)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-

@@ -52,8 +52,11 @@ class StopRequest:
             raise KeyboardInterrupt  # second Ctrl-C: abort without saving
         self.requested = True
         name = signal.Signals(signum).name
-        print(f"\n{name}: finishing this step, then saving last.pt (Ctrl-C again to abort without saving)",
-              file=self.stream or sys.stderr, flush=True)
+        print(
+            f"\n{name}: finishing this step, then saving last.pt (Ctrl-C again to abort without saving)",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
     def agreed(self, device: torch.device) -> bool:
         """Whether any process asked to stop (a collective when distributed: call it on every rank)."""

@@ -55,8 +55,9 @@ class EpochSampler(Sampler):
     ``start_batch`` skips the batches already done (resume).
     """
 
-    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ) -> None:
         self.size, self.batch_size = int(size), int(batch_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed, self.shuffle = int(seed), shuffle
@@ -80,7 +81,7 @@ class EpochSampler(Sampler):
         glob = self.batch_size * self.world_size
         for b in range(self.start_batch, self.batches_per_epoch()):
             lo = b * glob + self.rank * self.batch_size
-            for index in order[lo: lo + self.batch_size]:
+            for index in order[lo : lo + self.batch_size]:
                 yield (self.epoch, index)
 
 
@@ -97,8 +98,16 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-def train_loader(dataset: Dataset, batch_size: int, *, rank: int, world_size: int, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     sampler = EpochSampler(len(dataset), batch_size, rank=rank, world_size=world_size, seed=seed)
     if sampler.batches_per_epoch() == 0:
         raise UserError(
@@ -106,16 +115,25 @@ def train_loader(dataset: Dataset, batch_size: int, *, rank: int, world_size: in
             f"{batch_size * world_size}; lower train.batch_size"
         )
     return DataLoader(
-        SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
-        num_workers=num_workers, pin_memory=pin_memory,
+        SeededDataset(dataset, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
         persistent_workers=False,
     )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, *, rank: int, world_size: int,
-                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, *, rank: int, world_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-        num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), rank, world_size),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
     )

@@ -41,8 +41,10 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in DTYPES:
         raise ConfigError(f"train.precision={precision!r} is not valid; expected one of {list(DTYPES)}")
     if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("train.precision=fp16 needs a CUDA device (it scales the loss for fp16 gradients); "
-                          "on a CPU use train.precision=bf16")
+        raise ConfigError(
+            "train.precision=fp16 needs a CUDA device (it scales the loss for fp16 gradients); "
+            "on a CPU use train.precision=bf16"
+        )
 
 
 class Precision:
@@ -57,8 +59,9 @@ class Precision:
         channels_last: lay 4-d parameters and inputs out channels-last.
     """
 
-    def __init__(self, precision: str = "fp32", device: torch.device | str = "cpu", *,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self, precision: str = "fp32", device: torch.device | str = "cpu", *, channels_last: bool = False
+    ) -> None:
         self.device = torch.device(device)
         if precision not in DTYPES:
             raise ConfigError(f"train.precision={precision!r} is not valid; expected one of {list(DTYPES)}")
@@ -144,8 +147,9 @@ def check_compile() -> None:
     except ImportError:  # pragma: no cover - very old or stripped torch
         supported = False
     if not supported:
-        raise ConfigError("train.compile=true: torch.compile is not supported on this platform or Python; "
-                          "set train.compile=false")
+        raise ConfigError(
+            "train.compile=true: torch.compile is not supported on this platform or Python; set train.compile=false"
+        )
 
 
 def compile_model(model: nn.Module, backend="inductor") -> nn.Module:
@@ -160,5 +164,7 @@ def compile_error(exc: BaseException) -> UserError | None:
         return None
     inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # what the backend raised
     first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
-    return UserError(f"train.compile=true: torch.compile could not compile the model on this machine "
-                     f"({type(inner).__name__}: {first[:300]}); set train.compile=false to train without it")
+    return UserError(
+        f"train.compile=true: torch.compile could not compile the model on this machine "
+        f"({type(inner).__name__}: {first[:300]}); set train.compile=false to train without it"
+    )

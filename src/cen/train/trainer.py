@@ -81,9 +81,19 @@ class Trainer:
             the tests pass ``"aot_eager"``, which needs no C compiler).
     """
 
-    def __init__(self, cfg, *, run_dir=None, resume: bool | str = False, overwrite: bool = False,
-                 datasets: Mapping | None = None, models: Mapping | nn.Module | None = None,
-                 task: Task | None = None, stream=None, compile_backend="inductor") -> None:
+    def __init__(
+        self,
+        cfg,
+        *,
+        run_dir=None,
+        resume: bool | str = False,
+        overwrite: bool = False,
+        datasets: Mapping | None = None,
+        models: Mapping | nn.Module | None = None,
+        task: Task | None = None,
+        stream=None,
+        compile_backend="inductor",
+    ) -> None:
         self.cfg = cfg
         self.stream = stream or sys.stderr
         self.task = task if task is not None else build_task(cfg)
@@ -107,8 +117,9 @@ class Trainer:
             )
         world = self.info.world_size
         if cfg.train.batch_size % world:
-            raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by "
-                            f"{world} processes")
+            raise UserError(
+                f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by {world} processes"
+            )
         self.local_batch = cfg.train.batch_size // world
 
         # The order of what follows fixes the RNG consumption (and so the run): seed,
@@ -125,8 +136,9 @@ class Trainer:
             models = self.task.build_models()
         elif isinstance(models, nn.Module):
             models = {self.task.primary: models}
-        self.models: dict[str, nn.Module] = {k: self.precision.prepare_model(m.to(self.device))
-                                             for k, m in models.items()}
+        self.models: dict[str, nn.Module] = {
+            k: self.precision.prepare_model(m.to(self.device)) for k, m in models.items()
+        }
         self.task.setup(self.models)
         if self.info.distributed and self.device.type == "cuda":
             self.models = {k: distributed.convert_sync_batchnorm(m) for k, m in self.models.items()}
@@ -144,13 +156,25 @@ class Trainer:
             self.nets = {k: compile_model(n, compile_backend) for k, n in self.nets.items()}
         pin = self.device.type == "cuda"
         self.train_loader = loaders.train_loader(
-            self.datasets["train"], self.local_batch, rank=self.info.rank, world_size=world,
-            seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=pin,
+            self.datasets["train"],
+            self.local_batch,
+            rank=self.info.rank,
+            world_size=world,
+            seed=cfg.train.seed,
+            num_workers=cfg.data.num_workers,
+            pin_memory=pin,
         )
         self.eval_loaders = {
-            split: loaders.eval_loader(self.datasets[split], cfg.eval.batch_size, rank=self.info.rank,
-                                       world_size=world, num_workers=cfg.data.num_workers, pin_memory=pin)
-            for split in ("val", "test") if split in self.datasets
+            split: loaders.eval_loader(
+                self.datasets[split],
+                cfg.eval.batch_size,
+                rank=self.info.rank,
+                world_size=world,
+                num_workers=cfg.data.num_workers,
+                pin_memory=pin,
+            )
+            for split in ("val", "test")
+            if split in self.datasets
         }
         self.epochs = total_epochs(cfg.optim.stages)
         self.epoch, self.batch, self.global_step = 0, 0, 0
@@ -177,8 +201,11 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "progress": {
-                "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
-                "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "global_step": self.global_step,
+                "best_score": self.best_score,
+                "best_epoch": self.best_epoch,
             },
             "rng": rng_state(),
             "meta": self.task.meta(),
@@ -203,20 +230,28 @@ class Trainer:
         check_meta(ckpt.get("meta", {}), self.task.meta(), str(path))
         self._load_models(ckpt, path)
         saved = ckpt.get("config", {}).get("train", {})
-        changed = [f"train.{k}: checkpoint {saved[k]!r} vs config {self.cfg.train[k]!r}"
-                   for k in ("batch_size", "seed") if k in saved and saved[k] != self.cfg.train[k]]
+        changed = [
+            f"train.{k}: checkpoint {saved[k]!r} vs config {self.cfg.train[k]!r}"
+            for k in ("batch_size", "seed")
+            if k in saved and saved[k] != self.cfg.train[k]
+        ]
         if changed:
-            raise CheckpointError(f"cannot resume {path} exactly with another {'; '.join(changed)}; "
-                                  "use the settings of the run (see its config.yaml)")
+            raise CheckpointError(
+                f"cannot resume {path} exactly with another {'; '.join(changed)}; "
+                "use the settings of the run (see its config.yaml)"
+            )
         states = optimizer_states(ckpt, self.task.primary)
         if set(states) != set(self.optimizers):
-            raise CheckpointError(f"{path} holds the optimisers {sorted(states)}; this task uses "
-                                  f"{sorted(self.optimizers)}")
+            raise CheckpointError(
+                f"{path} holds the optimisers {sorted(states)}; this task uses {sorted(self.optimizers)}"
+            )
         for name, optimizer in self.optimizers.items():
             try:
                 optimizer.load_state_dict(states[name])
             except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"{path}: the optimiser {name!r} state does not fit this config ({exc})") from None
+                raise CheckpointError(
+                    f"{path}: the optimiser {name!r} state does not fit this config ({exc})"
+                ) from None
         p = ckpt["progress"]
         self.epoch, self.batch, self.global_step = p["epoch"], p["batch"], p["global_step"]
         self.best_score, self.best_epoch = p.get("best_score"), p.get("best_epoch")
@@ -260,8 +295,9 @@ class Trainer:
         self.log = RunLog(self.run_dir, enabled=self.info.is_main)
         if self.resume_from is None:
             params = sum(p.numel() for m in self.models.values() for p in m.parameters())
-            self.log.record("info", 0, event="start", params=params, processes=self.info.world_size,
-                            device=str(self.device))
+            self.log.record(
+                "info", 0, event="start", params=params, processes=self.info.world_size, device=str(self.device)
+            )
         sampler = self.train_loader.sampler
         steps_per_epoch = sampler.batches_per_epoch()
         stopped = False
@@ -288,13 +324,21 @@ class Trainer:
         cfg = self.cfg
         stage_idx, first = stage_of(self.epoch, cfg.optim.stages)
         for optimizer in self.optimizers.values():
-            set_stage(optimizer, cfg.optim.stages[stage_idx],
-                      reset=first and self.batch == 0 and cfg.optim.reset_each_stage)
+            set_stage(
+                optimizer, cfg.optim.stages[stage_idx], reset=first and self.batch == 0 and cfg.optim.reset_each_stage
+            )
         sampler.set_epoch(self.epoch, self.batch)
         self._train_mode()
-        bar = tqdm(total=steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                   unit="step", disable=not (self.info.is_main and cfg.train.progress), file=self.stream,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=self.batch,
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
+            unit="step",
+            disable=not (self.info.is_main and cfg.train.progress),
+            file=self.stream,
+            dynamic_ncols=True,
+            leave=False,
+        )
         running, count, t0 = 0.0, 0, time.perf_counter()
         for batch in self.train_loader:
             loss, parts = self.train_step(batch)
@@ -302,8 +346,9 @@ class Trainer:
             self.global_step += 1
             self.gamma.update(self.global_step)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {float(loss)} at step {self.global_step}; "
-                                         "lower the learning rates")
+                raise FloatingPointError(
+                    f"the loss became {float(loss)} at step {self.global_step}; lower the learning rates"
+                )
             running += float(loss)
             count += 1
             rate = count * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
@@ -311,9 +356,15 @@ class Trainer:
             bar.update(1)
             if cfg.train.log_every and self.global_step % cfg.train.log_every == 0:
                 mean = distributed.all_reduce_mean(loss).item()
-                self.log.record("train", self.global_step, epoch=self.epoch + 1, loss=mean,
-                                **{k: v.item() for k, v in parts.items()}, **learning_rates(self.optimizers),
-                                images_per_s=rate)
+                self.log.record(
+                    "train",
+                    self.global_step,
+                    epoch=self.epoch + 1,
+                    loss=mean,
+                    **{k: v.item() for k, v in parts.items()},
+                    **learning_rates(self.optimizers),
+                    images_per_s=rate,
+                )
             at_end = self.batch >= steps_per_epoch
             hit_max = bool(cfg.train.max_steps) and self.global_step >= cfg.train.max_steps
             if hit_max and not at_end:
@@ -332,8 +383,9 @@ class Trainer:
         self.epoch += 1
         self.batch = 0
         elapsed = time.perf_counter() - t0
-        self._say(f"epoch {self.epoch}/{self.epochs}: loss {running / max(count, 1):.4f}, "
-                  f"{count} steps in {elapsed:.1f}s")
+        self._say(
+            f"epoch {self.epoch}/{self.epochs}: loss {running / max(count, 1):.4f}, {count} steps in {elapsed:.1f}s"
+        )
         if self.epoch % cfg.train.eval_every == 0 or self.epoch == self.epochs:
             self._validate()
         self.save("last.pt")
@@ -345,10 +397,13 @@ class Trainer:
         num = self.cfg.eval.num_images
         with self.precision.autocast():
             results = self.task.evaluate(
-                self.models, self.eval_loaders[split], device=self.device,
+                self.models,
+                self.eval_loaders[split],
+                device=self.device,
                 progress=self.info.is_main and self.cfg.train.progress,
                 image_dir=self.run_dir / "images" / images if images and num else None,
-                num_images=num if images else 0, **options,
+                num_images=num if images else 0,
+                **options,
             )
         self._train_mode()
         return results
@@ -364,17 +419,29 @@ class Trainer:
         improved = self.task.improves(score, self.best_score)
         if improved:
             self.best_score, self.best_epoch = score, self.epoch
-        self.log.record("val", self.global_step, epoch=self.epoch, scores=_scalars(results), **summary,
-                        **{f"best_{self.task.score_name}": self.best_score}, best_epoch=self.best_epoch)
+        self.log.record(
+            "val",
+            self.global_step,
+            epoch=self.epoch,
+            scores=_scalars(results),
+            **summary,
+            **{f"best_{self.task.score_name}": self.best_score},
+            best_epoch=self.best_epoch,
+        )
         if self.gamma.layers:
             self.log.record("gamma", self.global_step, epoch=self.epoch, **self.gamma.summary())
             if self.log.writer is not None:
                 for tag, values in self.gamma.histograms().items():
                     self.log.writer.add_histogram(f"gamma/{tag}", values, self.global_step)
         value = self.task.format_value
-        self._say(f"val {self.task.score_label} {value(score)} (best {value(self.best_score)} at epoch {self.best_epoch})"
-                  + ("" if "alpha" not in summary
-                     else "; alpha " + ", ".join(f"{k} {v:.3f}" for k, v in summary["alpha"].items())))
+        self._say(
+            f"val {self.task.score_label} {value(score)} (best {value(self.best_score)} at epoch {self.best_epoch})"
+            + (
+                ""
+                if "alpha" not in summary
+                else "; alpha " + ", ".join(f"{k} {v:.3f}" for k, v in summary["alpha"].items())
+            )
+        )
         if improved:
             self.save("best.pt")
 
@@ -393,8 +460,11 @@ class Trainer:
 
     def _finish(self) -> dict:
         cfg = self.cfg
-        out = {f"best_val_{self.task.score_name}": self.best_score, "best_epoch": self.best_epoch,
-               "steps": self.global_step}
+        out = {
+            f"best_val_{self.task.score_name}": self.best_score,
+            "best_epoch": self.best_epoch,
+            "steps": self.global_step,
+        }
         if not (cfg.eval.test and "test" in self.eval_loaders):
             return out
         best = self.run_dir / "best.pt"
@@ -403,8 +473,14 @@ class Trainer:
         options = self.task.test_options()
         results = self.evaluate("test", images="test_best", **options)
         summary = self.task.summary(self.models)
-        self.log.record("test", self.global_step, checkpoint="best.pt" if best.is_file() else "last",
-                        **options, scores=_scalars(results), **summary)
+        self.log.record(
+            "test",
+            self.global_step,
+            checkpoint="best.pt" if best.is_file() else "last",
+            **options,
+            scores=_scalars(results),
+            **summary,
+        )
         out["test"] = results
         if self.info.is_main:
             atomic_write_json(self.run_dir / "results.json", jsonable(out))

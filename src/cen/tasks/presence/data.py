@@ -51,8 +51,7 @@ PRESENCE_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in PRESENCE_CLASSES
 MIN_FRACTION = 0.003
 
 
-def depth_to_points(depth: np.ndarray, intrinsics: Intrinsics, depth_scale: float, *,
-                    source: str = "depth") -> Tensor:
+def depth_to_points(depth: np.ndarray, intrinsics: Intrinsics, depth_scale: float, *, source: str = "depth") -> Tensor:
     """Back-project the valid pixels of a z-buffer depth map to camera coordinates.
 
     Args:
@@ -69,8 +68,10 @@ def depth_to_points(depth: np.ndarray, intrinsics: Intrinsics, depth_scale: floa
             :data:`cen.data.hha.PLAUSIBLE_MEDIAN_M` (a wrong unit or scale).
     """
     if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise ValueError(f"{source}: depth image is {depth.dtype} with shape {depth.shape}; expected a 16-bit "
-                         "single-channel PNG (0 = hole)")
+        raise ValueError(
+            f"{source}: depth image is {depth.dtype} with shape {depth.shape}; expected a 16-bit "
+            "single-channel PNG (0 = hole)"
+        )
     z = torch.from_numpy(depth.astype(np.float32)) * depth_scale
     valid = z > 0
     if not bool(valid.any()):
@@ -78,13 +79,16 @@ def depth_to_points(depth: np.ndarray, intrinsics: Intrinsics, depth_scale: floa
     median = float(z[valid].median())
     lo, hi = PLAUSIBLE_MEDIAN_M
     if not lo <= median <= hi:
-        raise ValueError(f"{source}: median depth {median:.4g} m with depth scale {depth_scale:g} is implausible for "
-                         f"a room (expected {lo:g}-{hi:g} m); the depth_scale of camera.json does not fit these files")
+        raise ValueError(
+            f"{source}: median depth {median:.4g} m with depth scale {depth_scale:g} is implausible for "
+            f"a room (expected {lo:g}-{hi:g} m); the depth_scale of camera.json does not fit these files"
+        )
     return backproject(z, intrinsics)[:, valid].T.contiguous()
 
 
-def sample_points(points: Tensor, num: int, generator: torch.Generator | None = None, *,
-                  source: str = "points") -> Tensor:
+def sample_points(
+    points: Tensor, num: int, generator: torch.Generator | None = None, *, source: str = "points"
+) -> Tensor:
     """``num`` rows of ``points`` ``(P, 3)``: without replacement if ``P >= num``, else all ``P`` once and
     ``num - P`` more drawn with replacement; the result is shuffled. ``generator`` None uses torch's global RNG."""
     total = int(points.shape[0])
@@ -99,8 +103,9 @@ def sample_points(points: Tensor, num: int, generator: torch.Generator | None = 
     return points[idx]
 
 
-def presence_labels(mask: np.ndarray, classes: Sequence[int] = PRESENCE_CLASSES,
-                    min_fraction: float = MIN_FRACTION) -> Tensor:
+def presence_labels(
+    mask: np.ndarray, classes: Sequence[int] = PRESENCE_CLASSES, min_fraction: float = MIN_FRACTION
+) -> Tensor:
     """``(K,)`` float: 1 where class ``classes[k]`` covers at least ``ceil(min_fraction * H * W)`` pixels of ``mask``."""
     min_pixels = max(1, math.ceil(min_fraction * mask.size))
     counts = np.bincount(mask.ravel(), minlength=256)
@@ -136,14 +141,24 @@ class ScenePresence(Dataset):
     A sample is ``{"rgb": (3, H, W), "points": (N, 3), "target": (K,)}`` (the chosen modalities).
     """
 
-    def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike,
-                 modalities: Sequence[str] = tuple(MODALITIES), *, num_points: int = 1024, train: bool = False,
-                 flip: bool = False, short_side: int | None = None, cache: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        list_file: str | os.PathLike,
+        modalities: Sequence[str] = tuple(MODALITIES),
+        *,
+        num_points: int = 1024,
+        train: bool = False,
+        flip: bool = False,
+        short_side: int | None = None,
+        cache: bool = True,
+    ) -> None:
         modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
-            raise ValueError(f"modalities {unknown} are not in the presence data of the generated scenes; it has "
-                             f"{list(MODALITIES)}")
+            raise ValueError(
+                f"modalities {unknown} are not in the presence data of the generated scenes; it has {list(MODALITIES)}"
+            )
         if not modalities or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities {list(modalities)}: name one or more of {list(MODALITIES)}, each once")
         if num_points < 1:
@@ -158,7 +173,8 @@ class ScenePresence(Dataset):
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path}: no such file; the point clouds need the depth scale and per-image intrinsics it holds "
-                    "(the scene generator writes it since version 3: delete the scenes folder to regenerate it)")
+                    "(the scene generator writes it since version 3: delete the scenes folder to regenerate it)"
+                )
             self.camera = camera_spec(root)
         self.modalities = modalities
         self.num_points, self.train, self.flip, self.short_side = int(num_points), train, flip, short_side
@@ -194,14 +210,17 @@ class ScenePresence(Dataset):
         """The sample's files as tensors before any random choice: the image, every valid point, the labels."""
         mask = read_image(entry.files["mask"])
         if mask.ndim != 2:
-            raise ValueError(f"{entry.files['mask']}: label image has shape {mask.shape}; expected a single-channel "
-                             "PNG of class ids")
+            raise ValueError(
+                f"{entry.files['mask']}: label image has shape {mask.shape}; expected a single-channel PNG of class ids"
+            )
         out = {TARGET_KEY: presence_labels(mask)}
         if "rgb" in self.modalities:
             rgb = read_image(entry.files["rgb"])
             if rgb.ndim != 3 or rgb.shape[:2] != mask.shape:
-                raise ValueError(f"{entry.files['rgb']}: image of shape {rgb.shape}; expected {mask.shape} x 3 "
-                                 f"like its mask {entry.files['mask']}")
+                raise ValueError(
+                    f"{entry.files['rgb']}: image of shape {rgb.shape}; expected {mask.shape} x 3 "
+                    f"like its mask {entry.files['mask']}"
+                )
             img = normalize_rgb(rgb)
             if self.short_side:
                 from torchvision.transforms.v2 import functional as TF

@@ -42,18 +42,24 @@ class PresenceMetrics(nn.Module):
 
     def _collection(self) -> MetricCollection:
         k = len(self.class_names)
-        return MetricCollection({
-            "ap": MultilabelAveragePrecision(num_labels=k, average=None, thresholds=None),
-            "f1": MultilabelF1Score(num_labels=k, threshold=self.threshold, average="macro", zero_division=0),
-            "exact_match": MultilabelExactMatch(num_labels=k, threshold=self.threshold),
-            "stats": MultilabelStatScores(num_labels=k, threshold=self.threshold, average=None),  # support: positives
-        })
+        return MetricCollection(
+            {
+                "ap": MultilabelAveragePrecision(num_labels=k, average=None, thresholds=None),
+                "f1": MultilabelF1Score(num_labels=k, threshold=self.threshold, average="macro", zero_division=0),
+                "exact_match": MultilabelExactMatch(num_labels=k, threshold=self.threshold),
+                "stats": MultilabelStatScores(
+                    num_labels=k, threshold=self.threshold, average=None
+                ),  # support: positives
+            }
+        )
 
     def update(self, branch: str, logits: Tensor, target: Tensor) -> None:
         k = len(self.class_names)
         if logits.ndim != 2 or logits.shape[1] != k or target.shape != logits.shape:
-            raise ValueError(f"branch {branch!r}: logits {tuple(logits.shape)} and targets {tuple(target.shape)} "
-                             f"must both be (B, {k})")
+            raise ValueError(
+                f"branch {branch!r}: logits {tuple(logits.shape)} and targets {tuple(target.shape)} "
+                f"must both be (B, {k})"
+            )
         if branch not in self.branches:
             self.branches[branch] = self._collection().to(logits.device)
         # float probabilities: torchmetrics applies no second sigmoid to values in [0, 1]
@@ -67,8 +73,12 @@ class PresenceMetrics(nn.Module):
             positives = values["stats"][:, 4]
             ap = [float(v) if n > 0 and math.isfinite(float(v)) else None for v, n in zip(values["ap"], positives)]
             known = [v for v in ap if v is not None]
-            out[branch] = {"map": sum(known) / len(known) if known else math.nan, "f1": float(values["f1"]),
-                           "exact_match": float(values["exact_match"]), "per_class_ap": ap}
+            out[branch] = {
+                "map": sum(known) / len(known) if known else math.nan,
+                "f1": float(values["f1"]),
+                "exact_match": float(values["exact_match"]),
+                "per_class_ap": ap,
+            }
         return out
 
 
@@ -80,7 +90,9 @@ def format_table(results, class_names: Sequence[str], *, title: str | None = Non
     lines.append(f"{'branch':<{width}} " + " ".join(f"{c:>{max(8, len(c))}}" for c in cols))
     for branch, scores in results.items():
         values = [scores.get(k) for k in SCORE_LABELS] + list(scores.get("per_class_ap", ()))
-        cells = [f"{100 * v:>{max(8, len(c))}.2f}" if v is not None else f"{'-':>{max(8, len(c))}}"
-                 for c, v in zip(cols, values)]
+        cells = [
+            f"{100 * v:>{max(8, len(c))}.2f}" if v is not None else f"{'-':>{max(8, len(c))}}"
+            for c, v in zip(cols, values)
+        ]
         lines.append(f"{branch:<{width}} " + " ".join(cells))
     return "\n".join(lines)

@@ -51,19 +51,30 @@ def hetero(cfg) -> nn.Module:
     # model.fusion / fusion_options / head are read where the config has them (the fusion strategies' keys)
     head = OmegaConf.select(cfg, "model.head", default="ensemble")
     if head != "ensemble":
-        raise ConfigError(f"model.head={head!r}: the hetero model fuses its outputs by the ensemble; for one prediction "
-                          "from the concatenated embeddings use model.name=hetero_concat")
+        raise ConfigError(
+            f"model.head={head!r}: the hetero model fuses its outputs by the ensemble; for one prediction "
+            "from the concatenated embeddings use model.name=hetero_concat"
+        )
     options = OmegaConf.select(cfg, "model.fusion_options", default=None)
-    return HeteroCEN(build_encoders(cfg.modalities, width), width, len(PRESENCE_CLASSES), layers=MLP_LAYERS,
-                     threshold=THRESHOLD if m.threshold is None else float(m.threshold), exchange=bool(m.exchange),
-                     ensemble=bool(m.ensemble), fusion=OmegaConf.select(cfg, "model.fusion", default="exchange"),
-                     fusion_options=OmegaConf.to_container(options) if options is not None else None)
+    return HeteroCEN(
+        build_encoders(cfg.modalities, width),
+        width,
+        len(PRESENCE_CLASSES),
+        layers=MLP_LAYERS,
+        threshold=THRESHOLD if m.threshold is None else float(m.threshold),
+        exchange=bool(m.exchange),
+        ensemble=bool(m.ensemble),
+        fusion=OmegaConf.select(cfg, "model.fusion", default="exchange"),
+        fusion_options=OmegaConf.to_container(options) if options is not None else None,
+    )
 
 
 @MODELS.register("hetero_concat")
 def hetero_concat(cfg) -> nn.Module:
     if len(cfg.modalities) < 2:
-        raise ConfigError(f"model.name=hetero_concat concatenates two or more modalities, got {list(cfg.modalities)};"
-                          " use model.name=hetero for one")
+        raise ConfigError(
+            f"model.name=hetero_concat concatenates two or more modalities, got {list(cfg.modalities)};"
+            " use model.name=hetero for one"
+        )
     width = _width(cfg)
     return ConcatFusion(build_encoders(cfg.modalities, width), width, len(PRESENCE_CLASSES), layers=MLP_LAYERS)

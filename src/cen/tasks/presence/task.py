@@ -40,8 +40,15 @@ DATASET = "scenes_points"
 def _read(root, list_file, cfg, train: bool):
     """The presence reader of :func:`cen.tasks.datasets.build_splits` (its transform slot carries ``train``)."""
     d = cfg.data
-    return ScenePresence(root, list_file, tuple(cfg.modalities), num_points=int(d.num_points), train=train,
-                         flip=bool(d.flip), short_side=d.short_side)
+    return ScenePresence(
+        root,
+        list_file,
+        tuple(cfg.modalities),
+        num_points=int(d.num_points),
+        train=train,
+        flip=bool(d.flip),
+        short_side=d.short_side,
+    )
 
 
 DATASETS.register(DATASET)(DatasetEntry({"presence": _read}, prepare=DATASETS.get("scenes").prepare))
@@ -62,8 +69,9 @@ class PresenceTask(Task):
             cfg.model.threshold = THRESHOLD
         metric = "map" if cfg.train.select_metric == "auto" else cfg.train.select_metric
         if metric not in SCORE_LABELS:
-            raise ConfigError(f"train.select_metric={metric!r} is not a presence score; expected auto or one of "
-                              f"{list(SCORE_LABELS)}")
+            raise ConfigError(
+                f"train.select_metric={metric!r} is not a presence score; expected auto or one of {list(SCORE_LABELS)}"
+            )
         unknown = [m for m in cfg.modalities if m not in MODALITIES]
         if unknown:
             raise ConfigError(f"modalities {unknown} are not in the presence data; it has {list(MODALITIES)}")
@@ -75,7 +83,9 @@ class PresenceTask(Task):
     # -- config and data ---------------------------------------------------------
     def check_training_config(self) -> None:
         if self.cfg.data.num_points < 1:
-            raise ConfigError(f"data.num_points must be >= 1 (points sampled per cloud), got {self.cfg.data.num_points}")
+            raise ConfigError(
+                f"data.num_points must be >= 1 (points sampled per cloud), got {self.cfg.data.num_points}"
+            )
 
     def prepare_data(self) -> None:
         prepare_data(self.cfg)
@@ -103,8 +113,9 @@ class PresenceTask(Task):
         if self.select == "auto":
             self.select = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else outputs[0]
         if self.select not in outputs:
-            raise ConfigError(f"train.select={self.select!r} is not an output of the model; "
-                              f"choose one of {outputs} or auto")
+            raise ConfigError(
+                f"train.select={self.select!r} is not an output of the model; choose one of {outputs} or auto"
+            )
 
     def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
         o, stage = self.cfg.optim, self.cfg.optim.stages[0]
@@ -112,8 +123,10 @@ class PresenceTask(Task):
         enc = [p for p in model.encoders.parameters() if p.requires_grad]
         ids = {id(p) for p in enc}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
-                  {"params": rest, "lr": stage.decoder_lr, "name": DECODER}]
+        groups = [
+            {"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
+            {"params": rest, "lr": stage.decoder_lr, "name": DECODER},
+        ]
         if o.name == "sgd":
             opt = torch.optim.SGD(groups, lr=stage.decoder_lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:
@@ -123,12 +136,18 @@ class PresenceTask(Task):
 
     def meta(self) -> dict:
         c = self.cfg
-        return {"task": self.name, "model": c.model.name, "modalities": list(c.modalities),
-                "classes": list(PRESENCE_NAMES), "embed_dim": int(c.model.embed_dim)}
+        return {
+            "task": self.name,
+            "model": c.model.name,
+            "modalities": list(c.modalities),
+            "classes": list(PRESENCE_NAMES),
+            "embed_dim": int(c.model.embed_dim),
+        }
 
     # -- training -------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], models: Models, nets: Models,
-                      optimizers: Optimizers) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
+    ) -> dict[str, Tensor]:
         c = self.cfg
         model, optimizer = models["model"], optimizers["model"]
         device = next(model.parameters()).device
@@ -157,8 +176,9 @@ class PresenceTask(Task):
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, models: Models, loader, *, device, progress: bool = True, image_dir=None,
-                 num_images: int = 0, **options) -> dict[str, dict]:
+    def evaluate(
+        self, models: Models, loader, *, device, progress: bool = True, image_dir=None, num_images: int = 0, **options
+    ) -> dict[str, dict]:
         if options:
             raise TypeError(f"unknown presence evaluation options {sorted(options)}")
         from tqdm.auto import tqdm

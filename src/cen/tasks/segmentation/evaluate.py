@@ -192,16 +192,24 @@ def evaluate(
                 raise ValueError(f"batch {i} lacks the modalities {missing}; it has {sorted(batch)}")
             inputs = {n: batch[n].to(device, non_blocking=True).float() for n in names}
             mask = batch[MASK_KEY].to(device, non_blocking=True)
-            scores = predict_scores(model, inputs, tuple(mask.shape[-2:]), scales=scales, flip=flip,
-                                    upsample=upsample)
+            scores = predict_scores(model, inputs, tuple(mask.shape[-2:]), scales=scales, flip=flip, upsample=upsample)
             for name, score in scores.items():
                 if name not in metrics:
                     metrics[name] = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
                 metrics[name].update(score, mask)
             if image_dir is not None and saved < num_images and is_main_process():
                 shown = {n: batch[n] for n in names}
-                saved += _save_images(image_dir, shown, batch[MASK_KEY], scores, image_branch, num_images - saved,
-                                      saved, ignore_index, kinds if kinds is not None else dataset_kinds(loader))
+                saved += _save_images(
+                    image_dir,
+                    shown,
+                    batch[MASK_KEY],
+                    scores,
+                    image_branch,
+                    num_images - saved,
+                    saved,
+                    ignore_index,
+                    kinds if kinds is not None else dataset_kinds(loader),
+                )
     finally:
         for module, mode in modes:
             module.training = mode

@@ -110,7 +110,9 @@ class SegmentationLoss(nn.Module):
         if self.sparsity_solver == "proximal" and self._penalises:
             sparsity_shrink_(model, lr * self.sparsity_weight * self._count(num_outputs), self.sparsity_mode)
 
-    def forward(self, outputs: Mapping[str, Tensor], mask: Tensor, model: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, outputs: Mapping[str, Tensor], mask: Tensor, model: nn.Module
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Return ``(total, parts)``; ``parts`` holds detached terms by name (``ce/<branch>``, ``l1``)."""
         parts: dict[str, Tensor] = {}
         total = None

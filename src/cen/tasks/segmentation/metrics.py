@@ -170,7 +170,9 @@ class SegmentationMetrics:
             elif preds.shape[0] != target.shape[0]:
                 raise ValueError(f"logits {tuple(preds.shape)} and target {tuple(target.shape)} differ in batch size")
             if preds.shape[1] != K:
-                raise ValueError(f"logits have {preds.shape[1]} classes in {tuple(preds.shape)}, expected num_classes={K}")
+                raise ValueError(
+                    f"logits have {preds.shape[1]} classes in {tuple(preds.shape)}, expected num_classes={K}"
+                )
             if preds.shape[-2:] != target.shape[-2:]:
                 preds = F.interpolate(preds.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
             labels = preds.argmax(1)
@@ -178,10 +180,14 @@ class SegmentationMetrics:
                 labels = labels[0]
         else:
             if preds.shape != target.shape:
-                raise ValueError(f"predicted labels of shape {tuple(preds.shape)} differ from target {tuple(target.shape)}")
+                raise ValueError(
+                    f"predicted labels of shape {tuple(preds.shape)} differ from target {tuple(target.shape)}"
+                )
             labels = preds.long()
 
-        valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        valid = (
+            target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        )
         bad = valid & ((target < 0) | (target >= K))
         if bool(bad.any()):
             value = int(target[bad][0])

@@ -25,9 +25,19 @@ class TinySegNet(MultiModal):
     the alpha-ensemble (there is no concat-fusion head).
     """
 
-    def __init__(self, num_classes: int, modalities: Sequence[str], threshold: float = THRESHOLD, *,
-                 exchange: bool = True, ensemble: bool = True, width: int = 8, fusion: str = "exchange",
-                 fusion_options: Mapping[str, object] | None = None, shared_convs: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        modalities: Sequence[str],
+        threshold: float = THRESHOLD,
+        *,
+        exchange: bool = True,
+        ensemble: bool = True,
+        width: int = 8,
+        fusion: str = "exchange",
+        fusion_options: Mapping[str, object] | None = None,
+        shared_convs: bool = True,
+    ) -> None:
         encoder = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -37,8 +47,15 @@ class TinySegNet(MultiModal):
             nn.ReLU(inplace=True),
             BasicBlock(width, width),
         )
-        convert(encoder, len(modalities), threshold=threshold, exchange="auto" if exchange else False,
-                fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs)
+        convert(
+            encoder,
+            len(modalities),
+            threshold=threshold,
+            exchange="auto" if exchange else False,
+            fusion=fusion,
+            fusion_options=fusion_options,
+            shared_convs=shared_convs,
+        )
         head = nn.Conv2d(width, num_classes, 1)
         super().__init__(nn.Sequential(encoder, head), modalities, ensemble=ensemble and len(modalities) > 1)
         self.num_classes = num_classes
@@ -64,11 +81,21 @@ def _threshold(cfg) -> float:
 def tiny(cfg) -> nn.Module:
     m = cfg.model
     if m.head != "ensemble":
-        raise ConfigError(f"model.head={m.head!r} is not available for model.name='tiny' (it has no decoder "
-                          "features to fuse); use model.head=ensemble, or model.name=refinenet")
-    return build_checked(cfg, lambda: TinySegNet(
-        int(cfg.data.num_classes), list(cfg.modalities), _threshold(cfg), exchange=m.exchange, ensemble=m.ensemble,
-        **fusion_kwargs(cfg)))
+        raise ConfigError(
+            f"model.head={m.head!r} is not available for model.name='tiny' (it has no decoder "
+            "features to fuse); use model.head=ensemble, or model.name=refinenet"
+        )
+    return build_checked(
+        cfg,
+        lambda: TinySegNet(
+            int(cfg.data.num_classes),
+            list(cfg.modalities),
+            _threshold(cfg),
+            exchange=m.exchange,
+            ensemble=m.ensemble,
+            **fusion_kwargs(cfg),
+        ),
+    )
 
 
 @MODELS.register("refinenet")
@@ -76,9 +103,18 @@ def refinenet(cfg) -> nn.Module:
     from cen.models import RefineNetCEN
 
     m = cfg.model
-    return build_checked(cfg, lambda: RefineNetCEN(
-        backbone=m.backbone, num_classes=int(cfg.data.num_classes), modalities=list(cfg.modalities),
-        threshold=_threshold(cfg), pretrained=m.pretrained, exchange=m.exchange, ensemble=m.ensemble,
-        head=str(m.head), **fusion_kwargs(cfg),
-        **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
-    ))
+    return build_checked(
+        cfg,
+        lambda: RefineNetCEN(
+            backbone=m.backbone,
+            num_classes=int(cfg.data.num_classes),
+            modalities=list(cfg.modalities),
+            threshold=_threshold(cfg),
+            pretrained=m.pretrained,
+            exchange=m.exchange,
+            ensemble=m.ensemble,
+            head=str(m.head),
+            **fusion_kwargs(cfg),
+            **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
+        ),
+    )

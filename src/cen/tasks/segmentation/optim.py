@@ -18,7 +18,9 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return enc, dec
 
 
-def build_optimizer(model: nn.Module, name: str, stage, *, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, stage, *, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """``name`` (sgd | adam) over the ``encoder`` and ``decoder`` groups at ``stage``'s learning rates."""
     enc, dec = param_groups(model)
     groups = [

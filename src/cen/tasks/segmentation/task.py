@@ -59,16 +59,22 @@ class SegmentationTask(Task):
             cfg.model.threshold = THRESHOLD
         metric = "miou" if cfg.train.select_metric == "auto" else cfg.train.select_metric
         if metric not in SCORE_LABELS:
-            raise ConfigError(f"train.select_metric={metric!r} is not a segmentation score; expected auto or one of "
-                              f"{list(SCORE_LABELS)}")
+            raise ConfigError(
+                f"train.select_metric={metric!r} is not a segmentation score; expected auto or one of "
+                f"{list(SCORE_LABELS)}"
+            )
         self.score_name = metric
         self.higher_is_better = True
         self.select = cfg.train.select  # resolved in setup() once the model is known
         loss = cfg.loss
         self.criterion = SegmentationLoss(
-            sparsity_weight=loss.sparsity_weight, sparsity_mode=loss.sparsity_mode,
-            sparsity_per_output=loss.sparsity_per_output, ensemble_weight=loss.ensemble_weight,
-            ignore_index=loss.ignore_index, resize=loss.resize, sparsity_solver=loss.sparsity_solver,
+            sparsity_weight=loss.sparsity_weight,
+            sparsity_mode=loss.sparsity_mode,
+            sparsity_per_output=loss.sparsity_per_output,
+            ensemble_weight=loss.ensemble_weight,
+            ignore_index=loss.ignore_index,
+            resize=loss.resize,
+            sparsity_solver=loss.sparsity_solver,
         )
 
     # -- config and data ---------------------------------------------------------
@@ -108,13 +114,17 @@ class SegmentationTask(Task):
         if self.select == "auto":
             self.select = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else self.cfg.modalities[0]
         if self.select not in outputs:
-            raise ConfigError(f"train.select={self.select!r} is not an output of the model; "
-                            f"choose one of {outputs} or auto")
+            raise ConfigError(
+                f"train.select={self.select!r} is not an output of the model; choose one of {outputs} or auto"
+            )
 
     def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
         o = self.cfg.optim
-        return {"model": build_optimizer(models["model"], o.name, o.stages[0], momentum=o.momentum,
-                                         weight_decay=o.weight_decay)}
+        return {
+            "model": build_optimizer(
+                models["model"], o.name, o.stages[0], momentum=o.momentum, weight_decay=o.weight_decay
+            )
+        }
 
     def meta(self) -> dict:
         c = self.cfg
@@ -133,8 +143,9 @@ class SegmentationTask(Task):
         if self.cfg.model.bn_stats == "frozen":
             freeze_norm_stats(models["model"])
 
-    def training_step(self, batch: Mapping[str, Tensor], models: Models, nets: Models,
-                      optimizers: Optimizers) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
+    ) -> dict[str, Tensor]:
         model, optimizer = models["model"], optimizers["model"]
         device = next(model.parameters()).device
         mask = batch[MASK_KEY]
@@ -150,15 +161,35 @@ class SegmentationTask(Task):
         return {"loss": loss.detach(), **parts}
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, models: Models, loader, *, device, progress: bool = True, image_dir=None,
-                 num_images: int = 0, scales=(1.0,), flip: bool = False, **options) -> dict[str, dict]:
+    def evaluate(
+        self,
+        models: Models,
+        loader,
+        *,
+        device,
+        progress: bool = True,
+        image_dir=None,
+        num_images: int = 0,
+        scales=(1.0,),
+        flip: bool = False,
+        **options,
+    ) -> dict[str, dict]:
         if options:
             raise TypeError(f"unknown segmentation evaluation options {sorted(options)}")
         c = self.cfg
         return evaluate(
-            models[self.primary], loader, c.data.num_classes, scales=tuple(scales), flip=flip,
-            upsample=c.eval.upsample, device=device, ignore_index=c.loss.ignore_index, progress=progress,
-            modalities=tuple(c.modalities), image_dir=image_dir, num_images=num_images,
+            models[self.primary],
+            loader,
+            c.data.num_classes,
+            scales=tuple(scales),
+            flip=flip,
+            upsample=c.eval.upsample,
+            device=device,
+            ignore_index=c.loss.ignore_index,
+            progress=progress,
+            modalities=tuple(c.modalities),
+            image_dir=image_dir,
+            num_images=num_images,
         )
 
     def test_options(self) -> dict:

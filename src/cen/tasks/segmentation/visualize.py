@@ -21,8 +21,15 @@ from torch import Tensor
 
 from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "colorize", "input_panel", "palette", "prediction_grid",
-           "save_prediction_grid"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "colorize",
+    "input_panel",
+    "palette",
+    "prediction_grid",
+    "save_prediction_grid",
+]
 
 _GAP = 4  # white pixels between panels
 
@@ -105,8 +112,14 @@ def _normal_panel(normal) -> np.ndarray:
     return (np.clip((n + 1) / 2, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
-def input_panel(x, kind: str, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                depth_cmap: str = "viridis") -> np.ndarray:
+def input_panel(
+    x,
+    kind: str,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    depth_cmap: str = "viridis",
+) -> np.ndarray:
     """One input ``(C, H, W)`` as it is fed to the model -> ``(H, W, 3)`` uint8, by its kind:
     ``image`` / ``hha`` un-normalised with ``mean``/``std`` (grey images are 3 equal channels),
     ``depth`` through ``depth_cmap`` stretched over the valid range (holes black),
@@ -157,7 +170,12 @@ def prediction_grid(
     if mask is not None:
         panels.append(("mask", colorize(mask, ignore_index=ignore_index)))
     if pred is not None:
-        if isinstance(pred, Tensor) and pred.is_floating_point() or isinstance(pred, np.ndarray) and pred.dtype.kind == "f":
+        if (
+            isinstance(pred, Tensor)
+            and pred.is_floating_point()
+            or isinstance(pred, np.ndarray)
+            and pred.dtype.kind == "f"
+        ):
             p = torch.as_tensor(pred).float()
             if p.ndim != 3:
                 raise ValueError(f"prediction scores must be (K, h, w), got shape {tuple(p.shape)}")

@@ -46,8 +46,9 @@ _WIDTHS = (16, 32, 64, 128)
 def _to_unit(images: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) -> float in [-1, 1]."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"feature extractor input is {images.dtype} of shape {tuple(images.shape)}; "
-                         "expected uint8 (B, 3, H, W)")
+        raise ValueError(
+            f"feature extractor input is {images.dtype} of shape {tuple(images.shape)}; expected uint8 (B, 3, H, W)"
+        )
     return images.float() / 127.5 - 1.0
 
 
@@ -90,8 +91,9 @@ class ScenesFeatureNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = _to_unit(images)
         if x.shape[-2:] != (SCENES_INPUT_SIZE, SCENES_INPUT_SIZE):
-            x = F.interpolate(x, size=(SCENES_INPUT_SIZE, SCENES_INPUT_SIZE), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(SCENES_INPUT_SIZE, SCENES_INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
+            )
         return torch.cat([s.mean(dim=(2, 3)) for s in self._stages(x)], 1)
 
 
@@ -107,15 +109,19 @@ def load_scenes_features(path: str | os.PathLike | None = None) -> ScenesFeature
     ``--train`` output."""
     path = Path(path) if path is not None else scenes_weights_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; expected the scenes feature weights "
-                                "(python -m cen.tasks.translation.features --train OUT.pt)")
+        raise FileNotFoundError(
+            f"{path}: no such file; expected the scenes feature weights "
+            "(python -m cen.tasks.translation.features --train OUT.pt)"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = ScenesFeatureNet(int(blob["meta"]["num_classes"]))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     except Exception as err:  # any unpickling / key / shape problem is the same user-facing error
-        raise ValueError(f"{path}: not a scenes feature weights file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        raise ValueError(
+            f"{path}: not a scenes feature weights file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     net.meta = dict(blob["meta"])
     return net.eval().requires_grad_(False)
 
@@ -136,17 +142,21 @@ def load_inception(weights: str | os.PathLike) -> nn.Module:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        raise ModuleNotFoundError("features='inception' needs the torch-fidelity package: "
-                                  "pip install 'cen[inception]' (or pip install torch-fidelity)") from None
+        raise ModuleNotFoundError(
+            "features='inception' needs the torch-fidelity package: "
+            "pip install 'cen[inception]' (or pip install torch-fidelity)"
+        ) from None
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                 feature_extractor_weights_path=str(path))
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+        )
     except Exception as err:  # unpickling errors, missing keys, size mismatches: one line naming the file
         first = str(err).strip().splitlines()
-        raise ValueError(f"{path}: cannot load as Inception v3 ({type(err).__name__}: "
-                         f"{first[0][:200] if first else ''}); {expected}") from err
+        raise ValueError(
+            f"{path}: cannot load as Inception v3 ({type(err).__name__}: {first[0][:200] if first else ''}); {expected}"
+        ) from err
     net.num_features = 2048
     return net
 
@@ -176,9 +186,17 @@ def _cell_targets(labels: Tensor, num_classes: int, cells: int) -> Tensor:
     return F.adaptive_avg_pool2d(one_hot, cells)
 
 
-def train_scenes_features(out: str | os.PathLike, *, num: int = 1500, val: int = 200, epochs: int = 15,
-                          batch_size: int = 32, lr: float = 2e-3, seed: int = 1234,
-                          log=print) -> dict:
+def train_scenes_features(
+    out: str | os.PathLike,
+    *,
+    num: int = 1500,
+    val: int = 200,
+    epochs: int = 15,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 1234,
+    log=print,
+) -> dict:
     """Train :class:`ScenesFeatureNet` on ``num`` generated scenes (64 x 64, scene seed
     ``seed``; ``val`` more for a held-out score), each under both of the generator's
     lights, to predict the class shares of each cell of an 8 x 8 grid (soft
@@ -204,7 +222,7 @@ def train_scenes_features(out: str | os.PathLike, *, num: int = 1500, val: int =
         order = torch.randperm(n_tr, generator=gen)
         total = 0.0
         for b in range(0, n_tr, batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             x, t = x_tr[idx], t_tr[idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -245,8 +263,10 @@ def train_scenes_features(out: str | os.PathLike, *, num: int = 1500, val: int =
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cen.tasks.translation.features --train OUT.pt [--num N --epochs E --seed S]``."""
-    p = argparse.ArgumentParser(prog="python -m cen.tasks.translation.features",
-                                description="Retrain the substitute FID/KID feature extractor on generated scenes.")
+    p = argparse.ArgumentParser(
+        prog="python -m cen.tasks.translation.features",
+        description="Retrain the substitute FID/KID feature extractor on generated scenes.",
+    )
     p.add_argument("--train", metavar="OUT", required=True, help="where to write the weights (.pt)")
     p.add_argument("--num", type=int, default=1500, help="training scenes, each under both lights (default 1500)")
     p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")

@@ -121,8 +121,14 @@ class TranslationMetrics(nn.Module):
     ``reset()``. ``feature_name`` names the extractor for tables.
     """
 
-    def __init__(self, branches: Sequence[str], *, features: str = "auto", weights: str | None = None,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        branches: Sequence[str],
+        *,
+        features: str = "auto",
+        weights: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(branches, str) or not branches or len(set(branches)) != len(branches):
             raise ValueError(f"branches {branches!r} invalid; expected a non-empty sequence of distinct names")
@@ -138,8 +144,14 @@ class TranslationMetrics(nn.Module):
         with warnings.catch_warnings():  # "will save all extracted features": d-dim features per image, as intended
             warnings.filterwarnings("ignore", message=".*save all extracted features.*")
             self.kid = nn.ModuleList(
-                KernelInceptionDistance(feature=_Given(d), subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
-                                        degree=KID_DEGREE, gamma=None, coef=KID_COEF)
+                KernelInceptionDistance(
+                    feature=_Given(d),
+                    subsets=KID_SUBSETS,
+                    subset_size=KID_SUBSET_SIZE,
+                    degree=KID_DEGREE,
+                    gamma=None,
+                    coef=KID_COEF,
+                )
                 for _ in self.branches
             )
         self._index = {b: i for i, b in enumerate(self.branches)}
@@ -169,8 +181,9 @@ class TranslationMetrics(nn.Module):
         if branch not in self._index:
             raise ValueError(f"unknown branch {branch!r}; expected one of {self.branches}")
         if fake.shape != real.shape or fake.ndim != 4 or fake.shape[1] != 3:
-            raise ValueError(f"branch {branch!r}: fake {tuple(fake.shape)} and real {tuple(real.shape)} must both be "
-                             "(B, 3, H, W)")
+            raise ValueError(
+                f"branch {branch!r}: fake {tuple(fake.shape)} and real {tuple(real.shape)} must both be (B, 3, H, W)"
+            )
         i = self._index[branch]
         fake_d = fake.detach().to(self.device, torch.float32)
         real_d = real.detach().to(self.device, torch.float32)

@@ -22,10 +22,21 @@ def unet(cfg) -> nn.Module:
 
     m = cfg.model
     threshold = TRANSLATION_THRESHOLD if m.threshold is None else float(m.threshold)
-    return build_checked(cfg, lambda: UNetCEN(
-        list(cfg.modalities), in_channels=CHANNELS, out_channels=CHANNELS, ngf=int(m.ngf), num_downs=int(m.num_downs),
-        threshold=threshold, ensemble=bool(m.ensemble), exchange=bool(m.exchange), head=str(m.head),
-        **fusion_kwargs(cfg)))
+    return build_checked(
+        cfg,
+        lambda: UNetCEN(
+            list(cfg.modalities),
+            in_channels=CHANNELS,
+            out_channels=CHANNELS,
+            ngf=int(m.ngf),
+            num_downs=int(m.num_downs),
+            threshold=threshold,
+            ensemble=bool(m.ensemble),
+            exchange=bool(m.exchange),
+            head=str(m.head),
+            **fusion_kwargs(cfg),
+        ),
+    )
 
 
 def discriminator(cfg) -> nn.Module:

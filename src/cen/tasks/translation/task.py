@@ -60,8 +60,9 @@ class TranslationTask(Task):
             cfg.model.threshold = TRANSLATION_THRESHOLD
         metric = "l1" if cfg.train.select_metric == "auto" else cfg.train.select_metric
         if metric not in SCORES:
-            raise ConfigError(f"train.select_metric={metric!r} is not a translation score; expected auto or one of "
-                              f"{list(SCORES)}")
+            raise ConfigError(
+                f"train.select_metric={metric!r} is not a translation score; expected auto or one of {list(SCORES)}"
+            )
         self.score_name = metric
         self.higher_is_better = False
         self.select = cfg.train.select
@@ -107,8 +108,10 @@ class TranslationTask(Task):
 
     # -- models and optimisers ----------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
-        return {"generator": MODELS.get(self.cfg.model.name)(self.cfg),
-                "discriminator": _models.discriminator(self.cfg)}
+        return {
+            "generator": MODELS.get(self.cfg.model.name)(self.cfg),
+            "discriminator": _models.discriminator(self.cfg),
+        }
 
     def build_model(self) -> nn.Module:
         return MODELS.get(self.cfg.model.name)(self.cfg)
@@ -118,8 +121,9 @@ class TranslationTask(Task):
         if self.select == "auto":
             self.select = outputs[-1]
         if self.select not in outputs:
-            raise ConfigError(f"train.select={self.select!r} is not an output of the generator; "
-                              f"choose one of {outputs} or auto")
+            raise ConfigError(
+                f"train.select={self.select!r} is not an output of the generator; choose one of {outputs} or auto"
+            )
 
     def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
         o = self.cfg.optim
@@ -127,18 +131,28 @@ class TranslationTask(Task):
             raise ConfigError(f"optim.name={o.name!r}: translation trains with adam (as pix2pix and the reference)")
         betas = tuple(o.betas) if o.betas is not None else BETAS
         lr = o.stages[0].decoder_lr
-        return {name: torch.optim.Adam([{"params": model.parameters(), "name": DECODER}], lr=lr, betas=betas,
-                                       weight_decay=o.weight_decay)
-                for name, model in models.items()}
+        return {
+            name: torch.optim.Adam(
+                [{"params": model.parameters(), "name": DECODER}], lr=lr, betas=betas, weight_decay=o.weight_decay
+            )
+            for name, model in models.items()
+        }
 
     def meta(self) -> dict:
         c = self.cfg
-        return {"task": self.name, "model": c.model.name, "modalities": list(c.modalities), "target": c.data.target,
-                "head": str(c.model.head), **fusion_kwargs(c)}
+        return {
+            "task": self.name,
+            "model": c.model.name,
+            "modalities": list(c.modalities),
+            "target": c.data.target,
+            "head": str(c.model.head),
+            **fusion_kwargs(c),
+        }
 
     # -- training -------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], models: Models, nets: Models,
-                      optimizers: Optimizers) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
+    ) -> dict[str, Tensor]:
         c = self.cfg
         device = next(models["generator"].parameters()).device
         nb = device.type == "cuda"
@@ -183,8 +197,9 @@ class TranslationTask(Task):
         g_opt = optimizers["generator"]
         self.optimize(loss, g_opt)  # zero_grad, backward, step (loss scaling in fp16)
         if penalise and c.loss.sparsity_solver == "proximal":
-            sparsity_shrink_(models["generator"], g_opt.param_groups[0]["lr"] * c.loss.sparsity_weight,
-                             c.loss.sparsity_mode)
+            sparsity_shrink_(
+                models["generator"], g_opt.param_groups[0]["lr"] * c.loss.sparsity_weight, c.loss.sparsity_mode
+            )
         for i, m in enumerate(names):
             parts[f"gan/{m}"] = gan[i].detach()
             parts[f"l1/{m}"] = l1[i].detach()
@@ -196,14 +211,14 @@ class TranslationTask(Task):
 
         e = self.cfg.eval
         if self._metrics is None or self._metrics.branches != tuple(branches):
-            self._metrics = TranslationMetrics(branches, features=e.features, weights=e.feature_weights,
-                                               device=device)
+            self._metrics = TranslationMetrics(branches, features=e.features, weights=e.feature_weights, device=device)
         self._metrics.to(device).reset()
         return self._metrics
 
     @torch.no_grad()
-    def evaluate(self, models: Models, loader, *, device, progress: bool = True, image_dir=None,
-                 num_images: int = 0, **options) -> dict[str, dict]:
+    def evaluate(
+        self, models: Models, loader, *, device, progress: bool = True, image_dir=None, num_images: int = 0, **options
+    ) -> dict[str, dict]:
         if options:
             raise TypeError(f"unknown translation evaluation options {sorted(options)}")
         from tqdm.auto import tqdm
@@ -257,8 +272,9 @@ def _bce_per_branch(logits: Tensor, target: float) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").flatten(1).mean(1)
 
 
-def format_table(results: Mapping[str, Mapping[str, float]], *, title: str | None = None,
-                 features: str | None = None) -> str:
+def format_table(
+    results: Mapping[str, Mapping[str, float]], *, title: str | None = None, features: str | None = None
+) -> str:
     """Rows: branches; columns: L1, RMSE (on [-1, 1] images), FID, KID x100 (named features)."""
     cols = [("l1", "L1"), ("rmse", "RMSE"), ("fid", "FID"), ("kid", "KID x100")]
     width = max([len("branch")] + [len(b) for b in results])
