@@ -197,8 +197,13 @@ class Task:
         return ""
 
     def score(self, results: Mapping[str, Mapping]) -> float:
-        """The value of :attr:`score_name` in ``results`` that picks ``best.pt`` (*required*)."""
-        raise NotImplementedError
+        """The value of :attr:`score_name` of the selected output (``self.select``, set in ``setup``) that picks
+        ``best.pt``; override for another rule."""
+        select = getattr(self, "select", None)
+        value = results.get(select, {}).get(self.score_name)
+        if value is None:
+            raise KeyError(f"train.select={select!r} is not an output of the model; outputs are {list(results)}")
+        return value
 
     def improves(self, score: float, best: float | None) -> bool:
         """Whether ``score`` beats ``best`` (``None``: nothing yet; a non-finite score never improves)."""

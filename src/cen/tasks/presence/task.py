@@ -196,12 +196,6 @@ class PresenceTask(Task):
             raise ValueError("the loader yielded no batches; nothing to evaluate")
         return metrics.compute()
 
-    def score(self, results) -> float:
-        value = results.get(self.select, {}).get(self.score_name)
-        if value is None:
-            raise KeyError(f"train.select={self.select!r} is not an output; outputs are {list(results)}")
-        return value
-
     @property
     def score_label(self) -> str:
         return f"{self.select} {SCORE_LABELS[self.score_name]}"

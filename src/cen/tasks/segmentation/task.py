@@ -199,12 +199,6 @@ class SegmentationTask(Task):
         scales = [float(s) for s in options.get("scales", (1.0,))]
         return f", scales {scales}{', flip' if options.get('flip') else ''} (%)"
 
-    def score(self, results) -> float:
-        score = results.get(self.select, {}).get(self.score_name)
-        if score is None:
-            raise KeyError(f"train.select={self.select!r} is not an output of the model; outputs are {list(results)}")
-        return score
-
     @property
     def score_label(self) -> str:
         return f"{self.select} {SCORE_LABELS[self.score_name]}"

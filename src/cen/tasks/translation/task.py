@@ -249,12 +249,6 @@ class TranslationTask(Task):
         self.feature_name = metrics.feature_name
         return metrics.compute()
 
-    def score(self, results) -> float:
-        value = results.get(self.select, {}).get(self.score_name)
-        if value is None:
-            raise KeyError(f"train.select={self.select!r} is not an output; outputs are {list(results)}")
-        return value
-
     @property
     def score_label(self) -> str:
         return f"{self.select} {SCORES[self.score_name][0]}"
