@@ -27,9 +27,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from reference_list_resnet import ListBasicBlock, ListBottleneck, ModuleParallel, _parallel_bn
+from reference_list_resnet import copy_trunk
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
 class ListEncoder(nn.Module):
@@ -42,22 +41,7 @@ class ListEncoder(nn.Module):
     def __init__(self, model: nn.Module, num_modalities: int, threshold: float) -> None:
         super().__init__()
         self.num_modalities = num_modalities
-        self.conv1 = ModuleParallel(copy.deepcopy(model.conv1))
-        self.bn1 = _parallel_bn(model.bn1, num_modalities)
-        self.relu = ModuleParallel(nn.ReLU(inplace=True))
-        self.maxpool = ModuleParallel(copy.deepcopy(model.maxpool))
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            blocks = []
-            for block in getattr(model, name):
-                if isinstance(block, Bottleneck):
-                    blocks.append(ListBottleneck(block, num_modalities, threshold))
-                elif isinstance(block, BasicBlock):
-                    blocks.append(ListBasicBlock(block, num_modalities, threshold))
-                else:
-                    raise TypeError(
-                        f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock"
-                    )
-            setattr(self, name, nn.Sequential(*blocks))
+        copy_trunk(self, model, num_modalities, threshold)
         self.train(model.training)
 
     def forward(self, xs: list[Tensor]) -> list[list[Tensor]]:

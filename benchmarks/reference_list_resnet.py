@@ -145,22 +145,7 @@ class ListResNet(nn.Module):
         if num_modalities < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
         self.num_modalities = num_modalities
-        self.conv1 = ModuleParallel(copy.deepcopy(model.conv1))
-        self.bn1 = _parallel_bn(model.bn1, num_modalities)
-        self.relu = ModuleParallel(nn.ReLU(inplace=True))
-        self.maxpool = ModuleParallel(copy.deepcopy(model.maxpool))
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            blocks = []
-            for block in getattr(model, name):
-                if isinstance(block, Bottleneck):
-                    blocks.append(ListBottleneck(block, num_modalities, threshold))
-                elif isinstance(block, BasicBlock):
-                    blocks.append(ListBasicBlock(block, num_modalities, threshold))
-                else:
-                    raise TypeError(
-                        f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock"
-                    )
-            setattr(self, name, nn.Sequential(*blocks))
+        copy_trunk(self, model, num_modalities, threshold)
         self.avgpool = ModuleParallel(copy.deepcopy(model.avgpool))
         self.fc = ModuleParallel(copy.deepcopy(model.fc))
         self.train(model.training)
@@ -177,6 +162,27 @@ class ListResNet(nn.Module):
         xs = self.layer4(self.layer3(self.layer2(self.layer1(xs))))
         xs = self.avgpool(xs)
         return self.fc([torch.flatten(x, 1) for x in xs])
+
+
+def copy_trunk(target: nn.Module, model: nn.Module, num_modalities: int, threshold: float) -> None:
+    """Give ``target`` list-layout copies of ``model``'s stem and ``layer1 .. layer4`` (weights copied).
+
+    ``model`` is a torchvision ResNet or its trunk, plain or converted by :func:`cen.convert`.
+    """
+    target.conv1 = ModuleParallel(copy.deepcopy(model.conv1))
+    target.bn1 = _parallel_bn(model.bn1, num_modalities)
+    target.relu = ModuleParallel(nn.ReLU(inplace=True))
+    target.maxpool = ModuleParallel(copy.deepcopy(model.maxpool))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        blocks = []
+        for block in getattr(model, name):
+            if isinstance(block, Bottleneck):
+                blocks.append(ListBottleneck(block, num_modalities, threshold))
+            elif isinstance(block, BasicBlock):
+                blocks.append(ListBasicBlock(block, num_modalities, threshold))
+            else:
+                raise TypeError(f"{name} holds a {type(block).__name__}; expected torchvision Bottleneck/BasicBlock")
+        setattr(target, name, nn.Sequential(*blocks))
 
 
 def _parallel_bn(norm: nn.Module, num_modalities: int) -> BatchNorm2dParallel:

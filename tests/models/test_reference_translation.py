@@ -313,3 +313,9 @@ def test_reference_export_refuses_what_the_format_cannot_hold(kwargs):
     model = UNetCEN(["reshading", "edge_texture"], ngf=4, num_downs=5, **kwargs)
     with pytest.raises(ValueError, match="reference format cannot hold"):
         to_reference_generator_state_dict(model)
+
+
+def test_every_model_kind_of_the_command_has_a_converter():
+    from cen.cli.convert_checkpoint import CONVERTERS, MODEL_KINDS
+
+    assert set(MODEL_KINDS) == {"auto", *CONVERTERS}

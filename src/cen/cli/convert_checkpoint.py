@@ -17,7 +17,7 @@ import sys
 
 from cen.core.defaults import THRESHOLD, TRANSLATION_THRESHOLD
 
-MODEL_KINDS = ("auto", "refinenet", "unet")
+MODEL_KINDS = ("auto", "refinenet", "unet")  # "auto" and the keys of CONVERTERS
 
 
 def register(subparsers) -> None:
@@ -156,13 +156,17 @@ def _convert_unet(args, sd) -> str:
     )
 
 
+#: reference model kind -> its converter ``(args, state_dict) -> message``; ``--model`` offers these and ``auto``.
+CONVERTERS = {"refinenet": _convert_refinenet, "unet": _convert_unet}
+
+
 def run(args: argparse.Namespace) -> int:
     from cen.models.reference import ReferenceCheckpointError, load_reference_checkpoint
 
     try:
         sd = load_reference_checkpoint(args.input, trust=args.trust)
         kind = detect_model(sd) if args.model == "auto" else args.model
-        message = _convert_unet(args, sd) if kind == "unet" else _convert_refinenet(args, sd)
+        message = CONVERTERS[kind](args, sd)
     except (ReferenceCheckpointError, FileNotFoundError, ValueError) as err:
         print(f"cen convert-checkpoint: error: {err}", file=sys.stderr)
         return 1

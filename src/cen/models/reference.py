@@ -279,6 +279,20 @@ def _show(items: Sequence[str], limit: int = 25) -> str:
     return "\n".join(lines)
 
 
+def mismatch_error(
+    source: str, what: str, prefix: str, unused: Sequence[str], missing: Sequence[str], wrong: Sequence[str]
+) -> ReferenceCheckpointError:
+    """The error listing every unused key, missing key and shape mismatch of a reference checkpoint at once."""
+    parts = [f"{source} does not match the reference {what}:"]
+    if unused:
+        parts.append(f"  unused keys ({len(unused)}):\n{_show([prefix + k for k in unused])}")
+    if missing:
+        parts.append(f"  missing keys ({len(missing)}):\n{_show([prefix + k for k in missing])}")
+    if wrong:
+        parts.append(f"  shape mismatches ({len(wrong)}):\n{_show(wrong)}")
+    return ReferenceCheckpointError("\n".join(parts))
+
+
 def convert_reference_state_dict(
     sd: Mapping[str, Tensor] | Mapping[str, object],
     model: RefineNetCEN | None = None,
@@ -327,14 +341,7 @@ def convert_reference_state_dict(
             f"CEN RefineNet ({getattr(model, 'backbone', '?')}, {len(model.names)} modalities, "
             f"{getattr(model, 'num_classes', '?')} classes)"
         )
-        parts = [f"{source} does not match the reference {what}:"]
-        if unused:
-            parts.append(f"  unused keys ({len(unused)}):\n{_show([prefix + k for k in unused])}")
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}):\n{_show([prefix + k for k in missing])}")
-        if wrong:
-            parts.append(f"  shape mismatches ({len(wrong)}):\n{_show(wrong)}")
-        raise ReferenceCheckpointError("\n".join(parts))
+        raise mismatch_error(source, what, prefix, unused, missing, wrong)
 
     # Gather: our key -> its parts (per-modality slices in slot order, or the tensor itself).
     gathered: dict[str, dict[int | None, Tensor]] = {}

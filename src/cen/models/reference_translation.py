@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from cen.core.defaults import TRANSLATION_THRESHOLD
-from cen.models.reference import DATA_PARALLEL_PREFIX, ReferenceCheckpointError, unwrap_state_dict
+from cen.models.reference import DATA_PARALLEL_PREFIX, ReferenceCheckpointError, mismatch_error, unwrap_state_dict
 from cen.models.unet import UNetCEN, down_widths
 
 _NORM_ENTRIES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -229,13 +229,6 @@ def build_generator_for(
 # -- conversion -----------------------------------------------------------------
 
 
-def _show(items: Sequence[str], limit: int = 25) -> str:
-    lines = [f"    {item}" for item in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"    ... and {len(items) - limit} more")
-    return "\n".join(lines)
-
-
 def convert_reference_generator(
     sd: Mapping[str, object],
     modalities: Sequence[str],
@@ -288,14 +281,7 @@ def convert_reference_generator(
     if unused or missing or wrong:
         g = model.generator
         what = f"({len(model.names)} inputs, ngf {g.ngf}, {g.num_downs} levels)"
-        parts = [f"{source} does not match the reference translation generator {what}:"]
-        if unused:
-            parts.append(f"  unused keys ({len(unused)}):\n{_show([prefix + k for k in unused])}")
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}):\n{_show([prefix + k for k in missing])}")
-        if wrong:
-            parts.append(f"  shape mismatches ({len(wrong)}):\n{_show(wrong)}")
-        raise ReferenceCheckpointError("\n".join(parts))
+        raise mismatch_error(source, f"translation generator {what}", prefix, unused, missing, wrong)
 
     gathered: dict[str, dict[int | None, Tensor]] = {}
     for key, entry in key_map.items():
