@@ -99,6 +99,7 @@ class OptimConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     betas: list[float] | None = None  # Adam's; null: the task's (segmentation torch's, translation [0.5, 0.999])
     reset_each_stage: bool = True  # fresh optimiser state per stage, as the reference re-creates them
+    gamma_lr_scale: float = 1.0  # the exchanging norms' gamma in a group of their own at this times their lr
 
 
 @dataclass
@@ -326,6 +327,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("modalities must name at least one modality, e.g. modalities=[rgb,depth]")
     if len(set(mods)) != len(mods):
         raise ConfigError(f"modalities {mods} name a modality more than once")
+    if not cfg.optim.gamma_lr_scale > 0:
+        raise ConfigError(f"optim.gamma_lr_scale={cfg.optim.gamma_lr_scale!r}: expected a learning-rate factor > 0")
     if not cfg.optim.stages:
         raise ConfigError("optim.stages must hold at least one stage {epochs, encoder_lr, decoder_lr}")
     for i, stage in enumerate(cfg.optim.stages):

@@ -32,6 +32,7 @@ from cen.tasks.presence import models as _models  # noqa: F401  (registers heter
 from cen.tasks.presence.data import MODALITIES, PRESENCE_NAMES, TARGET_KEY, ScenePresence, collate
 from cen.tasks.presence.metrics import SCORE_LABELS, PresenceMetrics, format_table
 from cen.tasks.registry import DATASETS, MODELS, TASKS
+from cen.train.optim import group_lr, with_gamma_group
 
 #: ``data.dataset`` of the presence data: the generated scenes (generated on first use, like ``scenes``).
 DATASET = "scenes_points"
@@ -127,6 +128,7 @@ class PresenceTask(Task):
             {"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
             {"params": rest, "lr": stage.decoder_lr, "name": DECODER},
         ]
+        groups = with_gamma_group(groups, model, o.gamma_lr_scale)
         if o.name == "sgd":
             opt = torch.optim.SGD(groups, lr=stage.decoder_lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:
@@ -170,7 +172,7 @@ class PresenceTask(Task):
                 loss = loss + c.loss.sparsity_weight * l1
         self.optimize(loss, optimizer)  # the engine's precision-aware step (train.precision)
         if penalise and c.loss.sparsity_solver == "proximal":
-            lr = next(g["lr"] for g in optimizer.param_groups if g.get("name") == DECODER)  # the norms' group
+            lr = group_lr(optimizer, DECODER)  # the norms' group
             sparsity_shrink_(model, lr * c.loss.sparsity_weight, c.loss.sparsity_mode)
         return {"loss": loss.detach(), **parts}
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cen.tasks.base import DECODER, ENCODER
+from cen.train.optim import with_gamma_group
 
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -19,15 +20,18 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 
 def build_optimizer(
-    model: nn.Module, name: str, stage, *, momentum: float, weight_decay: float
+    model: nn.Module, name: str, stage, *, momentum: float, weight_decay: float, gamma_lr_scale: float = 1.0
 ) -> torch.optim.Optimizer:
-    """``name`` (sgd | adam) over the ``encoder`` and ``decoder`` groups at ``stage``'s learning rates."""
+    """``name`` (sgd | adam) over the ``encoder`` and ``decoder`` groups at ``stage``'s learning rates.
+
+    ``gamma_lr_scale != 1`` adds a ``gamma`` group (:func:`cen.train.optim.with_gamma_group`).
+    """
     enc, dec = param_groups(model)
     groups = [
         {"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
         {"params": dec, "lr": stage.decoder_lr, "name": DECODER},
     ]
-    groups = [g for g in groups if g["params"]]
+    groups = with_gamma_group([g for g in groups if g["params"]], model, gamma_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=stage.decoder_lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
-from cen.tasks.base import Models, Optimizers, Task
+from cen.tasks.base import ENCODER, Models, Optimizers, Task
 from cen.tasks.datasets import build_splits, prepare_data
 from cen.tasks.errors import ConfigError
 from cen.tasks.fusion_models import fusion_kwargs, output_names
@@ -22,6 +22,7 @@ from cen.tasks.registry import MODELS, TASKS
 from cen.tasks.segmentation.evaluate import evaluate, format_table
 from cen.tasks.segmentation.losses import SegmentationLoss, check_labels
 from cen.tasks.segmentation.optim import build_optimizer
+from cen.train.optim import group_lr
 
 MASK_KEY = "mask"
 SCORE_LABELS = {"miou": "mIoU", "mean_acc": "mean acc", "pixel_acc": "pixel acc"}
@@ -122,7 +123,12 @@ class SegmentationTask(Task):
         o = self.cfg.optim
         return {
             "model": build_optimizer(
-                models["model"], o.name, o.stages[0], momentum=o.momentum, weight_decay=o.weight_decay
+                models["model"],
+                o.name,
+                o.stages[0],
+                momentum=o.momentum,
+                weight_decay=o.weight_decay,
+                gamma_lr_scale=o.gamma_lr_scale,
             )
         }
 
@@ -156,8 +162,8 @@ class SegmentationTask(Task):
         outputs = nets["model"](inputs)
         loss, parts = self.criterion(outputs, mask, model)
         self.optimize(loss, optimizer)  # zero_grad, backward, step (loss scaling in fp16)
-        # the exchanging norms are in the encoder group (the first one)
-        self.criterion.shrink(model, optimizer.param_groups[0]["lr"], len(outputs))
+        # the exchanging norms are in the encoder group, or their own gamma group
+        self.criterion.shrink(model, group_lr(optimizer, ENCODER), len(outputs))
         return {"loss": loss.detach(), **parts}
 
     # -- evaluation ---------------------------------------------------------------------------

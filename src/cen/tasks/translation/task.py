@@ -38,6 +38,7 @@ from cen.tasks.errors import ConfigError
 from cen.tasks.fusion_models import fusion_kwargs, output_names
 from cen.tasks.registry import MODELS, TASKS
 from cen.tasks.translation import models as _models  # registers unet
+from cen.train.optim import group_lr, with_gamma_group
 
 TARGET_KEY = "target"
 BETAS = (0.5, 0.999)
@@ -133,7 +134,12 @@ class TranslationTask(Task):
         lr = o.stages[0].decoder_lr
         return {
             name: torch.optim.Adam(
-                [{"params": model.parameters(), "name": DECODER}], lr=lr, betas=betas, weight_decay=o.weight_decay
+                with_gamma_group(
+                    [{"params": list(model.parameters()), "lr": lr, "name": DECODER}], model, o.gamma_lr_scale
+                ),
+                lr=lr,
+                betas=betas,
+                weight_decay=o.weight_decay,
             )
             for name, model in models.items()
         }
@@ -198,7 +204,7 @@ class TranslationTask(Task):
         self.optimize(loss, g_opt)  # zero_grad, backward, step (loss scaling in fp16)
         if penalise and c.loss.sparsity_solver == "proximal":
             sparsity_shrink_(
-                models["generator"], g_opt.param_groups[0]["lr"] * c.loss.sparsity_weight, c.loss.sparsity_mode
+                models["generator"], group_lr(g_opt, DECODER) * c.loss.sparsity_weight, c.loss.sparsity_mode
             )
         for i, m in enumerate(names):
             parts[f"gan/{m}"] = gan[i].detach()
