@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.cli.main import main
 from cen.data import NYUDv2
 from cen.data.hha import (
@@ -34,7 +35,7 @@ FLOOR, WALLS = 2, (0, 1, 4, 5)  # room surface indices (cen.data.synth.render.SU
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("hha") / "s"
     generate(root, N, height=H, width=W, seed=SEED, progress=False)
-    assert main(["data", "hha", str(root), "--quiet"]) == 0  # camera.json: intrinsics and millimetres
+    assert main(["data", "hha", str(root), "--quiet"]) == 0  # camera.json: intrinsics and the depth scale (1/5000)
     return root
 
 
@@ -53,7 +54,7 @@ def test_hha_invariants_on_generated_scenes(scenes):
     for i in range(N):
         name = f"{i:06d}.png"
         hha = np.asarray(Image.open(scenes / "hha" / name)).astype(np.float64)
-        depth_m = np.asarray(Image.open(scenes / "depth" / name)).astype(np.float64) * 1e-3
+        depth_m = np.asarray(Image.open(scenes / "depth" / name)).astype(np.float64) * REFERENCE_DEPTH_SCALE
         surface, height, _ = truth(i)
         valid = depth_m > 0
         assert hha.shape == (H, W, 3) and valid.mean() > 0.8
@@ -122,14 +123,14 @@ def test_bad_input_is_one_line(scenes, tmp_path, capsys):
     (root / "camera.json").unlink()
     shutil.rmtree(root / "hha")
     # no intrinsics for an image that is not the Kinect's 640x480
-    err = _cli_error(capsys, ["data", "hha", str(root), "--depth-scale", "0.001", "--quiet"])
+    err = _cli_error(capsys, ["data", "hha", str(root), "--depth-scale", "0.0002", "--quiet"])
     assert "000000.png is 80x60" in err and "640x480" in err and "--intrinsics" in err
-    # depth in millimetres read as metres: implausible median
+    # depth in units of 1/5000 m read as metres: implausible median
     err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "1",
                               "--quiet"])
     assert "000000.png" in err and "median depth" in err and "wrong unit" in err
     # intrinsics that do not fit the image
-    err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "518,519,325,253", "--depth-scale", "0.001",
+    err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "518,519,325,253", "--depth-scale", "0.0002",
                               "--quiet"])
     assert "principal point (325, 253) lies outside the 80x60" in err
     err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "1,2,3", "--quiet"])
@@ -137,7 +138,7 @@ def test_bad_input_is_one_line(scenes, tmp_path, capsys):
     err = _cli_error(capsys, ["data", "hha", str(tmp_path / "empty"), "--quiet"])
     assert "no depth PNG" in err
     # the right ones work, and the modality is then there
-    assert main(["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "0.001", "--quiet"]) == 0
+    assert main(["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "0.0002", "--quiet"]) == 0
     assert (root / "hha" / "000003.png").is_file()
     with pytest.raises(HHAError, match="no measured pixel"):
         compute_hha(np.zeros((4, 4)), Intrinsics(4, 4, 2, 2))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cen.cli.main import main
 from cen.data import NYUDv2
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cen.data.kinds import infer_kind
 from cen.data.synth import NUM_CLASSES, generate
@@ -42,7 +43,7 @@ def test_extra_modalities_keep_the_bytes_of_rgb_depth_and_masks():
         rgb = synth_sensor.sensor_rgb(buf["albedo"], buf["shading"], scene.exposure, rng)
         got = render_sample(4, index, 24, 32)
         assert np.array_equal(got["rgb"], rgb)
-        assert np.array_equal(got["depth_mm"], synth_sensor.encode_depth_mm(noisy, valid))
+        assert np.array_equal(got["depth"], synth_sensor.encode_depth_nyudv2(noisy, valid))
         assert np.array_equal(got["mask"], buf["label"])
         assert np.array_equal(got["shading"], synth_sensor.encode_unit(buf["shading"]))
 
@@ -51,7 +52,7 @@ def test_generated_layout_has_every_modality_and_camera_json(scenes):
     for m in NYUDV2_EXTRA:
         assert (scenes / m / "000000.png").is_file()
     cam = json.loads((scenes / "camera.json").read_text())
-    assert cam["depth_scale"] == 1e-3 and len(cam["intrinsics"]) == 6
+    assert cam["depth_scale"] == REFERENCE_DEPTH_SCALE and len(cam["intrinsics"]) == 6
     fx, fy, cx, cy = cam["intrinsics"]["000003.png"]
     assert fx == fy and 0.85 * 32 < fx < 0.95 * 32 and (cx, cy) == (15.5, 11.5)
     # the taskonomy normal and edge domains are the same files as the NYUDv2 layout's

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cen.data import NYUDv2, Taskonomy
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.synth import (
     CLASS_NAMES,
     GENERATED_DOMAINS,
@@ -58,9 +59,9 @@ def test_layouts_lists_and_metadata(tmp_path):
     t = Taskonomy(root / "taskonomy", "train.txt", inputs=[d for d in GENERATED_DOMAINS if d != "rgb"], target="rgb")
     st = t[3]
     assert set(st) == {"depth_zbuffer", "normal", "reshading", "edge_texture", "target"}
-    # the same scene in both layouts, under another light: depth agrees (mm vs 1/512 m)
+    # the same scene in both layouts, under another light: depth agrees (1/5000 m vs 1/512 m)
     assert st["target"].shape == ds[3]["rgb"].shape and not torch.equal(st["target"], ds[3]["rgb"])
-    nyu_m = ds[3]["depth"][0] * 5  # x 1/5000 -> metres / 5
+    nyu_m = ds[3]["depth"][0]  # the default depth scale 1/5000 gives metres
     tk_m = st["depth_zbuffer"][0] * 16
     valid = (nyu_m > 0) & (tk_m > 0)
     assert torch.equal(nyu_m > 0, tk_m > 0)
@@ -135,7 +136,11 @@ def test_depth_encoding_units_and_holes(tmp_path):
     assert depth.dtype == np.uint16 and tk.dtype == np.uint16
     assert np.array_equal(depth == 0, tk == 65535)  # holes coincide
     valid = depth > 0
-    assert 500 < np.median(depth[valid]) < 8000  # millimetres of a room
+    metres = depth[valid] * REFERENCE_DEPTH_SCALE  # NYUDv2's unit of 1/5000 m, as the reference data
+    assert 0.5 < np.median(metres) < 8.0  # a room
+    # the same depth as Taskonomy's z-buffer (1/512 m), up to the coarser unit's rounding
+    assert np.abs(metres - tk[valid] / 512.0).max() <= 0.5 / 512 + 0.5 / 5000 + 1e-9
+    assert json.loads((root / "camera.json").read_text())["depth_scale"] == REFERENCE_DEPTH_SCALE
     assert 0 < (depth == 0).mean() < 0.2  # holes: discontinuities, blobs, out of range
     edges = np.array(Image.open(root / "taskonomy" / "edge_texture" / "point_0_view_0_domain_edge_texture.png"))
     assert edges.dtype == np.uint16

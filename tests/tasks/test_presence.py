@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import cen
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.hha import Intrinsics
 from cen.data.synth import ensure_generated
 from cen.models.hetero import CONCAT_KEY, ConcatFusion, HeteroCEN, ImageEncoder, PointNetEncoder
@@ -158,7 +159,7 @@ def test_scene_points_match_the_depth_png_and_labels_match_the_mask(scenes):
     assert sample["points"].shape == (5000, 3)
     # every valid pixel is drawn (5000 > 24 * 32), none of the holes
     z = np.sort(np.unique(sample["points"][:, 2].numpy()))
-    assert np.allclose(z, np.sort(np.unique(depth[depth > 0] / 1000.0)), atol=1e-6)
+    assert np.allclose(z, np.sort(np.unique(depth[depth > 0] * REFERENCE_DEPTH_SCALE)), atol=1e-6)
     mask = np.array(Image.open(ds.entries[0].files["mask"]))
     counts = np.bincount(mask.ravel(), minlength=256)
     expected = [float(counts[c] >= math.ceil(0.003 * mask.size)) for c in PRESENCE_CLASSES]

@@ -7,7 +7,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Reference depth preprocessing: NYUDv2 as distributed with the reference stores 16-bit
 #: depth in units of 1/5000 m (raw 25000 = 5 m); x 1/5000 gives metres. The generated
-#: scenes store millimetres (see docs/data.md), for which the same factor gives metres / 5.
+#: scenes use the same unit.
 REFERENCE_DEPTH_SCALE = 1.0 / 5000.0
 #: Fixed maxima of the reference translation code's Taskonomy decoding: 16-bit values
 #: (depth after ``log(1 + raw)``) are scaled by ``255 / maximum`` and cast to 8 bits.

@@ -59,8 +59,7 @@ class NYUDv2(MultiModalDataset):
     """NYUDv2 as distributed with the reference code (and the generated scenes).
 
     Layout: ``root/rgb/*.png`` (8-bit RGB), ``root/depth/*.png`` (16-bit, units of
-    1/5000 m as distributed with the reference, millimetres in the generated scenes,
-    0 = hole), ``root/masks/*.png`` (8-bit class ids, 255 = ignore) and list files with
+    1/5000 m as distributed with the reference and in the generated scenes, 0 = hole), ``root/masks/*.png`` (8-bit class ids, 255 = ignore) and list files with
     lines ``rgb/000003.png<TAB>masks/000003.png<TAB>depth/000003.png``. Any other folder
     of ``root`` holding files named as the depth column's is a modality too: ``hha/``
     (``cen data hha``), and in the generated scenes ``normal/``, ``shading/``, ``texture/``.
@@ -75,8 +74,8 @@ class NYUDv2(MultiModalDataset):
         transform: joint transform of the sample dict (see :mod:`cen.data.transforms`).
         num_classes: label values must be < this or ``ignore_index`` (40 for NYUDv2;
             pass the generated scenes' ``NUM_CLASSES`` for them).
-        depth_scale: multiplies the raw 16-bit depth; the reference 1/5000 gives metres for NYUDv2 (raw
-            25000 = 5 m) and metres / 5 for the generated scenes (millimetres).
+        depth_scale: multiplies the raw 16-bit depth; the reference 1/5000 gives metres for NYUDv2 and
+            the generated scenes (raw 25000 = 5 m).
         depth_channels: depth is replicated to this many channels (3, as the reference).
         ignore_index: label value that is ignored.
         kinds: optional ``{modality: kind}`` overriding the kinds inferred from the names.

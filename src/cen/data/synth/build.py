@@ -22,7 +22,7 @@ from cen.data.synth.sensor import MAX_RANGE_M, TASKONOMY_DEPTH_UNITS_PER_M
 #: is relit (mostly directional light); the NYUDv2 layout's bytes are those of version 1.
 #: 3: the NYUDv2 layout gains normal/, shading/, texture/ and camera.json; rgb/, depth/,
 #: masks/, the lists and the Taskonomy layout keep the bytes of version 2.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DEFAULT_SPLITS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: Written last by :func:`generate`: its presence means the data set is complete.
@@ -77,7 +77,7 @@ def camera_json(intrinsics: Sequence[Sequence[float]]) -> dict[str, Any]:
     """``camera.json`` of the NYUDv2 layout: the depth scale that gives metres and the
     intrinsics of every image by file name (read by ``cen data hha``)."""
     return {
-        "depth_scale": layouts.DEPTH_MM_TO_M,
+        "depth_scale": layouts.DEPTH_SCALE,
         "intrinsics": {layouts.nyudv2_name(i): [round(v, 6) for v in k] for i, k in enumerate(intrinsics)},
     }
 
@@ -94,7 +94,7 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
         "settings": settings,
         "encodings": {
             "rgb": "8-bit RGB PNG",
-            "depth": "16-bit PNG, z-buffer depth in millimetres (not NYUDv2's 1/5000 m), 0 = hole",
+            "depth": "16-bit PNG, z-buffer depth in units of 1/5000 m (NYUDv2's), 0 = hole",
             "masks": "8-bit PNG, class ids 0..num_classes-1 (labels are complete: no ignore pixels)",
             "normal": "8-bit RGB PNG, (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
             "shading": "8-bit grey PNG, the shading of rgb (ambient + Lambertian) in [0, 1]",

@@ -3,7 +3,7 @@
 NYUDv2 layout (at the data set root)::
 
     rgb/000007.png      8-bit RGB
-    depth/000007.png    16-bit depth in mm, 0 = hole
+    depth/000007.png    16-bit depth in units of 1/5000 m (NYUDv2's), 0 = hole
     masks/000007.png    8-bit class ids
     normal/000007.png   8-bit RGB normals, (n + 1) / 2 * 255, camera frame x right, y up, z towards the camera
     shading/000007.png  8-bit grey shading of rgb/ (ambient + Lambertian) in [0, 1]
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.synth import sensor
 from cen.data.synth.render import render
 from cen.data.synth.scene import sample_scene
@@ -45,8 +46,8 @@ from cen.data.synth.scene import sample_scene
 NYUDV2_DIRS: tuple[str, ...] = ("rgb", "depth", "masks")
 #: Extra modality folders of the NYUDv2 layout, beside ``rgb`` and ``depth`` (generator version 3).
 NYUDV2_EXTRA: tuple[str, ...] = ("normal", "shading", "texture")
-#: Depth scale of the generated NYUDv2 layout (millimetres -> metres), written to camera.json.
-DEPTH_MM_TO_M = 1e-3
+#: Depth scale of the generated NYUDv2 layout (raw -> metres, NYUDv2's 1/5000), written to camera.json.
+DEPTH_SCALE = REFERENCE_DEPTH_SCALE
 TASKONOMY_DIR = "taskonomy"
 #: The Taskonomy domains the generator writes (a subset of :data:`cen.data.TASKONOMY_DOMAINS`).
 GENERATED_DOMAINS: tuple[str, ...] = ("rgb", "depth_zbuffer", "normal", "reshading", "edge_texture")
@@ -81,7 +82,7 @@ def render_sample(seed: int, index: int, height: int, width: int) -> dict[str, n
 
     Returns uint8 ``rgb`` (H, W, 3, NYUDv2 layout), ``mask`` (H, W), ``shading`` (H, W, the
     NYUDv2 layout's), ``taskonomy_rgb`` (H, W, 3), ``normal`` (H, W, 3), ``reshading`` (H, W);
-    uint16 ``depth_mm`` (H, W), ``depth_zbuffer`` (H, W, 1/512 m, 65535 invalid),
+    uint16 ``depth`` (H, W, 1/5000 m, 0 = hole), ``depth_zbuffer`` (H, W, 1/512 m, 65535 invalid),
     ``edge_texture`` (H, W); float64 ``intrinsics`` (4,): fx, fy, cx, cy in pixels (pixel
     ``(u, v)`` of 0-based indices looks along ``((u - cx) / fx, (v - cy) / fy, 1)``, y down)."""
     rng = sample_rng(seed, index)
@@ -94,7 +95,7 @@ def render_sample(seed: int, index: int, height: int, width: int) -> dict[str, n
     return {
         "rgb": rgb,
         "mask": buf["label"],
-        "depth_mm": sensor.encode_depth_mm(noisy, valid),
+        "depth": sensor.encode_depth_nyudv2(noisy, valid),
         "taskonomy_rgb": sensor.sensor_rgb(buf["albedo"], t_shading, 1.0, t_rng),
         "depth_zbuffer": sensor.encode_depth_taskonomy(noisy, valid),
         "normal": sensor.encode_normal(buf["normal"]),
@@ -146,7 +147,7 @@ def write_sample(root: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     name = nyudv2_name(index)
     rgb = _png_bytes(arrays["rgb"])
     (root / "rgb" / name).write_bytes(rgb)
-    (root / "depth" / name).write_bytes(_png_bytes(arrays["depth_mm"]))
+    (root / "depth" / name).write_bytes(_png_bytes(arrays["depth"]))
     (root / "masks" / name).write_bytes(_png_bytes(arrays["mask"]))
     normal = _png_bytes(arrays["normal"])
     texture = _png_bytes(arrays["edge_texture"])

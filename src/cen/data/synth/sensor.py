@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from cen.data.constants import REFERENCE_DEPTH_SCALE
+
 #: Depth beyond this range (m) is returned as a hole, like a structured-light sensor.
 MAX_RANGE_M = 8.0
 #: Taskonomy stores z-buffer depth in units of 1/512 m, 65535 = invalid.
@@ -49,12 +51,14 @@ def sensor_depth(depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return noisy, ~holes
 
 
-def encode_depth_mm(noisy: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The generated NYUDv2 layout's encoding: uint16 millimetres, 0 = hole (NYUDv2 as
-    distributed with the reference uses units of 1/5000 m; see docs/data.md for why the
-    scenes keep millimetres)."""
-    mm = np.clip(np.rint(noisy * 1000.0), 1, 65535).astype(np.uint16)
-    return np.where(valid, mm, 0).astype(np.uint16)
+def encode_depth_nyudv2(noisy: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The generated NYUDv2 layout's encoding: uint16 in units of 1/5000 m, 0 = hole.
+
+    The unit of NYUDv2 as distributed with the reference code, so that one depth scale
+    (:data:`cen.data.constants.REFERENCE_DEPTH_SCALE`) gives metres for both; 65535 is 13.1 m.
+    """
+    raw = np.clip(np.rint(noisy / REFERENCE_DEPTH_SCALE), 1, 65535).astype(np.uint16)
+    return np.where(valid, raw, 0).astype(np.uint16)
 
 
 def encode_depth_taskonomy(noisy: np.ndarray, valid: np.ndarray) -> np.ndarray:
