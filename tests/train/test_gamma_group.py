@@ -10,7 +10,7 @@ from cen.tasks.errors import ConfigError
 from cen.tasks.segmentation import TinySegNet
 from cen.tasks.segmentation.optim import build_optimizer
 from cen.train.config import StageConfig, load_config
-from cen.train.optim import GAMMA, group_lr, set_stage, with_gamma_group
+from cen.train.optim import GAMMA, gamma_lr_scale, group_lr, set_stage, with_gamma_group
 from cen.train.trainer import Trainer
 from tests.train.fakes import fake_datasets, tiny_overrides
 
@@ -71,3 +71,10 @@ def test_proximal_step_uses_the_gamma_groups_rate(tmp_path):
 def test_config_refuses_a_non_positive_scale(tmp_path):
     with pytest.raises(ConfigError, match=r"optim.gamma_lr_scale=-1.*> 0"):
         load_config(None, tiny_overrides(tmp_path, "optim.gamma_lr_scale=-1"))
+
+
+def test_the_scale_applies_only_while_the_l1_penalty_is_on(tmp_path):
+    on = load_config(None, tiny_overrides(tmp_path, "optim.gamma_lr_scale=8", "loss.sparsity_weight=1e-3"))
+    off = load_config(None, tiny_overrides(tmp_path, "optim.gamma_lr_scale=8", "loss.sparsity_weight=0"))
+    none = load_config(None, tiny_overrides(tmp_path, "optim.gamma_lr_scale=8", "loss.sparsity_mode=none"))
+    assert gamma_lr_scale(on) == 8.0 and gamma_lr_scale(off) == gamma_lr_scale(none) == 1.0

@@ -43,6 +43,15 @@ def total_epochs(stages: Sequence) -> int:
     return sum(s.epochs for s in stages)
 
 
+def gamma_lr_scale(cfg) -> float:
+    """``cfg.optim.gamma_lr_scale`` while the ℓ1 penalty is on (``loss.sparsity_weight > 0``, mode not ``none``), else 1.
+
+    The factor exists for the ℓ1 solver; a run without the penalty trains its γ as every other weight.
+    """
+    on = cfg.loss.sparsity_mode != "none" and cfg.loss.sparsity_weight > 0
+    return float(cfg.optim.gamma_lr_scale) if on else 1.0
+
+
 def with_gamma_group(groups: list[dict], model: nn.Module, lr_scale: float) -> list[dict]:
     """``groups`` with the exchanging norms' γ of ``model`` moved into a group ``gamma`` at ``lr_scale`` × their rate.
 

@@ -32,7 +32,7 @@ from cen.tasks.presence import models as _models  # noqa: F401  (registers heter
 from cen.tasks.presence.data import MODALITIES, PRESENCE_NAMES, TARGET_KEY, ScenePresence, collate
 from cen.tasks.presence.metrics import SCORE_LABELS, PresenceMetrics, format_table
 from cen.tasks.registry import DATASETS, MODELS, TASKS
-from cen.train.optim import group_lr, with_gamma_group
+from cen.train.optim import gamma_lr_scale, group_lr, with_gamma_group
 
 #: ``data.dataset`` of the presence data: the generated scenes (generated on first use, like ``scenes``).
 DATASET = "scenes_points"
@@ -128,7 +128,7 @@ class PresenceTask(Task):
             {"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
             {"params": rest, "lr": stage.decoder_lr, "name": DECODER},
         ]
-        groups = with_gamma_group(groups, model, o.gamma_lr_scale)
+        groups = with_gamma_group(groups, model, gamma_lr_scale(self.cfg))
         if o.name == "sgd":
             opt = torch.optim.SGD(groups, lr=stage.decoder_lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:

@@ -22,7 +22,7 @@ from cen.tasks.registry import MODELS, TASKS
 from cen.tasks.segmentation.evaluate import evaluate, format_table
 from cen.tasks.segmentation.losses import SegmentationLoss, check_labels
 from cen.tasks.segmentation.optim import build_optimizer
-from cen.train.optim import group_lr
+from cen.train.optim import gamma_lr_scale, group_lr
 
 MASK_KEY = "mask"
 SCORE_LABELS = {"miou": "mIoU", "mean_acc": "mean acc", "pixel_acc": "pixel acc"}
@@ -128,7 +128,7 @@ class SegmentationTask(Task):
                 o.stages[0],
                 momentum=o.momentum,
                 weight_decay=o.weight_decay,
-                gamma_lr_scale=o.gamma_lr_scale,
+                gamma_lr_scale=gamma_lr_scale(self.cfg),
             )
         }
 

@@ -38,7 +38,7 @@ from cen.tasks.errors import ConfigError
 from cen.tasks.fusion_models import fusion_kwargs, output_names
 from cen.tasks.registry import MODELS, TASKS
 from cen.tasks.translation import models as _models  # registers unet
-from cen.train.optim import group_lr, with_gamma_group
+from cen.train.optim import gamma_lr_scale, group_lr, with_gamma_group
 
 TARGET_KEY = "target"
 BETAS = (0.5, 0.999)
@@ -135,7 +135,7 @@ class TranslationTask(Task):
         return {
             name: torch.optim.Adam(
                 with_gamma_group(
-                    [{"params": list(model.parameters()), "lr": lr, "name": DECODER}], model, o.gamma_lr_scale
+                    [{"params": list(model.parameters()), "lr": lr, "name": DECODER}], model, gamma_lr_scale(self.cfg)
                 ),
                 lr=lr,
                 betas=betas,
