@@ -7,6 +7,7 @@ one test at the end trains two tiny runs for real (and interrupts one with SIGIN
 import argparse
 import io
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from cen.analysis.sweep import (
     SweepError,
+    SweepLog,
     collect_configs,
     decide,
     default_parent,
@@ -243,7 +245,30 @@ def test_runs_of_an_earlier_sweep_stay_listed_and_stale_running_becomes_interrup
         )
     )
     _, _, record = _sweep(tmp_path, FakeTrainer(), "a.yaml")
-    assert [(r["name"], r["status"]) for r in record["runs"]] == [("a", "done"), ("old", "interrupted")]
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [("old", "interrupted"), ("a", "done")]
+
+
+def test_two_sweeps_into_one_parent_keep_each_others_entries(tmp_path):
+    # two sweeps with disjoint configs, as two processes would run them, writing in turn
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    first = SweepLog.open(parent, [Path("cfg/a.yaml"), Path("cfg/b.yaml")], [])
+    second = SweepLog.open(parent, [Path("cfg/c.yaml")], [])
+    first.write()
+    second.runs["c"].status, second.runs["c"].pid = "running", os.getpid()  # alive: this test's process
+    second.write()
+    first.runs["a"].status, first.runs["a"].seconds = "done", 12.0
+    first.write()
+    record = {r["name"]: r for r in json.loads((parent / "sweep.json").read_text())["runs"]}
+    assert list(record) == ["a", "b", "c"]
+    assert (record["a"]["status"], record["a"]["seconds"]) == ("done", 12.0)
+    assert record["b"]["status"] == "pending" and record["c"]["status"] == "running"
+    # a running entry whose process is gone (killed) is stale: another sweep's next write marks it interrupted
+    second.runs["c"].pid = 2**22 + 12345  # above Linux's largest pid: no such process
+    second.write()
+    first.write()
+    record = {r["name"]: r for r in json.loads((parent / "sweep.json").read_text())["runs"]}
+    assert record["c"]["status"] == "interrupted" and record["a"]["status"] == "done"
 
 
 def test_configs_are_loaded_before_anything_trains(tmp_path):

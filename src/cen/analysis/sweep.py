@@ -17,12 +17,18 @@ last trained with. ``status`` is pending | running | done | interrupted | failed
 wall time spent training the run in this folder, summed over the sweeps that resumed it.
 A failing run is recorded with its one-line error and the sweep goes on; Ctrl-C stops the
 sweep once the trainer has saved ``last.pt`` (:class:`cen.train.interrupt.TrainingInterrupted`).
+
+Several sweeps may train into one parent at the same time (one per core or per GPU) when
+their lists of configs are disjoint: each rewrites only its own runs' entries of
+``sweep.json``, under a lock, on top of what the file holds then.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
+import os
 import sys
 import time
 import traceback
@@ -36,6 +42,7 @@ from cen.atomic import atomic_write_json
 from cen.tasks.errors import UserError
 
 SWEEP_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
 VERSION = 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
 #: Keys the sweep sets itself for every run (after the user's overrides).
@@ -132,6 +139,7 @@ class RunEntry:
     attempts: int = 0
     error: str = ""
     overrides: list[str] = field(default_factory=list)  # those it was last trained with
+    pid: int = 0  # the process training it while ``running``
 
     def as_dict(self) -> dict:
         return {
@@ -142,6 +150,7 @@ class RunEntry:
             "attempts": self.attempts,
             "error": self.error,
             "overrides": self.overrides,
+            "pid": self.pid,
         }
 
     @classmethod
@@ -156,6 +165,7 @@ class RunEntry:
             attempts=int(_number(data.get("attempts"))),
             error=str(data.get("error") or ""),
             overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+            pid=int(_number(data.get("pid"))),
         )
 
 
@@ -168,7 +178,7 @@ class SweepLog:
     """``<parent>/sweep.json``: read (keeping earlier wall times), updated and rewritten atomically."""
 
     path: Path
-    runs: dict[str, RunEntry] = field(default_factory=dict)
+    runs: dict[str, RunEntry] = field(default_factory=dict)  # this sweep's runs, in its order
     overrides: list[str] = field(default_factory=list)
 
     @classmethod
@@ -177,20 +187,38 @@ class SweepLog:
         earlier = read_sweep(parent)
         for path in configs:
             log.runs[path.stem] = RunEntry.from_dict(path.stem, earlier.get(path.stem, {}), str(path))
-        # runs of an earlier sweep into this folder that are not in this one stay listed
-        for name, old in earlier.items():
-            if name not in log.runs:
-                log.runs[name] = RunEntry.from_dict(name, old)
-        for entry in log.runs.values():
-            if entry.status == "running":  # the sweep that ran it was killed without its handling
-                entry.status = "interrupted"
+            if log.runs[path.stem].status == "running":  # the sweep that ran it was killed without its handling
+                log.runs[path.stem].status = "interrupted"
         return log
 
     def write(self) -> None:
-        atomic_write_json(
-            self.path,
-            {"version": VERSION, "overrides": self.overrides, "runs": [e.as_dict() for e in self.runs.values()]},
-        )
+        """Rewrite this sweep's entries; the other runs listed in the file (earlier or concurrent sweeps) stay."""
+        with open(self.path.parent / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                entries = {name: _unless_stale(entry) for name, entry in read_sweep(self.path.parent).items()}
+                entries.update({name: e.as_dict() for name, e in self.runs.items()})  # in file order, new ones last
+                atomic_write_json(
+                    self.path, {"version": VERSION, "overrides": self.overrides, "runs": list(entries.values())}
+                )
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _unless_stale(entry: dict) -> dict:
+    """``entry``, marked ``interrupted`` if it says ``running`` but no live process of this machine trains it."""
+    if entry.get("status") != "running":
+        return entry
+    pid = int(_number(entry.get("pid")))
+    if pid > 0:
+        try:
+            os.kill(pid, 0)
+            return entry
+        except PermissionError:  # alive, another user's
+            return entry
+        except OSError:
+            pass
+    return {**entry, "status": "interrupted"}
 
 
 def read_sweep(parent: str | Path) -> dict[str, dict]:
@@ -337,7 +365,7 @@ def run_sweep(
             verb = "resuming from last.pt" if action == RESUME else "starting"
             prog.say(f"{head} ({verb}; {prog.timing(left)})")
             prog.show_run(i, name, left)
-            entry.status, entry.error, entry.overrides = "running", "", list(overrides)
+            entry.status, entry.error, entry.overrides, entry.pid = "running", "", list(overrides), os.getpid()
             entry.attempts += 1
             log.write()
             status, error, took = _attempt(
