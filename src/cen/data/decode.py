@@ -1,10 +1,25 @@
-"""Turning decoded image arrays into the tensors of a sample.
+"""Turning decoded images into the tensors of a sample.
 
-A decoder is a callable ``(array, path) -> Tensor`` with a ``kind`` attribute
-(``"image"``, ``"depth"``, ``"normal"``, ``"hha"`` or ``"mask"``; see
-:mod:`cen.data.kinds`) that tells the joint transforms how to treat the tensor.
-:func:`decoder_for_kind` gives the decoder of an input modality's kind. Float outputs are (C, H, W) float32; masks are (H, W) uint8
-(the datasets return them as int64).
+A decoder has a ``kind`` attribute (``"image"``, ``"depth"``, ``"normal"``, ``"hha"`` or
+``"mask"``; see :mod:`cen.data.kinds`) that tells the joint transforms how to treat the
+tensor, and is a callable ``(array, path) -> Tensor`` on the arrays of
+:func:`cen.data.images.read_image`. :func:`decoder_for_kind` gives the decoder of an input
+modality's kind. Float outputs are (C, H, W) float32; masks are (H, W) uint8 (the datasets
+return them as int64).
+
+The decoders of the segmentation loaders work in two steps, so that the loaders can
+crop, flip and resize the integer pixels before any float exists
+(:meth:`cen.data.transforms.SegmentationTrain.from_raw`):
+
+* ``raw(img, path)``: checks the (C, H, W) uint8/uint16 tensor of
+  :func:`cen.data.tensor_images.read_image_tensor` (errors name the file) and returns it
+  compact: images, depth and normals as they are, masks as (H, W) uint8;
+* ``finish(raw, out=None)``: the float values, grey replicated to the decoder's channels
+  and a per-pixel map (x / 255, raw x scale, ...), so it commutes with cropping, flipping,
+  padding and nearest-neighbour resizing; a new tensor, or written into ``out`` (e.g. the
+  part of a padded crop that shows the image).
+
+``decoder(arr, path)`` is ``finish(raw(...))`` on the array's (C, H, W) view.
 """
 
 from __future__ import annotations
@@ -20,22 +35,49 @@ from cen.data.constants import (
     REFERENCE_DEPTH_SCALE,
     TASKONOMY_REFERENCE_MAXIMA,
 )
+from cen.data.tensor_images import chw
+
+
+def _hwc_shape(img: torch.Tensor) -> tuple[int, ...]:
+    """The shape of the read_image array of a (C, H, W) tensor: (H, W) for one channel, else (H, W, C)."""
+    return tuple(img.shape[1:]) if img.shape[0] == 1 else (*img.shape[1:], img.shape[0])
+
+
+def _describe(img: torch.Tensor) -> str:
+    """'uint8 with shape (H, W)': a (C, H, W) tensor described as its read_image array, for errors."""
+    return f"{str(img.dtype).removeprefix('torch.')} with shape {_hwc_shape(img)}"
+
+
+def _check_channels(img: torch.Tensor, channels: int | None, path: Path) -> None:
+    if channels is not None and img.shape[0] not in (1, channels):
+        raise ValueError(f"{path}: image has {img.shape[0]} channels; expected {channels} or 1")
+
+
+def _float(img: torch.Tensor, channels: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, H, W) integers -> float32 (C, H, W) in one pass, one channel replicated to ``channels``
+    (None keeps C): a new contiguous tensor, or written into ``out`` (any strides)."""
+    if out is None:
+        c = img.shape[0] if channels is None else channels
+        out = torch.empty((c, *img.shape[1:]), dtype=torch.float32)
+    return out.copy_(img)
 
 
 def _chw(arr: np.ndarray, channels: int | None, path: Path) -> torch.Tensor:
     """(H, W) or (H, W, C) array -> float32 (C, H, W); grey replicated to ``channels``."""
-    t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32, copy=False))
-    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    if channels is not None and t.shape[0] != channels:
-        if t.shape[0] == 1:
-            t = t.expand(channels, -1, -1)
-        else:
-            raise ValueError(f"{path}: image has {t.shape[0]} channels; expected {channels} or 1")
-    return t.contiguous()
+    img = chw(arr)
+    _check_channels(img, channels, path)
+    return _float(img, channels)
+
+
+class _TwoStep:
+    """``decoder(arr, path)`` of a decoder with ``raw`` and ``finish`` (see the module docstring)."""
+
+    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
+        return self.finish(self.raw(chw(arr), path))
 
 
 @dataclass(frozen=True)
-class ImageDecoder:
+class ImageDecoder(_TwoStep):
     """8-bit -> [0, 1] (x / 255), 16-bit -> [0, 1] (x / 65535); (C, H, W) float32,
     grey replicated to ``channels`` (None keeps the file's channels). ``kind="hha"``
     decodes an HHA encoding (8-bit RGB) the same way but keeps its kind."""
@@ -43,13 +85,17 @@ class ImageDecoder:
     channels: int | None = 3
     kind: str = "image"
 
-    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
-        scale = 1.0 / 65535.0 if arr.dtype == np.uint16 else 1.0 / 255.0
-        return _chw(arr, self.channels, path) * scale
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        _check_channels(img, self.channels, path)
+        return img
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        scale = 1.0 / 65535.0 if raw.dtype == torch.uint16 else 1.0 / 255.0
+        return _float(raw, self.channels, out).mul_(scale)
 
 
 @dataclass(frozen=True)
-class DepthDecoder:
+class DepthDecoder(_TwoStep):
     """16-bit depth x ``scale`` -> (C, H, W) float32, one channel replicated to
     ``channels``. Holes (0) stay 0. The reference preprocessing is ``scale = 1/5000``
     with 3 channels: NYUDv2 as distributed with the reference stores depth in units of
@@ -59,13 +105,16 @@ class DepthDecoder:
     channels: int = 3
     kind: str = "depth"
 
-    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
-        if arr.dtype != np.uint16 or arr.ndim != 2:
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.dtype != torch.uint16 or img.shape[0] != 1:
             raise ValueError(
-                f"{path}: depth image is {arr.dtype} with shape {arr.shape}; expected a 16-bit single-channel PNG "
+                f"{path}: depth image is {_describe(img)}; expected a 16-bit single-channel PNG "
                 "(NYUDv2: depth in units of 1/5000 m, 0 = hole)"
             )
-        return _chw(arr, self.channels, path) * self.scale
+        return img
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _float(raw, self.channels, out).mul_(self.scale)
 
 
 @dataclass(frozen=True)
@@ -88,20 +137,23 @@ class TaskonomyDepthDecoder:
 
 
 @dataclass(frozen=True)
-class NormalDecoder:
+class NormalDecoder(_TwoStep):
     """8-bit RGB normal map ``(n + 1) / 2 * 255`` -> unit-range normals in [-1, 1],
     (3, H, W) float32, channel 0 = x (right)."""
 
     kind: str = "normal"
 
-    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"{path}: normal map is {arr.dtype} with shape {arr.shape}; expected an 8-bit RGB PNG")
-        return _chw(arr, 3, path) / 127.5 - 1.0
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.dtype != torch.uint8 or img.shape[0] != 3:
+            raise ValueError(f"{path}: normal map is {_describe(img)}; expected an 8-bit RGB PNG")
+        return img
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _float(raw, 3, out).div_(127.5).sub_(1.0)
 
 
 @dataclass(frozen=True)
-class MaskDecoder:
+class MaskDecoder(_TwoStep):
     """Label image -> (H, W) uint8 class ids; values must be < ``num_classes`` or
     equal ``ignore_index``."""
 
@@ -109,20 +161,28 @@ class MaskDecoder:
     ignore_index: int = IGNORE_INDEX
     kind: str = "mask"
 
-    def __call__(self, arr: np.ndarray, path: Path) -> torch.Tensor:
-        if arr.ndim != 2:
-            raise ValueError(f"{path}: label image has shape {arr.shape}; expected a single-channel PNG of class ids")
-        bad = (arr >= self.num_classes) & (arr != self.ignore_index)
-        if bad.any():
-            values = np.unique(arr[bad])
-            shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.shape[0] != 1:
+            raise ValueError(
+                f"{path}: label image has shape {_hwc_shape(img)}; expected a single-channel PNG of class ids"
+            )
+        ids = img[0] if img.dtype == torch.uint8 else img[0].to(torch.int32)  # uint16 has no bincount
+        if ids.dtype == torch.uint8 and self.ignore_index == 255 and int((ids + 1).max()) <= self.num_classes:
+            return ids  # every value < num_classes or 255: uint8 wraps 255 + 1 to 0 (one cheap pass)
+        present = torch.bincount(ids.flatten(), minlength=256).nonzero().flatten().tolist()  # sorted
+        bad = [v for v in present if v >= self.num_classes and v != self.ignore_index]
+        if bad:
+            shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
             raise ValueError(
                 f"{path}: label value(s) {shown} out of range; expected class ids 0..{self.num_classes - 1} "
                 f"or {self.ignore_index} (ignore)"
             )
-        if arr.max(initial=0) > 255:
+        if present and present[-1] > 255:
             raise ValueError(f"{path}: label values above 255; expected 8-bit class ids")
-        return torch.from_numpy(np.ascontiguousarray(arr).astype(np.uint8, copy=False))
+        return ids.to(torch.uint8)
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return raw if out is None else out.copy_(raw)
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from cen.data.base import MultiModalDataset, Transform
+from cen.data.base import Transform
 from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
 from cen.data.decode import MaskDecoder, decoder_for_kind
 from cen.data.kinds import KINDS, check_kind, infer_kind
 from cen.data.lists import folder_entries, raise_if_missing
+from cen.data.raw import RawDecodingDataset
 
 __all__ = ["KINDS", "FolderDataset", "infer_kind"]
 
 
-class FolderDataset(MultiModalDataset):
+class FolderDataset(RawDecodingDataset):
     """Aligned modalities stored as ``<root>/<modality>/<stem>.<ext>``.
 
     Args:

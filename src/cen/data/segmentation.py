@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cen.data.base import MultiModalDataset, Transform
+from cen.data.base import Transform
 from cen.data.constants import (
     IGNORE_INDEX,
     NYUDV2_NUM_CLASSES,
@@ -16,6 +16,7 @@ from cen.data.constants import (
 from cen.data.decode import MaskDecoder, decoder_for_kind
 from cen.data.kinds import check_kind, infer_kind
 from cen.data.lists import Entry, nyudv2_entries, raise_if_missing
+from cen.data.raw import RawDecodingDataset
 
 #: The modalities every list line names (its columns); others are folders beside them.
 SEGMENTATION_MODALITIES: tuple[str, ...] = ("rgb", "depth")
@@ -27,9 +28,15 @@ def available_modalities(root: str | os.PathLike, entry: Entry) -> tuple[str, ..
     """The modalities of a data set in the NYUDv2 layout: ``rgb``, ``depth`` and every other
     folder of ``root`` that holds the file of ``entry`` (e.g. ``hha/``, ``normal/``)."""
     name = entry.files["depth"].name
-    extra = sorted(p.name for p in Path(root).iterdir()
-                   if p.is_dir() and p.name not in NOT_MODALITIES and p.name not in SEGMENTATION_MODALITIES
-                   and not p.name.startswith(".") and (p / name).is_file())
+    extra = sorted(
+        p.name
+        for p in Path(root).iterdir()
+        if p.is_dir()
+        and p.name not in NOT_MODALITIES
+        and p.name not in SEGMENTATION_MODALITIES
+        and not p.name.startswith(".")
+        and (p / name).is_file()
+    )
     return (*SEGMENTATION_MODALITIES, *extra)
 
 
@@ -48,14 +55,15 @@ def with_modalities(root: str | os.PathLike, entries: list[Entry], modalities: t
             raise ValueError(f"modality {m!r} is not in the data set {root}{hint}; it has: {', '.join(have)}")
     out = []
     for e in entries:
-        files = {m: e.files[m] if m in SEGMENTATION_MODALITIES else root / m / e.files["depth"].name
-                 for m in modalities}
+        files = {
+            m: e.files[m] if m in SEGMENTATION_MODALITIES else root / m / e.files["depth"].name for m in modalities
+        }
         files["mask"] = e.files["mask"]
         out.append(Entry(e.source, e.text, files))
     return out
 
 
-class NYUDv2(MultiModalDataset):
+class NYUDv2(RawDecodingDataset):
     """NYUDv2 as distributed with the reference code (and the generated scenes).
 
     Layout: ``root/rgb/*.png`` (8-bit RGB), ``root/depth/*.png`` (16-bit, units of
@@ -120,8 +128,10 @@ class NYUDv2(MultiModalDataset):
         self.kinds = {m: check_kind((kinds or {}).get(m, infer_kind(m)), m) for m in self.modalities}
         entries = with_modalities(root, nyudv2_entries(root, list_file), self.modalities)
         raise_if_missing(entries)
-        chosen = {m: decoder_for_kind(self.kinds[m], depth_scale=depth_scale, channels=depth_channels)
-                  for m in self.modalities}
+        chosen = {
+            m: decoder_for_kind(self.kinds[m], depth_scale=depth_scale, channels=depth_channels)
+            for m in self.modalities
+        }
         chosen["mask"] = MaskDecoder(num_classes, ignore_index)
         super().__init__(entries, chosen, transform)
 

@@ -92,39 +92,49 @@ class NormalizeModalities:
     def __init__(self, stats: Mapping[str, Stats]) -> None:
         from cen.data.kinds import KINDS
 
-        self.stats = {k: (torch.as_tensor(m, dtype=torch.float32), torch.as_tensor(s, dtype=torch.float32))
-                      for k, (m, s) in stats.items()}
+        self.stats = {
+            k: (torch.as_tensor(m, dtype=torch.float32), torch.as_tensor(s, dtype=torch.float32))
+            for k, (m, s) in stats.items()
+        }
         for k, (_, s) in self.stats.items():
-            if k.startswith(KIND_PREFIX) and k[len(KIND_PREFIX):] not in KINDS:
-                raise ValueError(f"normalisation key {k!r} names no modality kind; expected one of "
-                                 f"{[KIND_PREFIX + kind for kind in KINDS]} or a sample key")
+            if k.startswith(KIND_PREFIX) and k[len(KIND_PREFIX) :] not in KINDS:
+                raise ValueError(
+                    f"normalisation key {k!r} names no modality kind; expected one of "
+                    f"{[KIND_PREFIX + kind for kind in KINDS]} or a sample key"
+                )
             if (s <= 0).any():
                 raise ValueError(f"std of {k!r} must be positive, got {s.tolist()}")
 
-    def _stats_of(self, key: str, value: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def stats_for(self, key: str, kind: str | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of sample key ``key`` holding a modality of ``kind``, or None (left alone)."""
+        if key in self.stats:
+            return self.stats[key]
+        return self.stats.get(f"{KIND_PREFIX}{kind}")
+
+    def apply(
+        self, key: str, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(x - mean) / std`` per channel of the plain (C, H, W) tensor ``x`` of ``key``, into ``out`` if given."""
+        mean, std = stats
+        c = (x if out is None else out).shape[-3]
+        if mean.numel() not in (1, c) or std.numel() not in (1, c):
+            raise ValueError(
+                f"normalisation of {key!r}: {c} channels but mean/std have {mean.numel()}/{std.numel()} values"
+            )
+        return torch.sub(x, mean.view(-1, 1, 1), out=out).div_(std.view(-1, 1, 1))
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         from cen.data.kinds import infer_kind
         from cen.data.tvtensors import kind_of
 
-        if key in self.stats:
-            return self.stats[key]
-        kind = kind_of(value) if isinstance(value, tv_tensors.TVTensor) else infer_kind(key)
-        return self.stats.get(f"{KIND_PREFIX}{kind}")
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
         for key, x in sample.items():
             if key == "mask" or isinstance(x, tv_tensors.Mask) or not isinstance(x, torch.Tensor):
                 continue
-            found = self._stats_of(key, x)
+            found = self.stats_for(key, kind_of(x) if isinstance(x, tv_tensors.TVTensor) else infer_kind(key))
             if found is None:
                 continue
-            mean, std = found
-            plain = x.as_subclass(torch.Tensor)
-            c = plain.shape[-3]
-            if mean.numel() not in (1, c) or std.numel() not in (1, c):
-                raise ValueError(f"normalisation of {key!r}: {c} channels but mean/std have "
-                                 f"{mean.numel()}/{std.numel()} values")
-            y = (plain - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+            y = self.apply(key, x.as_subclass(torch.Tensor), found)
             out[key] = tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
         return out
 
@@ -155,6 +165,123 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+#: Kinds resized with nearest neighbours (depth by :class:`~cen.data.tvtensors.Depth`'s kernel,
+#: masks by torchvision's); every other kind is resized bilinearly with antialiasing.
+NEAREST_KINDS = frozenset({"depth", "mask"})
+
+
+def _size_probe(height: int, width: int) -> tv_tensors.BoundingBoxes:
+    """A one-box stand-in for a sample of ``height`` x ``width``: the v2 steps draw their random
+    parameters from its size as they would from the sample's, and resize its ``canvas_size``."""
+    return tv_tensors.BoundingBoxes([[0, 0, 1, 1]], format="XYXY", canvas_size=(height, width))
+
+
+def _nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each of ``n_out`` outputs of torchvision's nearest resize along an axis of
+    ``n_in`` pixels. The kernel treats the two axes separately, so a one-pixel-wide ramp gives
+    the indices that the 2-D resize uses for every row (or column)."""
+    ramp = torch.arange(n_in, dtype=torch.float32).view(1, n_in, 1)
+    out = F.resize_image(ramp, [n_out, 1], interpolation=v2.InterpolationMode.NEAREST, antialias=False)
+    return out.view(-1).long()
+
+
+class SegmentationTrain(v2.Compose):
+    """The steps of :func:`segmentation_train` (resize, normalise, pad/crop, flip).
+
+    Called on a float sample it is a ``v2.Compose`` of them. :meth:`from_raw` computes the
+    same from the integer pixels of :class:`~cen.data.raw.RawDecodingDataset` and the decoders'
+    ``finish`` (a per-pixel map, see :mod:`cen.data.decode`), drawing the same random numbers
+    in the same order, but in a cheaper order of operations: depth and mask are resampled only
+    inside the crop window (nearest neighbours: the same source pixels), images are resized
+    in uint8 with torchvision's fast kernel when ``uint8_resize`` (else as floats), flips
+    happen on the integers, and only the part of the crop that shows the image is finished
+    to floats and normalised, in place in the output, whose margins get the padding (0,
+    masks ``ignore_index``). Per-pixel maps commute with cropping, flipping, padding and
+    nearest neighbours, so only the uint8 resize changes values.
+
+    Equal to the steps one by one, bit for bit, except for 8-bit bilinear images with
+    ``uint8_resize``: torchvision rounds each of its two resampling passes to 8 bits, so a
+    pixel differs from the float resize by at most one 8-bit level (1/255 before
+    normalisation, 1/127.5 for normals) -- the precision the file itself has.
+    """
+
+    def __init__(
+        self,
+        resize: v2.Transform | None,
+        normalize: NormalizeModalities,
+        crop: v2.RandomCrop,
+        flip: v2.RandomHorizontalFlip | None,
+        ignore_index: int = IGNORE_INDEX,
+        uint8_resize: bool = True,
+    ) -> None:
+        super().__init__([s for s in (resize, normalize, crop, flip) if s is not None])
+        self._steps = (resize, normalize, crop, flip)  # a tuple: not registered twice as submodules
+        self.ignore_index = ignore_index
+        self.uint8_resize = uint8_resize
+
+    def from_raw(self, raw: Mapping[str, torch.Tensor], decoders: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The transformed sample (tv_tensors by kind; the mask int64) from the checked integer
+        tensors ``raw`` ((C, H, W), masks (H, W)) and the decoders that finish them (same keys)."""
+        from cen.data.tvtensors import wrap
+
+        resize, normalize, crop_step, flip_step = self._steps
+        h, w = (int(n) for n in next(iter(raw.values())).shape[-2:])
+        size = (h, w) if resize is None else tuple(resize(_size_probe(h, w)).canvas_size)
+        crop = crop_step.make_params([_size_probe(*size)])
+        flip = flip_step is not None and not bool(torch.rand(1) >= flip_step.p)  # as RandomHorizontalFlip draws
+        out_h, out_w = crop["height"], crop["width"]
+        # the crop window in resized coordinates (pad left/top shift it); outside the image is padding
+        top, left = crop["top"] - crop["padding"][1], crop["left"] - crop["padding"][0]
+        rows = slice(max(0, top), min(size[0], top + out_h))
+        cols = slice(max(0, left), min(size[1], left + out_w))
+        # where that part of the image lands in the output; flipping mirrors it and its columns
+        dst_rows = slice(rows.start - top, rows.stop - top)
+        dst_cols = slice(cols.start - left, cols.stop - left)
+        if flip:
+            dst_cols = slice(out_w - dst_cols.stop, out_w - dst_cols.start)
+        padded = (rows.stop - rows.start, cols.stop - cols.start) != (out_h, out_w)
+        nearest = None  # source rows and columns of depth and masks
+        out = {}
+        for key, x in raw.items():
+            decoder, kind = decoders[key], decoders[key].kind
+            finished = False  # y holds integers that the decoder has yet to finish
+            if kind in NEAREST_KINDS:
+                if nearest is None:
+                    c = _nearest_indices(w, size[1])[cols]
+                    nearest = (_nearest_indices(h, size[0])[rows], c.flip(0) if flip else c)
+                # on a (N, H, W) view: index_select is twice as slow on a 2-D mask
+                y = x.view(-1, *x.shape[-2:]).index_select(-2, nearest[0]).index_select(-1, nearest[1])
+                y = y.view(*x.shape[:-2], *y.shape[-2:])
+            elif x.dtype == torch.uint8 and self.uint8_resize:
+                y = F.resize_image(x, list(size), antialias=True)[..., rows, cols]
+                y = y.flip(-1) if flip else y
+            else:
+                y = F.resize_image(decoder.finish(x), list(size), antialias=True)[..., rows, cols]
+                y, finished = (y.flip(-1) if flip else y), True
+            # the decoder replicates grey to its channels: ask it with an empty crop
+            channels = y.shape[:-2] if finished else decoder.finish(y[..., :0, :0]).shape[:-2]
+            # masks int64 at once: the dataset hands them out as int64 (cen.data.tvtensors.unwrap_sample)
+            canvas = torch.empty((*channels, out_h, out_w), dtype=torch.int64 if kind == "mask" else torch.float32)
+            if padded:  # fill only the margins around the image part
+                fill = self.ignore_index if kind == "mask" else 0
+                canvas[..., : dst_rows.start, :].fill_(fill)
+                canvas[..., dst_rows.stop :, :].fill_(fill)
+                canvas[..., dst_rows, : dst_cols.start].fill_(fill)
+                canvas[..., dst_rows, dst_cols.stop :].fill_(fill)
+            region = canvas[..., dst_rows, dst_cols]
+            if finished:
+                region.copy_(y)
+            else:
+                decoder.finish(y, out=region)
+            stats = None if kind == "mask" else normalize.stats_for(key, kind)
+            if stats is not None:
+                normalize.apply(key, region, stats, out=region)
+            if flip and kind == "normal":
+                canvas[0].neg_()  # after normalising, as the NormalMap flip kernel of cen.data.tvtensors
+            out[key] = wrap(canvas, kind)
+        return out
+
+
 def segmentation_train(
     crop_size: int | Sequence[int],
     scale_range: tuple[float, float] | None = (0.5, 2.0),
@@ -162,7 +289,8 @@ def segmentation_train(
     hflip_p: float = 0.5,
     normalization: Mapping[str, Stats] | None = None,
     ignore_index: int = IGNORE_INDEX,
-) -> v2.Compose:
+    uint8_resize: bool = True,
+) -> SegmentationTrain:
     """Training pipeline of the reference segmentation recipe.
 
     Steps: resize so that the shorter side is ``shorter_side`` (if given; reference 350)
@@ -176,18 +304,20 @@ def segmentation_train(
     :func:`default_normalization` (ImageNet for image and HHA modalities, depth and
     normals as loaded). Output: every modality (C, crop_h, crop_w)
     float, mask (crop_h, crop_w) int64 (after the dataset unwraps it).
+
+    The segmentation datasets run it on integer pixels (:meth:`SegmentationTrain.from_raw`);
+    ``uint8_resize`` resizes 8-bit images in uint8 there (the fastest loading, within one
+    8-bit level of the float resize); False keeps the float resize, bit-identical to the steps.
     """
-    steps: list[Any] = []
+    resize: v2.Transform | None = None
     if scale_range is not None:
-        steps.append(RandomScale(scale_range, shorter_side=shorter_side))  # one resize for both
+        resize = RandomScale(scale_range, shorter_side=shorter_side)  # one resize for both
     elif shorter_side is not None:
-        steps.append(v2.Resize(shorter_side, antialias=True))
-    steps.append(NormalizeModalities(default_normalization() if normalization is None else normalization))
-    steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
-                               fill={tv_tensors.Mask: ignore_index, "others": 0}))
-    if hflip_p > 0:
-        steps.append(v2.RandomHorizontalFlip(p=hflip_p))
-    return v2.Compose(steps)
+        resize = v2.Resize(shorter_side, antialias=True)
+    normalize = NormalizeModalities(default_normalization() if normalization is None else normalization)
+    crop = v2.RandomCrop(_pair(crop_size), pad_if_needed=True, fill={tv_tensors.Mask: ignore_index, "others": 0})
+    flip = v2.RandomHorizontalFlip(p=hflip_p) if hflip_p > 0 else None
+    return SegmentationTrain(resize, normalize, crop, flip, ignore_index=ignore_index, uint8_resize=uint8_resize)
 
 
 def segmentation_eval(
@@ -238,8 +368,10 @@ class PILBilinearResize:
         if arr.shape[2] == 3:
             out = np.array(Image.fromarray(arr, "RGB").resize(box, Image.BILINEAR))
         else:
-            out = np.stack([np.array(Image.fromarray(arr[..., c], "L").resize(box, Image.BILINEAR))
-                            for c in range(arr.shape[2])], axis=2)
+            out = np.stack(
+                [np.array(Image.fromarray(arr[..., c], "L").resize(box, Image.BILINEAR)) for c in range(arr.shape[2])],
+                axis=2,
+            )
         y = torch.from_numpy(out).permute(2, 0, 1).float() / 255.0
         return tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
 
@@ -271,6 +403,7 @@ __all__ = [
     "NormalizeModalities",
     "PILBilinearResize",
     "RandomScale",
+    "SegmentationTrain",
     "ToSignedUnit",
     "default_normalization",
     "segmentation_eval",
