@@ -42,8 +42,10 @@ def make_taskonomy(root: Path, n: int = 2, seed: int = 0) -> Path:
     lines = []
     for i in range(n):
         stem = f"point_{40 + i}_view_{i}_domain_{{domain}}.png"
+
         def path(d: str, stem: str = stem) -> Path:
             return root / d / stem.format(domain=d)
+
         write_png(path("rgb"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
         write_png(path("normal"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
         write_png(path("reshading"), rng.integers(0, 256, (H, W), dtype=np.uint8))

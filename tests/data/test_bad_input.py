@@ -49,7 +49,9 @@ def test_label_out_of_range_names_file_and_value(nyu_root):
     mask[3, 3] = 41
     mask[4, 4] = 255  # ignore is fine
     write_png(nyu_root / "masks" / "000001.png", mask)
-    with pytest.raises(ValueError, match=r"masks/000001\.png: label value\(s\) 41 out of range; expected class ids 0\.\.39"):
+    with pytest.raises(
+        ValueError, match=r"masks/000001\.png: label value\(s\) 41 out of range; expected class ids 0\.\.39"
+    ):
         NYUDv2(nyu_root, "train.txt")[0]
     # with the class count of the generated scenes, 7 is already out of range
     mask[3, 3] = 7
@@ -68,7 +70,9 @@ def test_empty_and_malformed_list(nyu_root):
     (nyu_root / "empty.txt").write_text("\n  \n")
     with pytest.raises(ValueError, match=r"empty\.txt: list file is empty"):
         NYUDv2(nyu_root, "empty.txt")
-    (nyu_root / "bad.txt").write_text("rgb/000001.png\tmasks/000001.png\tdepth/000001.png\nrgb/000002.png masks/000002.png\n")
+    (nyu_root / "bad.txt").write_text(
+        "rgb/000001.png\tmasks/000001.png\tdepth/000001.png\nrgb/000002.png masks/000002.png\n"
+    )
     with pytest.raises(ValueError, match=r"bad\.txt:2: malformed line .*expected 3 tab-separated paths"):
         NYUDv2(nyu_root, "bad.txt")
 
@@ -88,7 +92,9 @@ def test_taskonomy_template_without_domain(taskonomy_root):
 
 def test_taskonomy_missing_domain_file(taskonomy_root):
     (taskonomy_root / "normal" / "point_41_view_1_domain_normal.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"point_41_view_1_domain_normal\.png: no such file \(normal\).*train\.txt:2"):
+    with pytest.raises(
+        FileNotFoundError, match=r"point_41_view_1_domain_normal\.png: no such file \(normal\).*train\.txt:2"
+    ):
         Taskonomy(taskonomy_root, "train.txt", inputs=["normal"], target="rgb")
 
 
@@ -127,8 +133,11 @@ def test_taskonomy_bad_arguments_are_one_line_errors(taskonomy_root):
 
 def test_taskonomy_view_missing_a_default_domain(taskonomy_root):
     (taskonomy_root / "edge_texture" / "point_40_view_0_domain_edge_texture.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"point_40_view_0_domain_edge_texture\.png: no such file "
-                                                r"\(edge_texture\), named by .*train\.txt:1") as err:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"point_40_view_0_domain_edge_texture\.png: no such file "
+        r"\(edge_texture\), named by .*train\.txt:1",
+    ) as err:
         Taskonomy(taskonomy_root, "train.txt")
     assert "\n" not in str(err.value)
 

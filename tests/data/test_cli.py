@@ -10,8 +10,10 @@ from tests.data.conftest import make_folder, write_png
 
 def test_synth_then_check_both_layouts(tmp_path, capsys):
     out = tmp_path / "scenes"
-    assert main(["data", "synth", str(out), "--num", "3", "--height", "24", "--width", "32", "--seed", "5",
-                 "--quiet"]) == 0
+    assert (
+        main(["data", "synth", str(out), "--num", "3", "--height", "24", "--width", "32", "--seed", "5", "--quiet"])
+        == 0
+    )
     assert "7 classes: wall, floor, rug, poster, box, cylinder, sphere" in capsys.readouterr().out
     assert main(["data", "check", str(out), "--layout", "nyudv2", "--quiet"]) == 0
     assert main(["data", "check", str(out / "taskonomy"), "--layout", "taskonomy", "--quiet"]) == 0
@@ -38,8 +40,23 @@ def test_check_reports_every_problem_with_the_file(nyu_root, capsys):
 
 
 def test_check_explicit_list_and_class_count(nyu_root, capsys):
-    assert main(["data", "check", str(nyu_root), "--layout", "nyudv2", "--list", str(nyu_root / "test.txt"),
-                 "--num-classes", "2", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                str(nyu_root),
+                "--layout",
+                "nyudv2",
+                "--list",
+                str(nyu_root / "test.txt"),
+                "--num-classes",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "out of range; expected class ids 0..1" in capsys.readouterr().out
 
 
@@ -47,8 +64,9 @@ def test_check_taskonomy_bit_depth_and_unknown_domain(taskonomy_root, capsys):
     write_png(taskonomy_root / "edge_texture" / "point_40_view_0_domain_edge_texture.png", np.zeros((12, 16), np.uint8))
     assert main(["data", "check", str(taskonomy_root), "--layout", "taskonomy", "--quiet"]) == 1
     assert "8-bit image; expected 16-bit for edge_texture" in capsys.readouterr().out
-    assert main(["data", "check", str(taskonomy_root), "--layout", "taskonomy", "--domains", "rgb,curv",
-                 "--quiet"]) == 1
+    assert (
+        main(["data", "check", str(taskonomy_root), "--layout", "taskonomy", "--domains", "rgb,curv", "--quiet"]) == 1
+    )
     assert "unknown Taskonomy domain 'curv'" in capsys.readouterr().out
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.cli.main import main
 from cen.data import NYUDv2
+from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.hha import (
     DISPARITY_SCALE,
     HEIGHT_MAX_M,
@@ -126,19 +126,23 @@ def test_bad_input_is_one_line(scenes, tmp_path, capsys):
     err = _cli_error(capsys, ["data", "hha", str(root), "--depth-scale", "0.0002", "--quiet"])
     assert "000000.png is 80x60" in err and "640x480" in err and "--intrinsics" in err
     # depth in units of 1/5000 m read as metres: implausible median
-    err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "1",
-                              "--quiet"])
+    err = _cli_error(
+        capsys, ["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "1", "--quiet"]
+    )
     assert "000000.png" in err and "median depth" in err and "wrong unit" in err
     # intrinsics that do not fit the image
-    err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "518,519,325,253", "--depth-scale", "0.0002",
-                              "--quiet"])
+    err = _cli_error(
+        capsys, ["data", "hha", str(root), "--intrinsics", "518,519,325,253", "--depth-scale", "0.0002", "--quiet"]
+    )
     assert "principal point (325, 253) lies outside the 80x60" in err
     err = _cli_error(capsys, ["data", "hha", str(root), "--intrinsics", "1,2,3", "--quiet"])
     assert "intrinsics '1,2,3'" in err and "fx,fy,cx,cy" in err
     err = _cli_error(capsys, ["data", "hha", str(tmp_path / "empty"), "--quiet"])
     assert "no depth PNG" in err
     # the right ones work, and the modality is then there
-    assert main(["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "0.0002", "--quiet"]) == 0
+    assert (
+        main(["data", "hha", str(root), "--intrinsics", "70,70,39.5,29.5", "--depth-scale", "0.0002", "--quiet"]) == 0
+    )
     assert (root / "hha" / "000003.png").is_file()
     with pytest.raises(HHAError, match="no measured pixel"):
         compute_hha(np.zeros((4, 4)), Intrinsics(4, 4, 2, 2))

@@ -93,9 +93,9 @@ def test_folder_dataset_kind_override(folder_root):
 def test_mean_std_excludes_holes(nyu_root):
     ds = NYUDv2(nyu_root, "train.txt", modalities=("depth",))
     mean, std = mean_std(ds, "depth")
-    vals = np.concatenate([
-        np.array(Image.open(nyu_root / "depth" / f"{i:06d}.png")).ravel() for i in (1, 2, 3)
-    ]).astype(np.float64)
+    vals = np.concatenate(
+        [np.array(Image.open(nyu_root / "depth" / f"{i:06d}.png")).ravel() for i in (1, 2, 3)]
+    ).astype(np.float64)
     vals = vals[vals != 0] / 5000
     assert len(mean) == 3
     assert mean[0] == pytest.approx(vals.mean(), rel=1e-5) and std[0] == pytest.approx(vals.std(), rel=1e-4)
@@ -142,8 +142,9 @@ def test_taskonomy_reference_decoding_values(taskonomy_root):
     stem = "point_40_view_0_domain_{}.png"
     write_png(taskonomy_root / "depth_zbuffer" / stem.format("depth_zbuffer"), depth)
     write_png(taskonomy_root / "edge_texture" / stem.format("edge_texture"), edges)
-    ds = Taskonomy(taskonomy_root, "train.txt", inputs=["depth_zbuffer", "edge_texture", "normal", "reshading"],
-                   decode="reference")
+    ds = Taskonomy(
+        taskonomy_root, "train.txt", inputs=["depth_zbuffer", "edge_texture", "normal", "reshading"], decode="reference"
+    )
     s = ds[0]
     for key in ("depth_zbuffer", "edge_texture", "normal", "reshading", "target"):
         assert s[key].shape == (3, H, W) and s[key].dtype == torch.float32
@@ -170,19 +171,24 @@ def test_taskonomy_reference_pipeline_uses_pil_bilinear(taskonomy_root):
     rgb = Image.open(taskonomy_root / "rgb" / "point_41_view_1_domain_rgb.png").resize((20, 20), Image.BILINEAR)
     expected = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 127.5 - 1
     torch.testing.assert_close(s["target"], expected)
-    shade = Image.open(taskonomy_root / "reshading" / "point_41_view_1_domain_reshading.png").resize((20, 20),
-                                                                                                    Image.BILINEAR)
+    shade = Image.open(taskonomy_root / "reshading" / "point_41_view_1_domain_reshading.png").resize(
+        (20, 20), Image.BILINEAR
+    )
     torch.testing.assert_close(s["reshading"][2], torch.from_numpy(np.array(shade)).float() / 127.5 - 1)
     torch.manual_seed(0)
-    train = Taskonomy(taskonomy_root, "train.txt", decode="reference",
-                      transform=translation_reference_train(load_size=24, crop_size=16, hflip_p=1.0))
+    train = Taskonomy(
+        taskonomy_root,
+        "train.txt",
+        decode="reference",
+        transform=translation_reference_train(load_size=24, crop_size=16, hflip_p=1.0),
+    )
     t = train[1]
     assert all(v.shape == (3, 16, 16) for v in t.values())
     assert t["target"].min() >= -1 and t["target"].max() <= 1
     # the crop of the flipped 24 x 24 resize: one window shared by every domain
     big = Image.open(taskonomy_root / "rgb" / "point_41_view_1_domain_rgb.png").resize((24, 24), Image.BILINEAR)
     full = torch.from_numpy(np.array(big)).permute(2, 0, 1).flip(-1).float() / 127.5 - 1
-    hits = [(i, j) for i in range(9) for j in range(9) if torch.allclose(full[:, i:i + 16, j:j + 16], t["target"])]
+    hits = [(i, j) for i in range(9) for j in range(9) if torch.allclose(full[:, i : i + 16, j : j + 16], t["target"])]
     assert hits
 
 

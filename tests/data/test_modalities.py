@@ -11,8 +11,7 @@ from PIL import Image
 
 from cen.cli.main import main
 from cen.data import NYUDv2
-from cen.data.constants import REFERENCE_DEPTH_SCALE
-from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_DEPTH_SCALE
 from cen.data.kinds import infer_kind
 from cen.data.synth import NUM_CLASSES, generate
 from cen.data.synth import sensor as synth_sensor
@@ -56,8 +55,9 @@ def test_generated_layout_has_every_modality_and_camera_json(scenes):
     fx, fy, cx, cy = cam["intrinsics"]["000003.png"]
     assert fx == fy and 0.85 * 32 < fx < 0.95 * 32 and (cx, cy) == (15.5, 11.5)
     # the taskonomy normal and edge domains are the same files as the NYUDv2 layout's
-    assert (scenes / "normal" / "000002.png").read_bytes() == \
-        (scenes / "taskonomy" / "normal" / "point_2_view_0_domain_normal.png").read_bytes()
+    assert (scenes / "normal" / "000002.png").read_bytes() == (
+        scenes / "taskonomy" / "normal" / "point_2_view_0_domain_normal.png"
+    ).read_bytes()
 
 
 def test_any_modalities_are_decoded_by_kind(scenes):
@@ -74,8 +74,11 @@ def test_any_modalities_are_decoded_by_kind(scenes):
 
 
 def test_unknown_modality_lists_the_ones_the_data_set_has(scenes):
-    with pytest.raises(ValueError, match=r"modality 'lidar' is not in the data set .*it has: rgb, depth, normal, "
-                                         r"shading, texture$"):
+    with pytest.raises(
+        ValueError,
+        match=r"modality 'lidar' is not in the data set .*it has: rgb, depth, normal, "
+        r"shading, texture$",
+    ):
         NYUDv2(scenes, "train.txt", modalities=("rgb", "lidar"), num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match="it has: rgb, depth, normal"):
         NYUDv2(scenes, "train.txt", modalities=("masks",), num_classes=NUM_CLASSES)
@@ -83,7 +86,14 @@ def test_unknown_modality_lists_the_ones_the_data_set_has(scenes):
 
 def test_kinds_from_names():
     assert [infer_kind(m) for m in ("rgb", "depth", "depth_raw", "normal", "hha", "shading", "HHA_v2")] == [
-        "image", "depth", "depth", "normal", "hha", "image", "hha"]
+        "image",
+        "depth",
+        "depth",
+        "normal",
+        "hha",
+        "image",
+        "hha",
+    ]
 
 
 def test_flip_negates_normal_x_and_mirrors_every_modality(scenes):
@@ -144,13 +154,17 @@ def test_three_modality_recipes_load_and_read_their_data(tmp_path):
     configs = Path(__file__).resolve().parents[2] / "configs"
     scenes = load_config(configs / "scenes_rgb_depth_normal.yaml")
     assert list(scenes.modalities) == ["rgb", "depth", "normal"] and scenes.data.dataset == "scenes"
-    nyu = load_config(configs / "nyudv2_r101_rgb_depth_hha.yaml", [f"data.root={tmp_path}", "model.pretrained=null",
-                                                                      "model.bn_stats=train"])
+    nyu = load_config(
+        configs / "nyudv2_r101_rgb_depth_hha.yaml",
+        [f"data.root={tmp_path}", "model.pretrained=null", "model.bn_stats=train"],
+    )
     assert list(nyu.modalities) == ["rgb", "depth", "hha"] and nyu.model.backbone == "resnet101"
     make_nyudv2(tmp_path, n=3)
     with pytest.raises(ValueError, match="modality 'hha' is not in the data set .*cen data hha"):
         build_task(nyu).build_datasets(splits=("test",))
-    assert main(["data", "hha", str(tmp_path), "--intrinsics", "14,14,7.5,5.5", "--depth-scale", "2e-4", "--quiet"]) == 0
+    assert (
+        main(["data", "hha", str(tmp_path), "--intrinsics", "14,14,7.5,5.5", "--depth-scale", "2e-4", "--quiet"]) == 0
+    )
     sample = build_task(nyu).build_datasets(splits=("test",))["test"][0]
     assert list(sample) == ["rgb", "depth", "hha", "mask"]  # resized as the recipe says (shorter side 350)
     assert sample["hha"].shape == sample["rgb"].shape == (3, 350, 466) and sample["mask"].shape == (350, 466)

@@ -45,10 +45,19 @@ def test_layouts_lists_and_metadata(tmp_path):
     assert info["num_classes"] == NUM_CLASSES == 7 and [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
     assert info["splits"] == {"train": 6, "val": 2, "test": 2}
     lines = (root / "val.txt").read_text().splitlines()
-    assert lines == ["rgb/000006.png\tmasks/000006.png\tdepth/000006.png", "rgb/000007.png\tmasks/000007.png\tdepth/000007.png"]
-    assert (root / "taskonomy" / "test.txt").read_text().splitlines()[0] == "{domain}/point_8_view_0_domain_{domain}.png"
+    assert lines == [
+        "rgb/000006.png\tmasks/000006.png\tdepth/000006.png",
+        "rgb/000007.png\tmasks/000007.png\tdepth/000007.png",
+    ]
+    assert (root / "taskonomy" / "test.txt").read_text().splitlines()[
+        0
+    ] == "{domain}/point_8_view_0_domain_{domain}.png"
     meta = json.loads((root / "classes.json").read_text())
-    assert meta["settings"]["seed"] == 1 and {c["separated_by"] for c in meta["classes"]} == {"rgb", "depth", "rgb+depth"}
+    assert meta["settings"]["seed"] == 1 and {c["separated_by"] for c in meta["classes"]} == {
+        "rgb",
+        "depth",
+        "rgb+depth",
+    }
     assert "| 4 | box | depth |" in (root / "README.md").read_text()
     assert read_marker(root)["num"] == 10
 
@@ -131,8 +140,12 @@ def test_depth_encoding_units_and_holes(tmp_path):
     root = tmp_path / "s"
     generate(root, 6, progress=False, height=48, width=64)
     depth = np.stack([np.array(Image.open(root / "depth" / f"{i:06d}.png")) for i in range(6)])
-    tk = np.stack([np.array(Image.open(root / "taskonomy" / "depth_zbuffer" / f"point_{i}_view_0_domain_depth_zbuffer.png"))
-                   for i in range(6)])
+    tk = np.stack(
+        [
+            np.array(Image.open(root / "taskonomy" / "depth_zbuffer" / f"point_{i}_view_0_domain_depth_zbuffer.png"))
+            for i in range(6)
+        ]
+    )
     assert depth.dtype == np.uint16 and tk.dtype == np.uint16
     assert np.array_equal(depth == 0, tk == 65535)  # holes coincide
     valid = depth > 0
@@ -237,7 +250,10 @@ def test_taskonomy_layout_inputs_each_carry_what_the_other_lacks():
         # reshading does not see posters or rugs: the same shading as the host surface
         for cls, host in ((POSTER, WALL), (RUG, FLOOR)):
             for surf in np.unique(buf["surface"][buf["label"] == cls]):
-                on, base = (buf["surface"] == surf) & (buf["label"] == cls), (buf["surface"] == surf) & (buf["label"] == host)
+                on, base = (
+                    (buf["surface"] == surf) & (buf["label"] == cls),
+                    (buf["surface"] == surf) & (buf["label"] == host),
+                )
                 if on.sum() and base.sum():
                     assert abs(shading[on].mean() - shading[base].mean()) < 1e-4
     assert np.median(shading_spread) > 0.2  # shading changes RGB a lot in this layout

@@ -46,7 +46,7 @@ def test_scale_crop_flip_keep_modalities_aligned(seed):
     # rgb (bilinear) agrees in block interiors: pixels whose 3x3 neighbourhood is one block
     m = out["mask"].float()
     pad = torch.nn.functional.pad(m[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    win = torch.stack([pad[i:i + 20, j:j + 28] for i in range(3) for j in range(3)])
+    win = torch.stack([pad[i : i + 20, j : j + 28] for i in range(3) for j in range(3)])
     interior = valid & (win.amax(0) == win.amin(0))
     if interior.any():
         torch.testing.assert_close(out["rgb"][0][interior], m[interior] / 100, atol=0.02, rtol=0)
@@ -125,8 +125,11 @@ def test_normalize_rejects_bad_stats():
 
 def test_translation_pipeline_range():
     torch.manual_seed(0)
-    s = {"reshading": tv_tensors.Image(torch.rand(3, 40, 40)), "normal": NormalMap(torch.rand(3, 40, 40) * 2 - 1),
-         "target": tv_tensors.Image(torch.ones(3, 40, 40))}
+    s = {
+        "reshading": tv_tensors.Image(torch.rand(3, 40, 40)),
+        "normal": NormalMap(torch.rand(3, 40, 40) * 2 - 1),
+        "target": tv_tensors.Image(torch.ones(3, 40, 40)),
+    }
     out = unwrap_sample(translation_train(load_size=36, crop_size=32)(s))
     assert out["target"].shape == (3, 32, 32) and torch.allclose(out["target"], torch.ones(()))
     assert out["reshading"].min() >= -1 and out["reshading"].max() <= 1
@@ -135,8 +138,11 @@ def test_translation_pipeline_range():
 
 def test_full_pipeline_on_dataset_with_mismatching_aspect(tmp_path):
     root = tmp_path / "nyu"
-    for d, arr in (("rgb", np.zeros((30, 50, 3), np.uint8)), ("depth", np.full((30, 50), 5000, np.uint16)),
-                   ("masks", np.full((30, 50), 3, np.uint8))):
+    for d, arr in (
+        ("rgb", np.zeros((30, 50, 3), np.uint8)),
+        ("depth", np.full((30, 50), 5000, np.uint16)),
+        ("masks", np.full((30, 50), 3, np.uint8)),
+    ):
         write_png(root / d / "000001.png", arr)
     (root / "train.txt").write_text("rgb/000001.png\tmasks/000001.png\tdepth/000001.png\n")
     torch.manual_seed(1)

@@ -51,8 +51,13 @@ class MultiModalDataset(Dataset):
     the same random parameters to every modality and the mask.
     """
 
-    def __init__(self, entries: Sequence[Entry], decoders: Mapping[str, Callable],
-                 transform: Transform | None = None, roles: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        decoders: Mapping[str, Callable],
+        transform: Transform | None = None,
+        roles: Mapping[str, str] | None = None,
+    ) -> None:
         self.entries = list(entries)
         self.decoders = dict(decoders)
         self.transform = transform

@@ -30,12 +30,13 @@ DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
 
 
 #: What the bit depth of a role means, added to bit-depth problems.
-BIT_HINTS: dict[str, str] = {"depth": "16-bit depth; NYUDv2 as distributed with the reference: units of 1/5000 m, 0 = hole",
-                             "hha": "8-bit RGB HHA, as `cen data hha` writes"}
+BIT_HINTS: dict[str, str] = {
+    "depth": "16-bit depth; NYUDv2 as distributed with the reference: units of 1/5000 m, 0 = hole",
+    "hha": "8-bit RGB HHA, as `cen data hha` writes",
+}
 
 
-def check_entry(entry: Entry, decoders: Mapping[str, Callable],
-                bits: Mapping[str, int] | None = None) -> list[str]:
+def check_entry(entry: Entry, decoders: Mapping[str, Callable], bits: Mapping[str, int] | None = None) -> list[str]:
     """Problems of one sample: missing, unreadable or undecodable files, wrong bit
     depth (``bits`` maps a role to 8 or 16), label values out of range, sizes that
     differ between the files. Each problem names the file and the list line."""
@@ -89,8 +90,11 @@ def _num_classes(root: Path, num_classes: int | None, default: int | None) -> in
     return default
 
 
-def _run(groups: Iterable[tuple[list[Entry], Mapping[str, Callable], Mapping[str, int] | None]],
-         problems: list[str], progress: bool) -> list[str]:
+def _run(
+    groups: Iterable[tuple[list[Entry], Mapping[str, Callable], Mapping[str, int] | None]],
+    problems: list[str],
+    progress: bool,
+) -> list[str]:
     groups = list(groups)
     total = sum(len(entries) for entries, _, _ in groups)
     with tqdm(total=total, desc="check", unit="sample", disable=not progress) as bar:
@@ -145,8 +149,11 @@ def check_dataset(
 
         def parse(lf):  # every modality found beside the list columns, or the ones asked for
             entries = nyudv2_entries(root, lf)
-            mods = ("rgb", "depth", *(m for m in modalities if m not in ("rgb", "depth"))) if modalities \
+            mods = (
+                ("rgb", "depth", *(m for m in modalities if m not in ("rgb", "depth")))
+                if modalities
                 else available_modalities(root, entries[0])
+            )
             return with_modalities(root, entries, tuple(mods))
 
         def decoders_of(entries):
@@ -174,8 +181,10 @@ def check_dataset(
     else:
         if mask is not None and not (root / mask).is_dir():
             mask = None
-        mods = list(modalities) if modalities else sorted(
-            p.name for p in root.iterdir() if p.is_dir() and p.name != mask and not p.name.startswith(".")
+        mods = (
+            list(modalities)
+            if modalities
+            else sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != mask and not p.name.startswith("."))
         )
         if not mods:
             return [f"{root}: no modality folders found"]

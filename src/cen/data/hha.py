@@ -74,16 +74,20 @@ class Intrinsics:
         except (TypeError, ValueError):
             values = []
         if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[0] <= 0 or values[1] <= 0:
-            raise HHAError(f"intrinsics {text!r}: expected four numbers fx,fy,cx,cy in pixels with fx, fy > 0, "
-                           f"e.g. NYUDv2's Kinect {','.join(str(v) for v in KINECT_INTRINSICS)}")
+            raise HHAError(
+                f"intrinsics {text!r}: expected four numbers fx,fy,cx,cy in pixels with fx, fy > 0, "
+                f"e.g. NYUDv2's Kinect {','.join(str(v) for v in KINECT_INTRINSICS)}"
+            )
         return cls(*values)
 
     def check(self, size: tuple[int, int], where: str) -> None:
         """HHAError unless the principal point lies inside an image of ``size`` (H, W)."""
         h, w = size
         if not (0 <= self.cx < w and 0 <= self.cy < h):
-            raise HHAError(f"{where}: the intrinsics' principal point ({self.cx:g}, {self.cy:g}) lies outside the "
-                           f"{w}x{h} (WxH) image; expected intrinsics of this camera at this image size")
+            raise HHAError(
+                f"{where}: the intrinsics' principal point ({self.cx:g}, {self.cy:g}) lies outside the "
+                f"{w}x{h} (WxH) image; expected intrinsics of this camera at this image size"
+            )
 
 
 def fill_holes(depth: torch.Tensor) -> torch.Tensor:
@@ -105,8 +109,11 @@ def fill_holes(depth: torch.Tensor) -> torch.Tensor:
 def backproject(depth: torch.Tensor, k: Intrinsics) -> torch.Tensor:
     """Depth (H, W) in metres -> points (3, H, W) in the camera frame (x right, y down, z forward)."""
     h, w = depth.shape
-    v, u = torch.meshgrid(torch.arange(h, dtype=depth.dtype, device=depth.device),
-                          torch.arange(w, dtype=depth.dtype, device=depth.device), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=depth.dtype, device=depth.device),
+        torch.arange(w, dtype=depth.dtype, device=depth.device),
+        indexing="ij",
+    )
     return torch.stack([(u - k.cx) * depth / k.fx, (v - k.cy) * depth / k.fy, depth])
 
 
@@ -157,8 +164,10 @@ class HHA:
 
     def encode(self) -> np.ndarray:
         """uint8 (H, W, 3): disparity x 127.5, height x 255 / 3 m, angle x 255 / 180 (rounded, clipped)."""
-        channels = torch.stack([self.disparity * DISPARITY_SCALE, self.height * (255.0 / HEIGHT_MAX_M),
-                                self.angle * (255.0 / 180.0)], dim=-1)
+        channels = torch.stack(
+            [self.disparity * DISPARITY_SCALE, self.height * (255.0 / HEIGHT_MAX_M), self.angle * (255.0 / 180.0)],
+            dim=-1,
+        )
         return channels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
@@ -168,8 +177,9 @@ def default_window(size: tuple[int, int]) -> int:
     return k if k % 2 else k + 1
 
 
-def compute_hha(depth_m: torch.Tensor | np.ndarray, intrinsics: Intrinsics, window: int | None = None,
-                where: str = "depth") -> HHA:
+def compute_hha(
+    depth_m: torch.Tensor | np.ndarray, intrinsics: Intrinsics, window: int | None = None, where: str = "depth"
+) -> HHA:
     """HHA geometry of a depth map (H, W) in metres (0 = hole).
 
     Raises HHAError naming ``where`` for an image without measurements, a median depth
@@ -184,8 +194,10 @@ def compute_hha(depth_m: torch.Tensor | np.ndarray, intrinsics: Intrinsics, wind
     median = float(z[measured].median())
     lo, hi = PLAUSIBLE_MEDIAN_M
     if not lo <= median <= hi:
-        raise HHAError(f"{where}: median depth {median:.4g} m after the depth scale, outside the plausible "
-                       f"{lo:g}-{hi:g} m: wrong unit? (--depth-scale: NYUDv2 1/5000 = 0.0002, millimetres 0.001)")
+        raise HHAError(
+            f"{where}: median depth {median:.4g} m after the depth scale, outside the plausible "
+            f"{lo:g}-{hi:g} m: wrong unit? (--depth-scale: NYUDv2 1/5000 = 0.0002, millimetres 0.001)"
+        )
     intrinsics.check(tuple(z.shape), where)
     filled = fill_holes(z)
     points = backproject(filled, intrinsics)
@@ -213,7 +225,8 @@ class CameraSpec:
                 raise HHAError(
                     f"{where} is {size[1]}x{size[0]} (WxH) but no intrinsics were given and the default ones are "
                     f"NYUDv2's Kinect at {KINECT_SIZE[1]}x{KINECT_SIZE[0]}; pass --intrinsics fx,fy,cx,cy of this "
-                    f"camera (or write them into ROOT/{CAMERA_FILE})")
+                    f"camera (or write them into ROOT/{CAMERA_FILE})"
+                )
             return self.intrinsics
         if name not in self.per_image:
             raise HHAError(f"{where}: {self.source} has no intrinsics for {name!r}; pass --intrinsics fx,fy,cx,cy")
@@ -232,7 +245,9 @@ def camera_spec(root: str | os.PathLike, intrinsics: str | None = None, depth_sc
         try:
             meta = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise HHAError(f"{path}: not valid JSON ({err}); expected {{'depth_scale': ..., 'intrinsics': ...}}") from None
+            raise HHAError(
+                f"{path}: not valid JSON ({err}); expected {{'depth_scale': ..., 'intrinsics': ...}}"
+            ) from None
     scale = depth_scale if depth_scale is not None else float(meta.get("depth_scale", REFERENCE_DEPTH_SCALE))
     if not (scale > 0 and math.isfinite(scale)):
         raise HHAError(f"depth scale {scale!r}: expected a positive number (raw depth x scale = metres)")
@@ -246,8 +261,14 @@ def camera_spec(root: str | os.PathLike, intrinsics: str | None = None, depth_sc
     return CameraSpec(scale, Intrinsics(*KINECT_INTRINSICS), {}, "default")
 
 
-def write_hha(root: str | os.PathLike, intrinsics: str | None = None, depth_scale: float | None = None,
-              overwrite: bool = False, progress: bool = True, window: int | None = None) -> dict[str, int]:
+def write_hha(
+    root: str | os.PathLike,
+    intrinsics: str | None = None,
+    depth_scale: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    window: int | None = None,
+) -> dict[str, int]:
     """Compute ``root/hha/<name>.png`` from every ``root/depth/<name>.png``.
 
     Files already there are kept unless ``overwrite``. Every problem is checked on the

@@ -51,8 +51,9 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
-def nyudv2_entries(root: str | os.PathLike, list_file: str | os.PathLike,
-                   roles: Sequence[str] = ("rgb", "mask", "depth")) -> list[Entry]:
+def nyudv2_entries(
+    root: str | os.PathLike, list_file: str | os.PathLike, roles: Sequence[str] = ("rgb", "mask", "depth")
+) -> list[Entry]:
     """Entries of a reference NYUDv2 / SUN RGB-D list file.
 
     Each line holds tab-separated paths relative to ``root`` in the reference order
@@ -77,8 +78,7 @@ def nyudv2_entries(root: str | os.PathLike, list_file: str | os.PathLike,
     return entries
 
 
-def taskonomy_entries(root: str | os.PathLike, list_file: str | os.PathLike,
-                      domains: Sequence[str]) -> list[Entry]:
+def taskonomy_entries(root: str | os.PathLike, list_file: str | os.PathLike, domains: Sequence[str]) -> list[Entry]:
     """Entries of a Taskonomy list file of ``{domain}`` templates.
 
     Each line is a path relative to ``root`` containing ``{domain}``, e.g.
@@ -100,8 +100,13 @@ def taskonomy_entries(root: str | os.PathLike, list_file: str | os.PathLike,
     return entries
 
 
-def folder_entries(root: str | os.PathLike, split_file: str | os.PathLike, modalities: Sequence[str],
-                   mask: str | None = "masks", ext: str | Mapping[str, str] = "png") -> list[Entry]:
+def folder_entries(
+    root: str | os.PathLike,
+    split_file: str | os.PathLike,
+    modalities: Sequence[str],
+    mask: str | None = "masks",
+    ext: str | Mapping[str, str] = "png",
+) -> list[Entry]:
     """Entries of a generic ``<root>/<modality>/<stem>.<ext>`` data set.
 
     ``split_file`` lists one stem per line. ``mask`` is the folder of the labels (its

@@ -6,8 +6,9 @@ import torch
 from torch.utils.data import Dataset
 
 
-def mean_std(dataset: Dataset, key: str, max_samples: int | None = None,
-             exclude_zeros: bool = True) -> tuple[list[float], list[float]]:
+def mean_std(
+    dataset: Dataset, key: str, max_samples: int | None = None, exclude_zeros: bool = True
+) -> tuple[list[float], list[float]]:
     """Channel mean and std of ``dataset[i][key]`` over the data set (or its first
     ``max_samples`` samples), as loaded (before normalisation). With ``exclude_zeros``
     pixels equal to 0 (depth holes) are left out. Returns (mean, std), one value per

@@ -68,7 +68,9 @@ def domain_decoder(name: str, channels: int = 3, depth_max_m: float = 16.0, deco
     spec = check_domain(name)
     if decode == "reference":
         if channels != 3:
-            raise ValueError(f"decode='reference' gives 3 channels (16-bit grey -> RGB as the reference); got channels={channels}")
+            raise ValueError(
+                f"decode='reference' gives 3 channels (16-bit grey -> RGB as the reference); got channels={channels}"
+            )
         return TaskonomyReferenceDecoder(name, TASKONOMY_REFERENCE_MAXIMA.get(name))
     if decode != "linear":
         raise ValueError(f"decode={decode!r} unknown; expected one of {DECODINGS}")

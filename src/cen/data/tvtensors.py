@@ -37,10 +37,16 @@ class HHAMap(tv_tensors.Image):
 
 
 @F.register_kernel(functional=F.resize, tv_tensor_cls=Depth)
-def _resize_depth(inpt: Depth, size: Any, interpolation: Any = None, max_size: Any = None,
-                  antialias: Any = True) -> Depth:
-    out = F.resize_image(inpt.as_subclass(torch.Tensor), size, interpolation=InterpolationMode.NEAREST,
-                         max_size=max_size, antialias=False)
+def _resize_depth(
+    inpt: Depth, size: Any, interpolation: Any = None, max_size: Any = None, antialias: Any = True
+) -> Depth:
+    out = F.resize_image(
+        inpt.as_subclass(torch.Tensor),
+        size,
+        interpolation=InterpolationMode.NEAREST,
+        max_size=max_size,
+        antialias=False,
+    )
     return tv_tensors.wrap(out, like=inpt)
 
 
@@ -57,8 +63,13 @@ _WRAPPERS = {"image": tv_tensors.Image, "depth": Depth, "normal": NormalMap, "hh
 def kind_of(value: Any) -> str | None:
     """The kind of a sample value from its tv_tensor class (``"image"``, ``"depth"``,
     ``"normal"``, ``"hha"``, ``"mask"``), or None for a plain tensor."""
-    for kind, cls in (("depth", Depth), ("normal", NormalMap), ("hha", HHAMap), ("mask", tv_tensors.Mask),
-                      ("image", tv_tensors.Image)):
+    for kind, cls in (
+        ("depth", Depth),
+        ("normal", NormalMap),
+        ("hha", HHAMap),
+        ("mask", tv_tensors.Mask),
+        ("image", tv_tensors.Image),
+    ):
         if isinstance(value, cls):
             return kind
     return None

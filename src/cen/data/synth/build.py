@@ -36,12 +36,16 @@ def split_ranges(num: int, splits: Sequence[float]) -> dict[str, range]:
     ``round(num * fraction)`` samples each but at least one when their fraction is
     positive, train the rest. A split of fraction 0 is empty (and gets no list file)."""
     if len(splits) != 3 or any(f < 0 for f in splits) or abs(sum(splits) - 1.0) > 1e-6:
-        raise ValueError(f"splits must be three non-negative fractions (train, val, test) summing to 1, got {tuple(splits)}")
+        raise ValueError(
+            f"splits must be three non-negative fractions (train, val, test) summing to 1, got {tuple(splits)}"
+        )
     n_val, n_test = (max(1, round(num * f)) if f > 0 else 0 for f in splits[1:])
     n_train = num - n_val - n_test
     if n_train < (1 if splits[0] > 0 else 0):
-        raise ValueError(f"num={num} is too small for splits {tuple(splits)}: every split with a positive fraction "
-                         "needs at least one sample")
+        raise ValueError(
+            f"num={num} is too small for splits {tuple(splits)}: every split with a positive fraction "
+            "needs at least one sample"
+        )
     bounds = [0, n_train, n_train + n_val, num]
     return {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
 
@@ -87,8 +91,7 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
         "num_classes": NUM_CLASSES,
         "ignore_index": IGNORE_INDEX,
         "classes": [
-            {"id": c.id, "name": c.name, "separated_by": c.separated_by, "description": c.description}
-            for c in CLASSES
+            {"id": c.id, "name": c.name, "separated_by": c.separated_by, "description": c.description} for c in CLASSES
         ],
         "splits": counts,
         "settings": settings,
@@ -103,7 +106,7 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
             "taskonomy/depth_zbuffer": f"16-bit PNG, z-buffer depth in 1/{TASKONOMY_DEPTH_UNITS_PER_M:g} m, 65535 = invalid",
             "taskonomy/normal": "8-bit RGB PNG, (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
             "taskonomy/rgb": "8-bit RGB PNG, the same scene relit: albedo x shading (ambient share "
-                             f"{TASKONOMY_AMBIENT[0]:g}-{TASKONOMY_AMBIENT[1]:g}, exposure 1) + noise",
+            f"{TASKONOMY_AMBIENT[0]:g}-{TASKONOMY_AMBIENT[1]:g}, exposure 1) + noise",
             "taskonomy/reshading": "8-bit grey PNG, the shading of taskonomy/rgb (ambient + Lambertian) in [0, 1]",
             "taskonomy/edge_texture": "16-bit grey PNG, Sobel magnitude of the albedo luminance (unit step = 65535)",
         },
@@ -113,19 +116,17 @@ def _classes_json(settings: dict[str, Any], counts: dict[str, int]) -> dict[str,
 
 def _readme(info: dict[str, Any]) -> str:
     s = info["settings"]
-    rows = "\n".join(
-        f"| {c['id']} | {c['name']} | {c['separated_by']} | {c['description']} |" for c in info["classes"]
-    )
+    rows = "\n".join(f"| {c['id']} | {c['name']} | {c['separated_by']} | {c['description']} |" for c in info["classes"])
     enc = "\n".join(f"- `{k}`: {v}" for k, v in info["encodings"].items())
     counts = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     return f"""# Generated indoor scenes (cen)
 
 Procedural rooms rendered by ray casting (`cen.data.synth`, generator version
-{s['generator_version']}). Regenerate these exact bytes with
+{s["generator_version"]}). Regenerate these exact bytes with
 
-    cen data synth OUT --num {s['num']} --height {s['height']} --width {s['width']} --seed {s['seed']}
+    cen data synth OUT --num {s["num"]} --height {s["height"]} --width {s["width"]} --seed {s["seed"]}
 
-{s['num']} samples of {s['height']}x{s['width']} pixels; splits: {counts}.
+{s["num"]} samples of {s["height"]}x{s["width"]} pixels; splits: {counts}.
 
 ## Classes
 
@@ -257,7 +258,8 @@ def ensure_generated(
         if found is None or found.get("generator_version", 0) >= GENERATOR_VERSION:
             return False
         return {k: v for k, v in found.items() if k != "generator_version"} == {
-            k: v for k, v in wanted.items() if k != "generator_version"}
+            k: v for k, v in wanted.items() if k != "generator_version"
+        }
 
     def check_existing() -> dict[str, Any] | None:
         nonlocal stale
@@ -276,8 +278,7 @@ def ensure_generated(
             )
         if any(root.iterdir()):
             raise FileExistsError(
-                f"{root} exists and is not a completed generation (no {MARKER}); "
-                "use another directory or delete it."
+                f"{root} exists and is not a completed generation (no {MARKER}); use another directory or delete it."
             )
         return None
 

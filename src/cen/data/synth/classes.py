@@ -45,5 +45,17 @@ NUM_CLASSES: int = len(CLASSES)
 
 WALL, FLOOR, RUG, POSTER, BOX, CYLINDER, SPHERE = range(NUM_CLASSES)
 
-__all__ = ["BOX", "CLASSES", "CLASS_NAMES", "CYLINDER", "FLOOR", "IGNORE_INDEX", "NUM_CLASSES", "POSTER", "RUG", "SPHERE",
-           "WALL", "SynthClass"]
+__all__ = [
+    "BOX",
+    "CLASSES",
+    "CLASS_NAMES",
+    "CYLINDER",
+    "FLOOR",
+    "IGNORE_INDEX",
+    "NUM_CLASSES",
+    "POSTER",
+    "RUG",
+    "SPHERE",
+    "WALL",
+    "SynthClass",
+]

@@ -168,6 +168,4 @@ def write_lists(root: Path, splits: dict[str, range]) -> None:
         if len(indices) == 0:
             continue
         (root / f"{split}.txt").write_text("".join(nyudv2_line(i) + "\n" for i in indices))
-        (root / TASKONOMY_DIR / f"{split}.txt").write_text(
-            "".join(taskonomy_template(i) + "\n" for i in indices)
-        )
+        (root / TASKONOMY_DIR / f"{split}.txt").write_text("".join(taskonomy_template(i) + "\n" for i in indices))

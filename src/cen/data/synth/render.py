@@ -154,8 +154,9 @@ def _solid_texture(scene: Scene, p: np.ndarray) -> np.ndarray:
     return 1.0 + scene.texture_amplitude * np.sin(phase).mean(axis=1)
 
 
-def _paint_rects(rects: list[Rect], uv: np.ndarray, sel: np.ndarray, label: np.ndarray,
-                 albedo: np.ndarray, class_id: int) -> None:
+def _paint_rects(
+    rects: list[Rect], uv: np.ndarray, sel: np.ndarray, label: np.ndarray, albedo: np.ndarray, class_id: int
+) -> None:
     """Paint patterned rectangles over the selected pixels (in place)."""
     for rect in rects:
         c, s = float(np.cos(rect.angle)), float(np.sin(rect.angle))

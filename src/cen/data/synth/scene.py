@@ -149,9 +149,7 @@ def sample_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
     n_tex = 4
     dirs = rng.standard_normal((n_tex, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    texture = np.concatenate(
-        [dirs, rng.uniform(1.0, 8.0, (n_tex, 1)), rng.uniform(0, 2 * np.pi, (n_tex, 1))], axis=1
-    )
+    texture = np.concatenate([dirs, rng.uniform(1.0, 8.0, (n_tex, 1)), rng.uniform(0, 2 * np.pi, (n_tex, 1))], axis=1)
     scene = Scene(
         room=room,
         camera=camera,

@@ -67,8 +67,9 @@ def encode_depth_taskonomy(noisy: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, units, 65535).astype(np.uint16)
 
 
-def sensor_rgb(albedo: np.ndarray, shading: np.ndarray, exposure: float,
-               rng: np.random.Generator, noise: float = 0.03) -> np.ndarray:
+def sensor_rgb(
+    albedo: np.ndarray, shading: np.ndarray, exposure: float, rng: np.random.Generator, noise: float = 0.03
+) -> np.ndarray:
     """Camera image: albedo (H, W, 3) x shading (H, W) x exposure + Gaussian noise; uint8."""
     img = albedo * (shading * exposure)[..., None] + noise * rng.standard_normal(albedo.shape, dtype=np.float32)
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
