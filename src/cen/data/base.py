@@ -15,8 +15,18 @@ from cen.data.tvtensors import unwrap_sample, wrap
 Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def load_entry(entry: Entry, decoders: Mapping[str, Callable]) -> dict[str, torch.Tensor]:
+def load_entry(
+    entry: Entry,
+    decoders: Mapping[str, Callable],
+    *,
+    read: Callable[[Any], Any] = read_image,
+    size_of: Callable[[Any], tuple[int, int]] = image_size,
+    decode: Callable[[Any, Any, Any], torch.Tensor] = lambda decoder, pixels, path: decoder(pixels, path),
+) -> dict[str, torch.Tensor]:
     """Read and decode every file of ``entry`` (plain tensors, masks uint8).
+
+    ``read(path)`` gives a file's pixels (default: numpy arrays), ``size_of(pixels)`` their
+    (H, W) and ``decode(decoder, pixels, path)`` the role's tensor.
 
     Raises FileNotFoundError / ValueError naming the file and the list line, including
     when two files of the sample differ in size (names both and their sizes)."""
@@ -25,8 +35,8 @@ def load_entry(entry: Entry, decoders: Mapping[str, Callable]) -> dict[str, torc
     for role, decoder in decoders.items():
         path = entry.files[role]
         try:
-            arr = read_image(path)
-            size = image_size(arr)
+            arr = read(path)
+            size = size_of(arr)
             if first is None:
                 first = (str(path), size)
             elif size != first[1]:
@@ -34,7 +44,7 @@ def load_entry(entry: Entry, decoders: Mapping[str, Callable]) -> dict[str, torc
                     f"{path} is {size[0]}x{size[1]} (HxW) but {first[0]} is {first[1][0]}x{first[1][1]}; "
                     "all modalities of a sample must have the same size"
                 )
-            sample[role] = decoder(arr, path)
+            sample[role] = decode(decoder, arr, path)
         except (FileNotFoundError, ValueError) as err:
             raise type(err)(f"{err} [sample {entry.where()}]") from err
     return sample

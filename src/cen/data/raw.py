@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cen.data.base import MultiModalDataset
+from cen.data.base import MultiModalDataset, load_entry
 from cen.data.lists import Entry
 from cen.data.tensor_images import read_image_tensor
 from cen.data.tvtensors import unwrap_sample, wrap
@@ -30,26 +30,14 @@ from cen.data.tvtensors import unwrap_sample, wrap
 def load_raw_entry(entry: Entry, decoders: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Read and check every file of ``entry``: ``decoder.raw`` of each role's (C, H, W) tensor.
 
-    Raises FileNotFoundError / ValueError naming the file and the list line, including
-    when two files of the sample differ in size (names both and their sizes)."""
-    sample: dict[str, torch.Tensor] = {}
-    first: tuple[str, tuple[int, int]] | None = None
-    for role, decoder in decoders.items():
-        path = entry.files[role]
-        try:
-            img = read_image_tensor(path)
-            size = (int(img.shape[-2]), int(img.shape[-1]))
-            if first is None:
-                first = (str(path), size)
-            elif size != first[1]:
-                raise ValueError(
-                    f"{path} is {size[0]}x{size[1]} (HxW) but {first[0]} is {first[1][0]}x{first[1][1]}; "
-                    "all modalities of a sample must have the same size"
-                )
-            sample[role] = decoder.raw(img, path)
-        except (FileNotFoundError, ValueError) as err:
-            raise type(err)(f"{err} [sample {entry.where()}]") from err
-    return sample
+    The errors of :func:`~cen.data.base.load_entry` (file, list line, sizes that differ)."""
+    return load_entry(
+        entry,
+        decoders,
+        read=read_image_tensor,
+        size_of=lambda img: (int(img.shape[-2]), int(img.shape[-1])),
+        decode=lambda decoder, img, path: decoder.raw(img, path),
+    )
 
 
 class RawDecodingDataset(MultiModalDataset):

@@ -65,12 +65,7 @@ def read_image_tensor(path: str | os.PathLike) -> torch.Tensor:
 
     Returns uint8 with C = 1 (grey, palette indices) or 3 (RGB; alpha dropped) for 8-bit
     images and uint16 with C = 1 for 16-bit grey images: exactly the values of
-    :func:`cen.data.images.read_image`, in (C, H, W) order.
-
-    Raises:
-        FileNotFoundError: the file does not exist (names it).
-        ValueError: the file is unreadable, corrupt or truncated, or has an unsupported
-            pixel format (names the file and what was expected).
+    :func:`cen.data.images.read_image`, in (C, H, W) order, and its errors.
     """
     path = Path(path)
     if not path.is_file():
