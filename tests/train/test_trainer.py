@@ -38,6 +38,14 @@ def test_run_writes_config_metrics_checkpoints_and_scores(tmp_path, capsys):
     assert "mIoU" in table and "ensemble" in table and "scales [1.0, 0.5], flip" in table
     with pytest.raises(RunExistsError, match="--resume"):
         Trainer(cfg, datasets=fake_datasets())
+    # --overwrite starts afresh: the old run's log, scores and images go, files the user put there stay
+    (run / "notes.txt").write_text("mine")
+    again = load_config(None, tiny_overrides(tmp_path, "train.max_steps=1", "eval.test=false"))
+    Trainer(again, datasets=fake_datasets(), overwrite=True)
+    assert not (run / "results.json").exists() and not (run / "images").exists() and not (run / "best.pt").exists()
+    assert (run / "notes.txt").read_text() == "mine"
+    Trainer(again, datasets=fake_datasets(), overwrite=True).fit()
+    assert [r["kind"] for r in read_metrics(run / "metrics.jsonl")].count("info") == 1
 
 
 def test_resume_after_k_steps_matches_an_uninterrupted_run(tmp_path):

@@ -25,6 +25,7 @@ after any checkpoint and resumed ends with the parameters of an uninterrupted ru
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -58,6 +59,19 @@ from cen.train.interrupt import StopRequest, TrainingInterrupted
 from cen.train.optim import learning_rates, set_stage, stage_of, total_epochs
 from cen.train.precision import Precision, check_compile, check_precision, compile_error, compile_model
 from cen.train.runlog import RunLog, jsonable
+
+#: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first.
+RUN_OUTPUTS = ("last.pt", "best.pt", "metrics.jsonl", "results.json", "figure_a.png", "images", "tensorboard")
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """Remove the files and folders of :data:`RUN_OUTPUTS` from ``run_dir`` (other files stay)."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 class RunExistsError(UserError, RuntimeError):
@@ -110,11 +124,14 @@ class Trainer:
             self.resume_from = Path(resume) if given else self.run_dir / "last.pt"
             if not self.resume_from.is_file():
                 raise CheckpointError(f"cannot resume: {self.resume_from} does not exist")
-        elif (self.run_dir / "last.pt").exists() and not overwrite:
-            raise RunExistsError(
-                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it, "
-                f"--overwrite to start afresh there, or choose another run.name=..."
-            )
+        elif (self.run_dir / "last.pt").exists():
+            if not overwrite:
+                raise RunExistsError(
+                    f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it, "
+                    f"--overwrite to start afresh there, or choose another run.name=..."
+                )
+            if self.info.is_main:  # afresh: the old run's log, scores and checkpoints must not mix with the new
+                clear_run_outputs(self.run_dir)
         world = self.info.world_size
         if cfg.train.batch_size % world:
             raise UserError(
