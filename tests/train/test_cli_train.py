@@ -145,3 +145,30 @@ def test_overrides_may_follow_options():
     assert args.resume and args.overrides == ["a=1", "b.c=2"]
     args = build_parser().parse_args(["eval", "scenes", "x=1", "--checkpoint", "c.pt", "y=2", "--scales", "0.5", "1"])
     assert args.overrides == ["x=1", "y=2"] and args.scales == [0.5, 1.0] and args.checkpoint == "c.pt"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_eval_runs_the_model_in_the_configs_precision_and_layout(trained, monkeypatch, capsys, precision):
+    import cen.train.checkpoint as checkpoint
+
+    seen = []
+    load = checkpoint.load_model_with_config
+
+    def spying_load(path, *a, **k):
+        model, saved = load(path, *a, **k)
+
+        def hook(module, inputs):
+            conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+            seen.append(
+                (torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last))
+            )
+
+        model.register_forward_pre_hook(hook)
+        return model, saved
+
+    monkeypatch.setattr(checkpoint, "load_model_with_config", spying_load)
+    checkpoint_path = str(trained / "runs" / "scenes" / "best.pt")
+    layout = "train.channels_last=true" if precision == "bf16" else "train.channels_last=false"
+    args = ["eval", *_args(trained, f"train.precision={precision}", layout), "--checkpoint", checkpoint_path]
+    assert main(args) == 0
+    assert seen and set(seen) == {(precision == "bf16", precision == "bf16")}

@@ -150,6 +150,7 @@ def _eval(args: argparse.Namespace) -> int:
     from cen.train import distributed, loaders
     from cen.train.checkpoint import check_meta, load_model_with_config
     from cen.train.config import load_config
+    from cen.train.precision import Precision, check_precision
     from cen.train.runlog import jsonable
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
@@ -165,13 +166,15 @@ def _eval(args: argparse.Namespace) -> int:
             )
         options[name] = value
     info, device = distributed.init(cfg.train.device)
+    check_precision(cfg.train.precision, device)
+    precision = Precision(cfg.train.precision, device, channels_last=cfg.train.channels_last)
     model, saved = load_model_with_config(args.checkpoint)
     check_meta(build_task(saved).meta(), task.meta(), args.checkpoint)
     if info.is_main:
         task.prepare_data()
     distributed.barrier()
     dataset = task.build_datasets(splits=(args.split,))[args.split]
-    model.to(device)
+    model = precision.prepare_model(model.to(device))  # evaluated as trained: train.precision, channels_last
     loader = loaders.eval_loader(
         dataset,
         cfg.eval.batch_size,
@@ -182,16 +185,18 @@ def _eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else None
     if args.subsets:
-        return _eval_subsets(args, cfg, task, model, loader, device, info, options, out)
-    results = task.evaluate(
-        {task.primary: model},
-        loader,
-        device=device,
-        progress=info.is_main and cfg.train.progress,
-        image_dir=out / "images" if out and args.images else None,
-        num_images=args.images,
-        **options,
-    )
+        with precision.autocast():
+            return _eval_subsets(args, cfg, task, model, loader, device, info, options, out)
+    with precision.autocast():
+        results = task.evaluate(
+            {task.primary: model},
+            loader,
+            device=device,
+            progress=info.is_main and cfg.train.progress,
+            image_dir=out / "images" if out and args.images else None,
+            num_images=args.images,
+            **options,
+        )
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
         title = f"{args.checkpoint} on {list_file}{task.describe_options(options)}:"
