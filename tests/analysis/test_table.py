@@ -105,6 +105,14 @@ def test_translation_columns_and_a_mixed_paper_column_names_its_metric(tmp_path)
     assert t["paper"] == "FID 60.94" and rows["sum"]["paper"] == "mIoU % 48.1"
 
 
+def test_presence_columns_are_percent_in_their_order(tmp_path):
+    scores = {"map": 0.8262, "f1": 0.8566, "exact_match": 0.25, "per_class_ap": [0.9, 0.8]}
+    _run(tmp_path, "cen", task="presence", modalities=("rgb", "points"), test={"ensemble": scores})
+    head, rows = _rows_by_name(markdown(collect_rows(tmp_path)))
+    assert head[3:6] == ["mAP %", "F1 %", "exact match %"]
+    assert (rows["cen"]["mAP %"], rows["cen"]["F1 %"], rows["cen"]["exact match %"]) == ("82.62", "85.66", "25.00")
+
+
 def test_unfinished_interrupted_failed_and_pending_runs_are_listed_with_their_status(tmp_path):
     _run(tmp_path, "done", test={"ensemble": _seg(0.5)})
     _run(tmp_path, "going", times=(0.0, 5.0, 9.0))

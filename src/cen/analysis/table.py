@@ -44,6 +44,9 @@ SCORES: dict[str, tuple[str, float, bool]] = {
     "fid": ("FID", 1.0, False),
     "kid": ("KID x100", 1.0, False),  # results.json holds KID x100 already
     "kid_std": ("KID std x100", 1.0, False),
+    "map": ("mAP %", 100.0, True),  # presence (docs/heterogeneous.md)
+    "f1": ("F1 %", 100.0, True),
+    "exact_match": ("exact match %", 100.0, True),
 }
 #: ``--sort`` keys besides the score keys.
 SORT_KEYS = ("name", "status", "params", "time", "paper")
