@@ -217,7 +217,19 @@ def predict(args: argparse.Namespace):
             )
     if cfg.task not in PREDICTORS:
         raise PredictError(f"{args.checkpoint}: cen predict knows the tasks {sorted(PREDICTORS)}, not {cfg.task!r}")
-    return PREDICTORS[cfg.task](args, model, cfg, given, device)
+    precision = _precision(cfg, device)
+    model = precision.prepare_model(model)
+    with precision.autocast():
+        return PREDICTORS[cfg.task](args, model, cfg, given, device)
+
+
+def _precision(cfg, device: torch.device):
+    """The checkpoint's ``train.precision`` and layout, as it was trained and evaluated (fp16, which
+    needs CUDA, runs in fp32 on another device)."""
+    from cen.train.precision import Precision
+
+    name = "fp32" if cfg.train.precision == "fp16" and device.type != "cuda" else cfg.train.precision
+    return Precision(name, device, channels_last=cfg.train.channels_last)
 
 
 def _predict_onnx(args, given, device) -> torch.Tensor:
