@@ -73,3 +73,27 @@ def tiny_overrides(tmp_path, *extra):
         "run.name=run",
         *extra,
     ]
+
+
+def spy_on_loaded_models(monkeypatch) -> list[tuple[bool, bool]]:
+    """Patch ``cen.train.checkpoint.load_model_with_config`` so that every model it loads records, at each
+    forward, ``(CPU autocast on, first conv weight channels-last)``; returns the list it appends to."""
+    import cen.train.checkpoint as checkpoint
+
+    seen: list[tuple[bool, bool]] = []
+    load = checkpoint.load_model_with_config
+
+    def spying_load(path, *args, **kwargs):
+        model, cfg = load(path, *args, **kwargs)
+
+        def hook(module, inputs):
+            conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+            seen.append(
+                (torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last))
+            )
+
+        model.register_forward_pre_hook(hook)
+        return model, cfg
+
+    monkeypatch.setattr(checkpoint, "load_model_with_config", spying_load)
+    return seen

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cen.cli.main import main
+from tests.train.fakes import spy_on_loaded_models
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -149,24 +150,7 @@ def test_overrides_may_follow_options():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_eval_runs_the_model_in_the_configs_precision_and_layout(trained, monkeypatch, capsys, precision):
-    import cen.train.checkpoint as checkpoint
-
-    seen = []
-    load = checkpoint.load_model_with_config
-
-    def spying_load(path, *a, **k):
-        model, saved = load(path, *a, **k)
-
-        def hook(module, inputs):
-            conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
-            seen.append(
-                (torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last))
-            )
-
-        model.register_forward_pre_hook(hook)
-        return model, saved
-
-    monkeypatch.setattr(checkpoint, "load_model_with_config", spying_load)
+    seen = spy_on_loaded_models(monkeypatch)
     checkpoint_path = str(trained / "runs" / "scenes" / "best.pt")
     layout = "train.channels_last=true" if precision == "bf16" else "train.channels_last=false"
     args = ["eval", *_args(trained, f"train.precision={precision}", layout), "--checkpoint", checkpoint_path]

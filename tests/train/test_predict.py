@@ -17,6 +17,7 @@ from cen.tasks.segmentation.evaluate import predict_scores
 from cen.tasks.segmentation.visualize import colorize
 from cen.train.checkpoint import FORMAT, TRAINING, VERSION
 from cen.train.config import load_config
+from tests.train.fakes import spy_on_loaded_models
 
 K = 5
 
@@ -271,28 +272,11 @@ def test_any_modality_by_name_decoded_by_its_kind(three, tmp_path, capsys):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_predict_runs_in_the_checkpoints_precision_and_layout(files, tmp_path, monkeypatch, precision):
-    import cen.train.checkpoint as checkpoint
-
     d, _ = files
     saved = torch.load(d / "best.pt", weights_only=False)
     saved["config"]["train"].update(precision=precision, channels_last=precision == "bf16")
     atomic_save(saved, tmp_path / "best.pt")
-    seen = []
-    load = checkpoint.load_model_with_config
-
-    def spying_load(path, *a, **k):
-        model, cfg = load(path, *a, **k)
-
-        def hook(module, inputs):
-            conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
-            seen.append(
-                (torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last))
-            )
-
-        model.register_forward_pre_hook(hook)
-        return model, cfg
-
-    monkeypatch.setattr(checkpoint, "load_model_with_config", spying_load)
+    seen = spy_on_loaded_models(monkeypatch)
     args = ["predict", "--checkpoint", str(tmp_path / "best.pt"), "--rgb", str(d / "rgb.png")]
     assert main([*args, "--depth", str(d / "depth.png"), "--out", str(tmp_path / "pred.png")]) == 0
     assert seen and set(seen) == {(precision == "bf16", precision == "bf16")}
