@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import cpu_tensor_peak_bytes, cuda_step_peak_bytes  # noqa: E402
+from bench_core import cpu_tensor_peak_bytes, cuda_step_peak_bytes, time_variants  # noqa: E402
 from machine import machine  # noqa: E402
 from reference_list_refinenet import ListRefineNet, nonzero_per_forward  # noqa: E402
 
@@ -119,26 +119,6 @@ def make_step(name: str, model, inputs: dict, target: torch.Tensor, device: torc
             prec.optimize(loss, optimizer)
 
     return step
-
-
-def time_variants(steps: dict, repeats: int, warmup: int, device: torch.device):
-    """Wall-clock and process CPU seconds of each step: ``({name: [s]}, {name: [s]})``."""
-    names = list(steps)
-    wall = {n: [] for n in names}
-    cpu = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            steps[n]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if r >= warmup:
-                wall[n].append(time.perf_counter() - t0)
-                cpu[n].append(time.process_time() - c0)
-    return wall, cpu
 
 
 def count_host_syncs(step) -> int:

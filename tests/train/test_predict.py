@@ -22,15 +22,8 @@ from tests.train.fakes import spy_on_loaded_models
 K = 5
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("predict")
-    cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}"])
-    torch.manual_seed(0)
-    model = build_task(cfg).build_model()
-    with torch.no_grad():  # make the branches disagree a little
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+def _save_training_checkpoint(cfg, model, path):
+    """``model`` as a training checkpoint of ``cfg`` after one step, as the trainer writes it."""
     atomic_save(
         {
             "format": FORMAT,
@@ -41,8 +34,20 @@ def files(tmp_path_factory):
             "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
             "meta": build_task(cfg).meta(),
         },
-        d / "best.pt",
+        path,
     )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}"])
+    torch.manual_seed(0)
+    model = build_task(cfg).build_model()
+    with torch.no_grad():  # make the branches disagree a little
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    _save_training_checkpoint(cfg, model, d / "best.pt")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")
@@ -171,18 +176,7 @@ def three(tmp_path_factory):
     cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}", "modalities=[rgb,depth,normal]"])
     torch.manual_seed(1)
     model = build_task(cfg).build_model()
-    atomic_save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": TRAINING,
-            "models": {"model": model.state_dict()},
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "progress": {"epoch": 1, "batch": 0, "global_step": 1, "best_score": None, "best_epoch": None},
-            "meta": build_task(cfg).meta(),
-        },
-        d / "best.pt",
-    )
+    _save_training_checkpoint(cfg, model, d / "best.pt")
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(d / "rgb.png")
     Image.fromarray(rng.integers(500, 6000, (18, 22), dtype=np.uint16)).save(d / "depth.png")

@@ -177,6 +177,26 @@ def default_window(size: tuple[int, int]) -> int:
     return k if k % 2 else k + 1
 
 
+def measured_room_depth(z: torch.Tensor, where: str, *, scale: float | None = None, fix: str) -> torch.Tensor:
+    """Bool mask of the measured pixels (> 0) of a depth map ``z`` in metres, checked to be a room's.
+
+    Raises :class:`HHAError` (a ``ValueError``) naming ``where`` when no pixel is measured or
+    the median lies outside :data:`PLAUSIBLE_MEDIAN_M` (a wrong unit); ``scale`` is the depth
+    scale that gave the metres (named in the message if known), ``fix`` says what to change.
+    """
+    measured = z > 0
+    if not bool(measured.any()):
+        raise HHAError(f"{where}: no measured pixel (all depth is 0, no valid pixel); expected some depth")
+    median = float(z[measured].median())
+    lo, hi = PLAUSIBLE_MEDIAN_M
+    if not lo <= median <= hi:
+        scaled = "after the depth scale" if scale is None else f"with depth scale {scale:g}"
+        raise HHAError(
+            f"{where}: median depth {median:.4g} m {scaled} is implausible for a room (expected {lo:g}-{hi:g} m): {fix}"
+        )
+    return measured
+
+
 def compute_hha(
     depth_m: torch.Tensor | np.ndarray, intrinsics: Intrinsics, window: int | None = None, where: str = "depth"
 ) -> HHA:
@@ -188,16 +208,9 @@ def compute_hha(
     z = z.float()
     if z.ndim != 2:
         raise HHAError(f"{where}: depth has shape {tuple(z.shape)}; expected one (H, W) map")
-    measured = z > 0
-    if not bool(measured.any()):
-        raise HHAError(f"{where}: no measured pixel (all depth is 0); expected some depth")
-    median = float(z[measured].median())
-    lo, hi = PLAUSIBLE_MEDIAN_M
-    if not lo <= median <= hi:
-        raise HHAError(
-            f"{where}: median depth {median:.4g} m after the depth scale, outside the plausible "
-            f"{lo:g}-{hi:g} m: wrong unit? (--depth-scale: NYUDv2 1/5000 = 0.0002, millimetres 0.001)"
-        )
+    measured = measured_room_depth(
+        z, where, fix="wrong unit? (--depth-scale: NYUDv2 1/5000 = 0.0002, millimetres 0.001)"
+    )
     intrinsics.check(tuple(z.shape), where)
     filled = fill_holes(z)
     points = backproject(filled, intrinsics)

@@ -43,10 +43,13 @@ class Task:
         target_key: sample key of the target (``"mask"``, ``"target"``).
         model_names: the ``model.name`` values (:data:`~cen.tasks.registry.MODELS`) it builds.
         eval_options: the names of the options :meth:`evaluate` accepts (e.g. ``scales``, ``flip``).
+        default_threshold: θ when ``model.threshold`` is null (written into the config, so
+            ``config.yaml`` and checkpoints hold the value); None: left alone.
+        scores: the ``train.select_metric`` values the task accepts; ``default_score`` is ``auto``'s.
+        higher_is_better: whether a larger score is better.
 
     Instance attributes set by ``__init__``:
         score_name: the entry of :meth:`score`'s result that picks ``best.pt``.
-        higher_is_better: whether a larger score is better.
     """
 
     name: ClassVar[str] = ""
@@ -54,6 +57,10 @@ class Task:
     target_key: ClassVar[str] = "target"
     model_names: ClassVar[tuple[str, ...]] = ()  # the ``model.name`` values this task builds (empty: any)
     eval_options: ClassVar[tuple[str, ...]] = ()  # the keyword options :meth:`evaluate` takes
+    default_threshold: ClassVar[float | None] = None
+    scores: ClassVar[tuple[str, ...]] = ()  # train.select_metric choices (empty: not checked)
+    default_score: ClassVar[str] = "score"
+    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -62,8 +69,15 @@ class Task:
                 f"model.name={cfg.model.name!r} is not a model of task {self.name!r}; "
                 f"expected one of {list(self.model_names)}"
             )
-        self.score_name = "score"
-        self.higher_is_better = True
+        if self.default_threshold is not None and cfg.model.threshold is None:
+            cfg.model.threshold = self.default_threshold
+        metric = self.default_score if cfg.train.select_metric == "auto" else cfg.train.select_metric
+        if self.scores and metric not in self.scores:
+            raise ConfigError(
+                f"train.select_metric={metric!r} is not a {self.name} score; expected auto or one of "
+                f"{list(self.scores)}"
+            )
+        self.score_name = metric
         # Set by the engine (cen.train.precision.Precision): how optimize() runs backward and the step.
         self.precision = None
 

@@ -32,7 +32,15 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from cen.data.hha import CAMERA_FILE, PLAUSIBLE_MEDIAN_M, CameraSpec, HHAError, Intrinsics, backproject, camera_spec
+from cen.data.hha import (
+    CAMERA_FILE,
+    CameraSpec,
+    HHAError,
+    Intrinsics,
+    backproject,
+    camera_spec,
+    measured_room_depth,
+)
 from cen.data.images import read_image
 from cen.data.lists import nyudv2_entries, raise_if_missing
 from cen.data.synth.classes import BOX, CLASS_NAMES, CYLINDER, POSTER, RUG, SPHERE
@@ -73,16 +81,9 @@ def depth_to_points(depth: np.ndarray, intrinsics: Intrinsics, depth_scale: floa
             "single-channel PNG (0 = hole)"
         )
     z = torch.from_numpy(depth.astype(np.float32)) * depth_scale
-    valid = z > 0
-    if not bool(valid.any()):
-        raise ValueError(f"{source}: the depth map has no valid pixel (all holes); no point cloud to sample")
-    median = float(z[valid].median())
-    lo, hi = PLAUSIBLE_MEDIAN_M
-    if not lo <= median <= hi:
-        raise ValueError(
-            f"{source}: median depth {median:.4g} m with depth scale {depth_scale:g} is implausible for "
-            f"a room (expected {lo:g}-{hi:g} m); the depth_scale of camera.json does not fit these files"
-        )
+    valid = measured_room_depth(
+        z, source, scale=depth_scale, fix="the depth_scale of camera.json does not fit these files"
+    )
     return backproject(z, intrinsics)[:, valid].T.contiguous()
 
 

@@ -63,21 +63,15 @@ class PresenceTask(Task):
     primary = "model"
     target_key = TARGET_KEY
     model_names = ("hetero", "hetero_concat")
+    default_threshold = THRESHOLD
+    scores = tuple(SCORE_LABELS)
+    default_score = "map"
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        if cfg.model.threshold is None:  # resolved here so config.yaml and checkpoints hold the value
-            cfg.model.threshold = THRESHOLD
-        metric = "map" if cfg.train.select_metric == "auto" else cfg.train.select_metric
-        if metric not in SCORE_LABELS:
-            raise ConfigError(
-                f"train.select_metric={metric!r} is not a presence score; expected auto or one of {list(SCORE_LABELS)}"
-            )
         unknown = [m for m in cfg.modalities if m not in MODALITIES]
         if unknown:
             raise ConfigError(f"modalities {unknown} are not in the presence data; it has {list(MODALITIES)}")
-        self.score_name = metric
-        self.higher_is_better = True
         self.select = cfg.train.select  # resolved in setup() once the model is known
         self.collate_fn = collate  # for loaders built outside the engine (the engine's default collate agrees)
 

@@ -53,19 +53,12 @@ class SegmentationTask(Task):
     target_key = MASK_KEY
     model_names = ("refinenet", "tiny")
     eval_options = ("scales", "flip")
+    default_threshold = THRESHOLD
+    scores = tuple(SCORE_LABELS)
+    default_score = "miou"
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        if cfg.model.threshold is None:  # resolved here so config.yaml and checkpoints hold the value
-            cfg.model.threshold = THRESHOLD
-        metric = "miou" if cfg.train.select_metric == "auto" else cfg.train.select_metric
-        if metric not in SCORE_LABELS:
-            raise ConfigError(
-                f"train.select_metric={metric!r} is not a segmentation score; expected auto or one of "
-                f"{list(SCORE_LABELS)}"
-            )
-        self.score_name = metric
-        self.higher_is_better = True
         self.select = cfg.train.select  # resolved in setup() once the model is known
         loss = cfg.loss
         self.criterion = SegmentationLoss(

@@ -54,18 +54,13 @@ class TranslationTask(Task):
     primary = "generator"
     target_key = TARGET_KEY
     model_names = ("unet",)
+    default_threshold = TRANSLATION_THRESHOLD
+    scores = tuple(SCORES)
+    default_score = "l1"
+    higher_is_better = False
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        if cfg.model.threshold is None:  # resolved here so config.yaml and checkpoints hold the value
-            cfg.model.threshold = TRANSLATION_THRESHOLD
-        metric = "l1" if cfg.train.select_metric == "auto" else cfg.train.select_metric
-        if metric not in SCORES:
-            raise ConfigError(
-                f"train.select_metric={metric!r} is not a translation score; expected auto or one of {list(SCORES)}"
-            )
-        self.score_name = metric
-        self.higher_is_better = False
         self.select = cfg.train.select
         self._metrics = None  # built on first evaluation, then reset and reused
 
