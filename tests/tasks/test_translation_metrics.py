@@ -91,6 +91,18 @@ def test_kid_is_the_unbiased_polynomial_mmd_of_the_features(real):
     assert out["kid_std"] < 1e-3 * abs(out["kid"])  # only float32 summation order differs
 
 
+def test_scores_under_bf16_autocast_are_the_fp32_scores(real):
+    # the engine evaluates inside autocast when train.precision is bf16; FID/KID must not see it
+    fake = torch.flip(real, dims=[-1]) * 0.8
+    scores = []
+    for precision in ("fp32", "bf16"):
+        m = TranslationMetrics(["a"], features="scenes")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            stream(m, {"a": fake}, real)
+            scores.append(m.compute()["a"])
+    assert scores[1] == scores[0]
+
+
 def test_inputs_are_quantised_like_saved_pngs():
     x = torch.tensor([-1.0, -0.999, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 1, 6).expand(1, 3, 1, 6)
     assert to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255, 255]

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 import cen
 from cen.tasks import DATASETS, TASKS, RegistryError, Task, build_task
@@ -126,6 +126,22 @@ def test_a_second_task_trains_resumes_exactly_and_loads(tmp_path, capsys):
     generator = cen.load_model(tmp_path / "full" / "best.pt")
     best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["models"]["generator"]
     assert all(torch.equal(generator.state_dict()[k], best[k]) for k in best)
+
+
+def test_the_engine_batches_with_the_task_collate(tmp_path):
+    batches = []
+
+    def collate(samples):  # default batching, plus a record of the batch sizes it formed
+        batches.append(len(samples))
+        return default_collate(samples)
+
+    cfg = _cfg(tmp_path, "run.name=collate", "train.max_steps=2", "eval.test=false")
+    task = TwoModelTask(cfg)
+    task.collate_fn = collate
+    Trainer(cfg, datasets=_data(), task=task).fit()
+    train_batch = cfg.train.batch_size
+    assert batches[:2] == [train_batch, train_batch]  # the two training steps
+    assert len(batches) > 2 and max(batches[2:]) <= cfg.eval.batch_size  # then the validation loader
 
 
 def test_registries_name_the_known_entries(tmp_path):

@@ -16,7 +16,7 @@ resolved config: ``TASKS.get(cfg.task)(cfg)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +50,8 @@ class Task:
 
     Instance attributes set by ``__init__``:
         score_name: the entry of :meth:`score`'s result that picks ``best.pt``.
+        collate_fn: how the engine's loaders batch a list of samples (None: torch's default
+            collate); a subclass sets it after ``super().__init__``.
     """
 
     name: ClassVar[str] = ""
@@ -78,6 +80,7 @@ class Task:
                 f"{list(self.scores)}"
             )
         self.score_name = metric
+        self.collate_fn: Callable[[list], Any] | None = None
         # Set by the engine (cen.train.precision.Precision): how optimize() runs backward and the step.
         self.precision = None
 

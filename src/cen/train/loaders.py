@@ -9,6 +9,7 @@ of workers, the number of processes, or where a resumed run restarts.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -107,6 +108,7 @@ def train_loader(
     seed: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    collate_fn: Callable[[list], object] | None = None,
 ) -> DataLoader:
     sampler = EpochSampler(len(dataset), batch_size, rank=rank, world_size=world_size, seed=seed)
     if sampler.batches_per_epoch() == 0:
@@ -123,11 +125,19 @@ def train_loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
         persistent_workers=False,
+        collate_fn=collate_fn,
     )
 
 
 def eval_loader(
-    dataset: Dataset, batch_size: int, *, rank: int, world_size: int, num_workers: int = 0, pin_memory: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    rank: int,
+    world_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list], object] | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -136,4 +146,5 @@ def eval_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
+        collate_fn=collate_fn,
     )

@@ -180,6 +180,7 @@ class Trainer:
             seed=cfg.train.seed,
             num_workers=cfg.data.num_workers,
             pin_memory=pin,
+            collate_fn=self.task.collate_fn,
         )
         self.eval_loaders = {
             split: loaders.eval_loader(
@@ -189,6 +190,7 @@ class Trainer:
                 world_size=world,
                 num_workers=cfg.data.num_workers,
                 pin_memory=pin,
+                collate_fn=self.task.collate_fn,
             )
             for split in ("val", "test")
             if split in self.datasets

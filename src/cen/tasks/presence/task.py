@@ -73,7 +73,7 @@ class PresenceTask(Task):
         if unknown:
             raise ConfigError(f"modalities {unknown} are not in the presence data; it has {list(MODALITIES)}")
         self.select = cfg.train.select  # resolved in setup() once the model is known
-        self.collate_fn = collate  # for loaders built outside the engine (the engine's default collate agrees)
+        self.collate_fn = collate  # names ragged keys instead of torch's stack error
 
     # -- config and data ---------------------------------------------------------
     def check_training_config(self) -> None:

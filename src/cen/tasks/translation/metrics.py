@@ -162,10 +162,16 @@ class TranslationMetrics(nn.Module):
     def device(self) -> torch.device:
         return self.fid[0].real_features_sum.device
 
+    def _fp32(self):
+        """Autocast off: the engine evaluates under bf16/fp16 autocast, but FID and KID are
+        defined on fp32 features (and KID's kernel matmuls would otherwise run in bf16)."""
+        return torch.autocast(self.device.type, enabled=False)
+
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """Features (B, d) float32 of [-1, 1] images (B, 3, H, W), quantised to 8 bits first."""
-        return self.extractor(to_uint8(images).to(self.device)).float()
+        with self._fp32():
+            return self.extractor(to_uint8(images).to(self.device)).float()
 
     def _real_features(self, real: Tensor) -> Tensor:
         if self._real_cache is not None and self._real_cache[0] is real:
@@ -198,21 +204,21 @@ class TranslationMetrics(nn.Module):
     def compute(self) -> dict[str, dict[str, float]]:
         """Scores of every branch that received at least two images (FID and KID need two)."""
         out: dict[str, dict[str, float]] = {}
-        for b, i in self._index.items():
-            count = int(self.fid[i].fake_features_num_samples)
-            count = _synced_count(self.fid[i], count)
-            if count == 0:
-                continue
-            if count < 2:
-                raise ValueError(f"branch {b!r}: {count} image scored; FID and KID need at least 2")
-            kid_mean, kid_std = _kid_with_subset(self.kid[i], count)
-            out[b] = {
-                "l1": float(self.l1[i].compute()),
-                "rmse": math.sqrt(float(self.mse[i].compute())),
-                "fid": float(self.fid[i].compute()),
-                "kid": 100.0 * kid_mean,
-                "kid_std": 100.0 * kid_std,
-            }
+        with self._fp32():
+            for b, i in self._index.items():
+                count = _synced_count(self.fid[i], int(self.fid[i].fake_features_num_samples))
+                if count == 0:
+                    continue
+                if count < 2:
+                    raise ValueError(f"branch {b!r}: {count} image scored; FID and KID need at least 2")
+                kid_mean, kid_std = _kid_with_subset(self.kid[i], count)
+                out[b] = {
+                    "l1": float(self.l1[i].compute()),
+                    "rmse": math.sqrt(float(self.mse[i].compute())),
+                    "fid": float(self.fid[i].compute()),
+                    "kid": 100.0 * kid_mean,
+                    "kid_std": 100.0 * kid_std,
+                }
         return out
 
     def reset(self) -> None:
