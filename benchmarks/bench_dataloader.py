@@ -4,14 +4,19 @@
 
 Generates a few scenes at NYUDv2 size (480x640 PNG RGB + 16-bit depth + 8-bit labels) in a
 temporary directory and runs the reference recipe (shorter side 350 x random scale 0.5-2.0 in
-one resize, normalise, pad/crop 500, mirror; batch 6) through three pipelines on the same files:
+one resize, normalise, pad/crop 500, mirror; batch 6) through four pipelines on the same files:
 
 * ``pil+float``: the path before the loaders decoded with ``torchvision.io`` (until 2026-11-27):
   ``cen.data.base.MultiModalDataset`` (PIL decode) with that day's numpy decoders (kept below
   as the baseline) and the v2 steps one by one;
 * ``tvio+uint8``: ``cen.data.NYUDv2`` as it loads by default (``torchvision.io`` decode,
   ``SegmentationTrain.from_raw`` resizing 8-bit images in uint8; within one 8-bit level);
-* ``tvio+float``: the same with ``uint8_resize=False`` (bit-identical to ``pil+float``).
+* ``tvio+float``: the same with ``uint8_resize=False`` (bit-identical to ``pil+float``);
+* ``tvio+uint8+cache``: ``tvio+uint8`` with ``cache_dir`` (``data.cache_dir``): the decoded pixels
+  are kept as uncompressed ``.npy`` files (:class:`cen.data.decoded_cache.DecodedCache`), as in
+  every epoch after the first; the cache (in the temporary directory, removed at the end) is
+  filled by one pass over the files before timing, and the script checks that its samples equal
+  ``tvio+uint8``'s bit for bit.
 
 Per round (rotating order, same seeds so every pipeline draws the same scales and crops): the
 CPU time of one sample in this process with one torch thread, and samples/s through a
@@ -35,6 +40,7 @@ import numpy as np
 from machine import machine  # benchmarks/ is the script folder, so on sys.path
 
 TODAY = "pil+float"
+CACHED = "tvio+uint8+cache"
 
 
 def samples_per_s(dataset, workers: int, batch_size: int, batches: int) -> float:
@@ -109,7 +115,7 @@ class NumpyDecoder:
         return t.contiguous() * scale
 
 
-def pipelines(root: Path, crop: int, shorter_side: int) -> dict:
+def pipelines(root: Path, crop: int, shorter_side: int, cache_dir: Path) -> dict:
     from cen.data import NYUDv2
     from cen.data.base import MultiModalDataset
     from cen.data.synth import NUM_CLASSES
@@ -120,6 +126,7 @@ def pipelines(root: Path, crop: int, shorter_side: int) -> dict:
 
     fast = NYUDv2(root, "train.txt", num_classes=NUM_CLASSES, transform=recipe(True))
     exact = NYUDv2(root, "train.txt", num_classes=NUM_CLASSES, transform=recipe(False))
+    cached = NYUDv2(root, "train.txt", num_classes=NUM_CLASSES, transform=recipe(True), cache_dir=cache_dir)
     numpy_decoders = {
         "rgb": NumpyDecoder("image"),
         "depth": NumpyDecoder("depth", scale=fast.decoders["depth"].scale),
@@ -129,6 +136,7 @@ def pipelines(root: Path, crop: int, shorter_side: int) -> dict:
         TODAY: MultiModalDataset(fast.entries, numpy_decoders, recipe(False)),
         "tvio+uint8": fast,
         "tvio+float": exact,
+        CACHED: cached,
     }
 
 
@@ -171,14 +179,19 @@ def main() -> None:
                 with Image.open(path) as img:
                     img.load()
                     img.save(path, compress_level=args.compress_level)
-        data = pipelines(tmp, args.crop, args.shorter_side)
+        data = pipelines(tmp, args.crop, args.shorter_side, tmp / "cache")
         names = list(data)
-        for i in range(2):  # the baseline computes what the loaders compute (tests/data/test_fast_loading.py)
-            torch.manual_seed(i)
-            a = data[TODAY][i]
-            torch.manual_seed(i)
-            b = data["tvio+float"][i]
-            assert all(torch.equal(a[k], b[k]) for k in a), "baseline and tvio+float differ"
+        for i in range(len(data[CACHED])):  # fill the cache: the epochs after the first
+            data[CACHED][i]
+        cache_mb = sum(f.stat().st_size for f in (tmp / "cache").rglob("*.npy")) / 2**20
+        # the baseline computes what the loaders compute (tests/data/test_fast_loading.py), the cache changes nothing
+        for i in range(2):
+            for base, other in ((TODAY, "tvio+float"), ("tvio+uint8", CACHED)):
+                torch.manual_seed(i)
+                a = data[base][i]
+                torch.manual_seed(i)
+                b = data[other][i]
+                assert all(torch.equal(a[k], b[k]) for k in a), f"{base} and {other} differ"
         cpu: dict[str, list[float]] = {n: [] for n in names}
         rate: dict[tuple[str, int], list[float]] = {(n, w): [] for n in names for w in args.workers}
         for r in range(args.rounds + 1):  # round 0 warms up
@@ -220,6 +233,7 @@ def main() -> None:
         "cpu_samples": args.cpu_samples,
         "rounds": args.rounds,
         "compress_level": args.compress_level,
+        "cache_mb": round(cache_mb, 1),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
     }
@@ -231,11 +245,12 @@ def main() -> None:
     if args.compress_level is not None:
         print(f"RGB and depth PNGs re-saved with zlib level {args.compress_level}")
     print(f"1-minute load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    header = f"{'pipeline':<12} {'CPU ms/sample':>13}" + "".join(f" {f'samples/s {w}w':>14}" for w in args.workers)
+    print(f"{CACHED}: {cache_mb:.1f} MB of decoded pixels for {args.scenes} scenes")
+    header = f"{'pipeline':<16} {'CPU ms/sample':>13}" + "".join(f" {f'samples/s {w}w':>14}" for w in args.workers)
     print(header)
     for row in results:
         cells = "".join(f" {row[f'samples_per_s_{w}_workers']:>14.1f}" for w in args.workers)
-        print(f"{row['pipeline']:<12} {row['cpu_ms_per_sample']:>13.1f}{cells}")
+        print(f"{row['pipeline']:<16} {row['cpu_ms_per_sample']:>13.1f}{cells}")
     for name, r in ratios.items():
         print(f"{name} vs {TODAY}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     print(

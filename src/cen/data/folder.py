@@ -32,6 +32,8 @@ class FolderDataset(RawDecodingDataset):
             use 1e-3 for millimetres).
         channels: grey images and depth are replicated to this many channels.
         ignore_index: ignored label value.
+        cache_dir: a folder that keeps the decoded pixels, so each file is decoded once
+            (:class:`~cen.data.decoded_cache.DecodedCache`; the same samples), or None.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class FolderDataset(RawDecodingDataset):
         depth_scale: float = REFERENCE_DEPTH_SCALE,
         channels: int = 3,
         ignore_index: int = IGNORE_INDEX,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(modalities, str):
             modalities = (modalities,)
@@ -63,4 +66,4 @@ class FolderDataset(RawDecodingDataset):
         decoders = {m: decoder_for_kind(kinds[m], depth_scale=depth_scale, channels=channels) for m in modalities}
         if mask is not None:
             decoders["mask"] = MaskDecoder(int(num_classes), ignore_index)
-        super().__init__(entries, decoders, transform)
+        super().__init__(entries, decoders, transform, cache_dir=cache_dir)

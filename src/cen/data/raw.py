@@ -11,30 +11,38 @@ work in two steps (``raw``, ``finish``; see :mod:`cen.data.decode`). It reads ev
   :class:`~cen.data.base.MultiModalDataset` does.
 
 Both give what :class:`~cen.data.base.MultiModalDataset` gives for the same decoders and
-transform (``from_raw`` up to the rounding it documents).
+transform (``from_raw`` up to the rounding it documents). With ``cache_dir`` the files are
+read through a :class:`~cen.data.decoded_cache.DecodedCache`: the same pixels, each PNG decoded
+once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from cen.data.base import MultiModalDataset, load_entry
+from cen.data.base import MultiModalDataset, Transform, load_entry
+from cen.data.decoded_cache import DecodedCache
 from cen.data.lists import Entry
 from cen.data.tensor_images import read_image_tensor
 from cen.data.tvtensors import unwrap_sample, wrap
 
 
-def load_raw_entry(entry: Entry, decoders: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def load_raw_entry(
+    entry: Entry, decoders: Mapping[str, Any], read: Callable[[Any], torch.Tensor] = read_image_tensor
+) -> dict[str, torch.Tensor]:
     """Read and check every file of ``entry``: ``decoder.raw`` of each role's (C, H, W) tensor.
 
+    ``read(path)`` gives a file's integer (C, H, W) pixels: :func:`~cen.data.tensor_images.read_image_tensor`
+    or :meth:`DecodedCache.read <cen.data.decoded_cache.DecodedCache.read>`, which return the same.
     The errors of :func:`~cen.data.base.load_entry` (file, list line, sizes that differ)."""
     return load_entry(
         entry,
         decoders,
-        read=read_image_tensor,
+        read=read,
         size_of=lambda img: (int(img.shape[-2]), int(img.shape[-1])),
         decode=lambda decoder, img, path: decoder.raw(img, path),
     )
@@ -44,10 +52,26 @@ class RawDecodingDataset(MultiModalDataset):
     """:class:`~cen.data.base.MultiModalDataset` read with ``torchvision.io``; every decoder
     must have ``raw`` and ``finish`` (:class:`~cen.data.decode.ImageDecoder`,
     :class:`~cen.data.decode.DepthDecoder`, :class:`~cen.data.decode.NormalDecoder`,
-    :class:`~cen.data.decode.MaskDecoder`). Same samples, same errors."""
+    :class:`~cen.data.decode.MaskDecoder`). Same samples, same errors.
+
+    ``cache_dir``: a folder for the decoded pixels (:class:`~cen.data.decoded_cache.DecodedCache`,
+    created if missing; ``data.cache_dir`` in a config), or None to decode every file every time.
+    The samples are the same either way."""
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        decoders: Mapping[str, Callable],
+        transform: Transform | None = None,
+        roles: Mapping[str, str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__(entries, decoders, transform, roles)
+        self.cache = None if cache_dir is None else DecodedCache(cache_dir)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        raw = load_raw_entry(self.entries[index], self.decoders)
+        read = read_image_tensor if self.cache is None else self.cache.read
+        raw = load_raw_entry(self.entries[index], self.decoders, read=read)
         keys = {role: self.roles.get(role, role) for role in raw}
         from_raw = getattr(self.transform, "from_raw", None)
         if from_raw is not None:

@@ -87,6 +87,8 @@ class NYUDv2(RawDecodingDataset):
         depth_channels: depth is replicated to this many channels (3, as the reference).
         ignore_index: label value that is ignored.
         kinds: optional ``{modality: kind}`` overriding the kinds inferred from the names.
+        cache_dir: a folder that keeps the decoded pixels, so each PNG is decoded once
+            (:class:`~cen.data.decoded_cache.DecodedCache`; the same samples), or None.
 
     A sample is ``{"rgb": (3, H, W) float in [0, 1], "depth": (3, H, W) float raw x
     depth_scale, "mask": (H, W) int64}`` before normalisation (which the transforms do).
@@ -111,6 +113,7 @@ class NYUDv2(RawDecodingDataset):
         depth_channels: int = 3,
         ignore_index: int = IGNORE_INDEX,
         kinds: Mapping[str, str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(modalities, str):
             modalities = (modalities,)
@@ -133,7 +136,7 @@ class NYUDv2(RawDecodingDataset):
             for m in self.modalities
         }
         chosen["mask"] = MaskDecoder(num_classes, ignore_index)
-        super().__init__(entries, chosen, transform)
+        super().__init__(entries, chosen, transform, cache_dir=cache_dir)
 
 
 class SUNRGBD(NYUDv2):

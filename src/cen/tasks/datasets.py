@@ -53,7 +53,12 @@ def _nyudv2(root, list_file, cfg, transform):
     from cen.data import NYUDv2
 
     return NYUDv2(
-        root, list_file, modalities=tuple(cfg.modalities), transform=transform, num_classes=int(cfg.data.num_classes)
+        root,
+        list_file,
+        modalities=tuple(cfg.modalities),
+        transform=transform,
+        num_classes=int(cfg.data.num_classes),
+        cache_dir=cfg.data.cache_dir,
     )
 
 
@@ -61,7 +66,12 @@ def _sunrgbd(root, list_file, cfg, transform):
     from cen.data import SUNRGBD
 
     return SUNRGBD(
-        root, list_file, modalities=tuple(cfg.modalities), transform=transform, num_classes=int(cfg.data.num_classes)
+        root,
+        list_file,
+        modalities=tuple(cfg.modalities),
+        transform=transform,
+        num_classes=int(cfg.data.num_classes),
+        cache_dir=cfg.data.cache_dir,
     )
 
 
@@ -69,7 +79,12 @@ def _folder(root, list_file, cfg, transform):
     from cen.data import FolderDataset
 
     return FolderDataset(
-        root, tuple(cfg.modalities), list_file, transform=transform, num_classes=int(cfg.data.num_classes)
+        root,
+        tuple(cfg.modalities),
+        list_file,
+        transform=transform,
+        num_classes=int(cfg.data.num_classes),
+        cache_dir=cfg.data.cache_dir,
     )
 
 
