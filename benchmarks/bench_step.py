@@ -14,6 +14,9 @@ channels really are exchanged. Variants:
 * ``cen``: :class:`cen.models.RefineNetCEN`, fp32 NCHW;
 * ``cen+bf16``: the same under ``torch.autocast`` in bfloat16 (what ``train.precision=bf16`` does);
 * ``cen+bf16+cl``: bf16 and channels-last parameters and inputs (``train.channels_last=true``);
+* ``cen+bf16+cl+lean``: also ``train.recast_weights=true`` and ``train.step_in_backward=true``
+  (backward recasts the weights instead of keeping autocast's copies; each parameter steps
+  inside backward and its gradient is freed: :mod:`cen.train.lean_memory`);
 * ``cen+bf16+cl+compile`` (``--compile``; minutes of compiling): that model
   under ``torch.compile`` (Inductor), as ``train.compile=true`` does; compiled by
   one untimed step first (its seconds are reported).
@@ -60,13 +63,14 @@ from cen.core.norms import _ModalityNorm  # noqa: E402
 from cen.models import RefineNetCEN  # noqa: E402
 from cen.train.precision import Precision, compile_model  # noqa: E402
 
-EAGER = ("reference", "cen", "cen+bf16", "cen+bf16+cl")
+EAGER = ("reference", "cen", "cen+bf16", "cen+bf16+cl", "cen+bf16+cl+lean")
 COMPILED = "cen+bf16+cl+compile"
-SETTINGS = {  # variant -> (precision, channels_last, compiled)
-    "cen": ("fp32", False, False),
-    "cen+bf16": ("bf16", False, False),
-    "cen+bf16+cl": ("bf16", True, False),
-    COMPILED: ("bf16", True, True),
+SETTINGS = {  # variant -> (precision, channels_last, compiled, Precision's memory options)
+    "cen": ("fp32", False, False, {}),
+    "cen+bf16": ("bf16", False, False, {}),
+    "cen+bf16+cl": ("bf16", True, False, {}),
+    "cen+bf16+cl+lean": ("bf16", True, False, {"recast_weights": True, "step_in_backward": True}),
+    COMPILED: ("bf16", True, True, {}),
 }
 NAMES = ("rgb", "depth", "hha", "normal")
 
@@ -106,9 +110,10 @@ def make_step(name: str, model, inputs: dict, target: torch.Tensor, device: torc
             optimizer.step()
 
         return step
-    precision, channels_last, compiled = SETTINGS[name]
-    prec = Precision(precision, device, channels_last=channels_last)
+    precision, channels_last, compiled, memory_options = SETTINGS[name]
+    prec = Precision(precision, device, channels_last=channels_last, **memory_options)
     prec.prepare_model(model)
+    prec.add_optimizers({"model": optimizer})
     batch = prec.prepare_batch({k: v.to(device) for k, v in inputs.items()})
     target = target.to(device)
     net = compile_model(model) if compiled else model

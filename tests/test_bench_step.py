@@ -77,10 +77,12 @@ def test_bench_step_reports_every_variant(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     v = result["variants"]
-    assert list(v) == ["reference", "cen", "cen+bf16", "cen+bf16+cl"]
+    assert list(v) == ["reference", "cen", "cen+bf16", "cen+bf16+cl", "cen+bf16+cl+lean"]
     for entry in v.values():
         assert len(entry["times_s"]) == 2 and entry["median_s"] > 0 and entry["peak_bytes"] > 0
         assert entry["speedup_vs_reference"] == pytest.approx(v["reference"]["median_s"] / entry["median_s"])
         assert entry["memory_vs_reference"] == pytest.approx(entry["peak_bytes"] / v["reference"]["peak_bytes"])
     assert v["reference"]["nonzero_per_forward"] > 0
+    # weights dominate at 32x32: recasting them and stepping in backward must show
+    assert v["cen+bf16+cl+lean"]["peak_bytes"] < 0.8 * v["cen+bf16+cl"]["peak_bytes"]
     assert "| cen+bf16+cl |" in proc.stdout and "speed-up vs reference" in proc.stdout

@@ -47,7 +47,7 @@ def test_optimize_is_the_plain_step_in_fp32_and_unscales_in_fp16():
     # fp16 with a gradient scaler (built on the CPU here; the engine allows fp16 on CUDA only):
     # the loss is scaled by 2**16, the step sees unscaled gradients.
     prec = Precision("fp16")
-    prec.add_scalers({"model": opts[2]})
+    prec.add_optimizers({"model": opts[2]})
     prec.optimize(copies[2](x).square().mean(), opts[2])
     for a, b in zip(copies[0].parameters(), copies[2].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -60,6 +60,7 @@ class DataConfig:
     scale_max: float = 2.0
     flip: bool = True
     num_workers: int = 0
+    cache_dir: str | None = None  # segmentation: folder keeping decoded pixels (each PNG decoded once); null: none
     num_points: int = 1024  # presence: points sampled from each depth map (a fixed N per cloud)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -131,6 +132,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; the CPU's choice) | fp16 (autocast + gradient scaling; CUDA only)
     channels_last: bool = False  # channels-last parameters and inputs (faster convolutions, most of all in bf16/fp16)
     compile: bool = False  # torch.compile (Inductor) the training forward; minutes to compile, needs a C compiler
+    recast_weights: bool = False  # bf16/fp16: backward recasts the weights instead of keeping autocast's copies
+    step_in_backward: bool = False  # step each parameter as soon as its gradient is complete, then free it
 
 
 @dataclass

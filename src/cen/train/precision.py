@@ -19,7 +19,15 @@ The engine applies these to every task without knowing it:
 A task reaches the optimiser through :meth:`Precision.optimize` (via
 :meth:`cen.tasks.base.Task.optimize`), which runs backward and the step outside
 autocast and through the gradient scaler when there is one; in fp32 it is exactly
-``zero_grad(set_to_none=True); loss.backward(); step()``.
+``zero_grad(set_to_none=True); loss.backward(); step()``. It empties autocast's cache of
+weight casts before backward: the copies are then freed as backward uses them, and a
+forward after the step (a GAN's generator loss through the critic just stepped) casts
+the updated weights, not the cached old ones.
+
+Two memory options change how backward runs, not what it computes
+(:mod:`cen.train.lean_memory`): ``train.recast_weights`` (backward recasts the weights
+instead of keeping autocast's copies) and ``train.step_in_backward`` (each parameter
+steps as soon as its gradient is complete, and the gradient is freed).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from cen.tasks.errors import ConfigError, UserError
+from cen.train.lean_memory import StepInBackward, recast_saved_weights
 
 #: ``train.precision`` values and their autocast dtypes (None: no autocast).
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,20 +56,63 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-class Precision:
-    """Autocast, layout and loss scaling of one run.
+def check_memory_options(
+    precision: str,
+    *,
+    recast_weights: bool,
+    step_in_backward: bool,
+    compile: bool = False,
+    distributed: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` for ``train.recast_weights`` / ``train.step_in_backward``
+    settings that cannot work with ``train.precision``, ``train.compile`` or several processes."""
+    if recast_weights and precision == "fp32":
+        raise ConfigError(
+            "train.recast_weights=true recasts autocast's weight copies, and train.precision=fp32 makes none; "
+            "use it with train.precision=bf16 or fp16"
+        )
+    if recast_weights and compile:
+        raise ConfigError(
+            "train.recast_weights=true works on eager models; with train.compile=true Inductor decides what "
+            "backward keeps: set one of them to false"
+        )
+    if step_in_backward and precision == "fp16":
+        raise ConfigError(
+            "train.step_in_backward=true cannot run with train.precision=fp16: its gradient scaler must see "
+            "every gradient before any parameter steps; use bf16 or fp32"
+        )
+    if step_in_backward and distributed:
+        raise ConfigError(
+            "train.step_in_backward=true steps before DistributedDataParallel has averaged the gradients; "
+            "set it to false for multi-process training"
+        )
 
-    The engine checks the choice against the device first (:func:`check_precision`);
-    this class itself also builds fp16 on a CPU (CPU autocast has it; the tests use it).
+
+class Precision:
+    """Autocast, layout, loss scaling and the memory options of one run.
+
+    The engine checks the choice against the device first (:func:`check_precision`,
+    :func:`check_memory_options`); this class itself also builds fp16 on a CPU (CPU
+    autocast has it; the tests use it).
 
     Args:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         device: where the models run (its type picks the autocast backend).
         channels_last: lay 4-d parameters and inputs out channels-last.
+        recast_weights: backward casts the weights again instead of keeping autocast's copies
+            (bf16/fp16 only; :func:`cen.train.lean_memory.recast_saved_weights`).
+        step_in_backward: optimisers passed to :meth:`add_optimizers` step each parameter
+            inside backward (:class:`cen.train.lean_memory.StepInBackward`; not with fp16).
     """
 
     def __init__(
-        self, precision: str = "fp32", device: torch.device | str = "cpu", *, channels_last: bool = False
+        self,
+        precision: str = "fp32",
+        device: torch.device | str = "cpu",
+        *,
+        channels_last: bool = False,
+        recast_weights: bool = False,
+        step_in_backward: bool = False,
     ) -> None:
         self.device = torch.device(device)
         if precision not in DTYPES:
@@ -68,6 +120,9 @@ class Precision:
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.channels_last = bool(channels_last)
+        check_memory_options(precision, recast_weights=recast_weights, step_in_backward=step_in_backward)
+        self.recast_weights = bool(recast_weights)
+        self.stepper = StepInBackward() if step_in_backward else None
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self._by_optimizer: dict[int, torch.amp.GradScaler] = {}
 
@@ -77,10 +132,16 @@ class Precision:
         return self.dtype is not None
 
     def autocast(self):
-        """A context manager: :func:`torch.autocast` in :attr:`dtype` (a no-op in fp32)."""
+        """A context manager: :func:`torch.autocast` in :attr:`dtype` (a no-op in fp32); with
+        ``recast_weights`` without autocast's cache and with backward keeping the fp32 weights."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        if not self.recast_weights:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False))
+        stack.enter_context(recast_saved_weights())
+        return stack
 
     # -- layout --------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -94,8 +155,11 @@ class Precision:
         return {k: to_channels_last(v) for k, v in batch.items()}
 
     # -- optimisation --------------------------------------------------------------------
-    def add_scalers(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
-        """One gradient scaler per optimiser in fp16 (none otherwise)."""
+    def add_optimizers(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
+        """Prepare the run's optimisers: one gradient scaler each in fp16; with
+        ``step_in_backward``, their parameters hooked to step inside backward."""
+        if self.stepper is not None:
+            self.stepper.register(optimizers)
         if self.precision != "fp16":
             return
         for name, optimizer in optimizers.items():
@@ -110,6 +174,11 @@ class Precision:
         the scale updated (:class:`torch.amp.GradScaler`).
         """
         with torch.autocast(self.device.type, enabled=False) if self.enabled else contextlib.nullcontext():
+            if self.enabled:
+                torch.clear_autocast_cache()
+            if self.stepper is not None and self.stepper.handles(optimizer):
+                self.stepper.backward(loss, optimizer)
+                return
             optimizer.zero_grad(set_to_none=True)
             scaler = self._by_optimizer.get(id(optimizer))
             if scaler is None:

@@ -57,7 +57,14 @@ from cen.train.checkpoint import (
 )
 from cen.train.interrupt import StopRequest, TrainingInterrupted
 from cen.train.optim import learning_rates, set_stage, stage_of, total_epochs
-from cen.train.precision import Precision, check_compile, check_precision, compile_error, compile_model
+from cen.train.precision import (
+    Precision,
+    check_compile,
+    check_memory_options,
+    check_precision,
+    compile_error,
+    compile_model,
+)
 from cen.train.runlog import RunLog, jsonable
 
 #: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first.
@@ -116,7 +123,21 @@ class Trainer:
         check_precision(cfg.train.precision, self.device)
         if cfg.train.compile:
             check_compile()
-        self.precision = Precision(cfg.train.precision, self.device, channels_last=cfg.train.channels_last)
+        t = cfg.train
+        check_memory_options(
+            t.precision,
+            recast_weights=t.recast_weights,
+            step_in_backward=t.step_in_backward,
+            compile=t.compile,
+            distributed=self.info.distributed,
+        )
+        self.precision = Precision(
+            t.precision,
+            self.device,
+            channels_last=t.channels_last,
+            recast_weights=t.recast_weights,
+            step_in_backward=t.step_in_backward,
+        )
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
         self.resume_from = None
         if resume:
@@ -160,7 +181,7 @@ class Trainer:
         if self.info.distributed and self.device.type == "cuda":
             self.models = {k: distributed.convert_sync_batchnorm(m) for k, m in self.models.items()}
         self.optimizers = dict(self.task.configure_optimizers(self.models))
-        self.precision.add_scalers(self.optimizers)
+        self.precision.add_optimizers(self.optimizers)
         self.task.precision = self.precision  # Task.optimize steps through it (loss scaling in fp16)
         # Theorem 1's check: where every penalised gamma of the primary model has been relative to theta.
         self.gamma = GammaTracker(self.model, mode="all" if cfg.loss.sparsity_mode == "all" else "disjoint")
