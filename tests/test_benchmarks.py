@@ -46,3 +46,16 @@ def test_bench_core_reports_all_variants_and_ratios(tmp_path):
     assert r["list_over_plain_time"] == pytest.approx(v["list"]["median_s"] / v["plain"]["median_s"])
     assert r["list_over_stacked_time"] == pytest.approx(v["list"]["median_s"] / v["stacked"]["median_s"])
     assert "| resnet18 | stacked |" in table and "list/plain time" in table
+
+
+def test_bench_conv_dtype_reports_each_shape(tmp_path):
+    result, table = _run(
+        "bench_conv_dtype.py",
+        *("--threads", "1", "--batch", "1", "--repeats", "1", "--warmup", "0", "--calls", "1"),
+        tmp_path=tmp_path,
+    )
+    assert len(result["rows"]) == 5
+    for row in result["rows"]:
+        assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["bf16_ms"])
+        assert "| {} | {} |".format(*row["shape"][:2]) in table
