@@ -19,12 +19,12 @@ once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from cen.data.base import MultiModalDataset, Transform, load_entry
+from cen.data.base import MultiModalDataset, load_entry
 from cen.data.decoded_cache import DecodedCache
 from cen.data.lists import Entry
 from cen.data.tensor_images import read_image_tensor
@@ -58,15 +58,8 @@ class RawDecodingDataset(MultiModalDataset):
     created if missing; ``data.cache_dir`` in a config), or None to decode every file every time.
     The samples are the same either way."""
 
-    def __init__(
-        self,
-        entries: Sequence[Entry],
-        decoders: Mapping[str, Callable],
-        transform: Transform | None = None,
-        roles: Mapping[str, str] | None = None,
-        cache_dir: str | os.PathLike | None = None,
-    ) -> None:
-        super().__init__(entries, decoders, transform, roles)
+    def __init__(self, *args, cache_dir: str | os.PathLike | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # MultiModalDataset's entries, decoders, transform, roles
         self.cache = None if cache_dir is None else DecodedCache(cache_dir)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -49,30 +49,25 @@ class DatasetEntry:
         return self.readers[task]
 
 
-def _nyudv2(root, list_file, cfg, transform):
-    from cen.data import NYUDv2
+def _nyudv2_layout(class_name: str) -> Reader:
+    """The reader of a data set in NYUDv2's layout: ``cen.data.<class_name>`` (NYUDv2, SUNRGBD)."""
 
-    return NYUDv2(
-        root,
-        list_file,
-        modalities=tuple(cfg.modalities),
-        transform=transform,
-        num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.cache_dir,
-    )
+    def read(root, list_file, cfg, transform):
+        import cen.data
+
+        return getattr(cen.data, class_name)(
+            root,
+            list_file,
+            modalities=tuple(cfg.modalities),
+            transform=transform,
+            num_classes=int(cfg.data.num_classes),
+            cache_dir=cfg.data.cache_dir,
+        )
+
+    return read
 
 
-def _sunrgbd(root, list_file, cfg, transform):
-    from cen.data import SUNRGBD
-
-    return SUNRGBD(
-        root,
-        list_file,
-        modalities=tuple(cfg.modalities),
-        transform=transform,
-        num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.cache_dir,
-    )
+_nyudv2, _sunrgbd = _nyudv2_layout("NYUDv2"), _nyudv2_layout("SUNRGBD")
 
 
 def _folder(root, list_file, cfg, transform):
