@@ -8,7 +8,8 @@
 #      then the project itself with pip install --no-deps --no-build-isolation -e .
 #   2. the full training step at the paper's setting (RefineNet-101, two modalities, batch 6,
 #      500x500): reference-style list model vs cen.models.RefineNetCEN in fp32, bf16,
-#      bf16 + channels-last, with peak memory and host synchronisations per step;
+#      bf16 + channels-last and with the memory options (recast_weights + step_in_backward), with peak
+#      memory and host synchronisations per step;
 #   3. the same with RefineNetCEN bf16 + channels-last compiled (Inductor; minutes to compile);
 #   4. the core benchmark on CUDA (ResNet-101 stacked vs list vs plain);
 #   5. 30 steps of CEN training through the CLI in bf16 + channels-last.
