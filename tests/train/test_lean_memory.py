@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cen.tasks.errors import ConfigError
 from cen.train.config import load_config
-from cen.train.precision import Precision
+from cen.train.precision import Precision, check_memory_options
 from cen.train.trainer import Trainer
 from tests.train.fakes import fake_datasets, tiny_overrides
 
@@ -162,6 +162,10 @@ def test_impossible_combinations_are_one_line_errors(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="train.step_in_backward=true cannot run with train.precision=fp16"):
         Precision("fp16", step_in_backward=True)
+    # what the engine checks with the process count it runs in (a DDP run cannot start here)
+    with pytest.raises(ConfigError, match="steps before DistributedDataParallel has averaged the gradients"):
+        check_memory_options("bf16", recast_weights=False, step_in_backward=True, distributed=True)
+    check_memory_options("bf16", recast_weights=True, step_in_backward=True, distributed=False)
 
 
 def test_a_lean_bf16_run_resumes_exactly(tmp_path):
