@@ -97,3 +97,10 @@ def spy_on_loaded_models(monkeypatch) -> list[tuple[bool, bool]]:
 
     monkeypatch.setattr(checkpoint, "load_model_with_config", spying_load)
     return seen
+
+
+def cen_predict(checkpoint, *args) -> int:
+    """Exit code of ``cen predict --checkpoint CHECKPOINT ARGS...`` (paths may be ``Path``s)."""
+    from cen.cli.main import main
+
+    return main(["predict", "--checkpoint", str(checkpoint), *map(str, args)])

@@ -17,7 +17,7 @@ from cen.tasks.segmentation.evaluate import predict_scores
 from cen.tasks.segmentation.visualize import colorize
 from cen.train.checkpoint import FORMAT, TRAINING, VERSION
 from cen.train.config import load_config
-from tests.train.fakes import spy_on_loaded_models
+from tests.train.fakes import cen_predict, spy_on_loaded_models
 
 K = 5
 
@@ -69,22 +69,18 @@ def test_preprocessing_matches_the_loaders(files):
 def test_predict_writes_colour_and_label_pngs_of_the_ensemble(files, tmp_path):
     d, model = files
     out, labels, grid = tmp_path / "pred.png", tmp_path / "labels.png", tmp_path / "grid.png"
-    rc = main(
-        [
-            "predict",
-            "--checkpoint",
-            str(d / "best.pt"),
-            "--rgb",
-            str(d / "rgb.png"),
-            "--depth",
-            str(d / "depth.png"),
-            "--out",
-            str(out),
-            "--labels",
-            str(labels),
-            "--grid",
-            str(grid),
-        ]
+    rc = cen_predict(
+        d / "best.pt",
+        "--rgb",
+        d / "rgb.png",
+        "--depth",
+        d / "depth.png",
+        "--out",
+        out,
+        "--labels",
+        labels,
+        "--grid",
+        grid,
     )
     assert rc == 0
     model.eval()
@@ -100,42 +96,23 @@ def test_predict_writes_colour_and_label_pngs_of_the_ensemble(files, tmp_path):
 def test_rgb_only_and_single_branch(files, tmp_path):
     d, model = files
     labels = tmp_path / "l.png"
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(d / "best.pt"),
-                "--rgb",
-                str(d / "rgb.png"),
-                "--out",
-                str(tmp_path / "p.png"),
-                "--labels",
-                str(labels),
-            ]
-        )
-        == 0
-    )
+    assert cen_predict(d / "best.pt", "--rgb", d / "rgb.png", "--out", tmp_path / "p.png", "--labels", labels) == 0
     model.eval()
     x = read_inputs({"rgb": str(d / "rgb.png")})
     assert np.array_equal(np.asarray(Image.open(labels)), predict_scores(model, x)["rgb"][0].argmax(0).numpy())
     assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(d / "best.pt"),
-                "--rgb",
-                str(d / "rgb.png"),
-                "--depth",
-                str(d / "depth.png"),
-                "--branch",
-                "depth",
-                "--out",
-                str(tmp_path / "p.png"),
-                "--labels",
-                str(labels),
-            ]
+        cen_predict(
+            d / "best.pt",
+            "--rgb",
+            d / "rgb.png",
+            "--depth",
+            d / "depth.png",
+            "--branch",
+            "depth",
+            "--out",
+            tmp_path / "p.png",
+            "--labels",
+            labels,
         )
         == 0
     )
@@ -192,24 +169,20 @@ def test_any_modality_by_name_decoded_by_its_kind(three, tmp_path, capsys):
     assert torch.allclose(x["normal"][0], raw / 127.5 - 1)  # normals: [-1, 1], not ImageNet-normalised
     labels, grid = tmp_path / "l.png", tmp_path / "g.png"
     assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(d / "best.pt"),
-                "--rgb",
-                paths["rgb"],
-                "--input",
-                f"depth={paths['depth']}",
-                "--input",
-                f"normal={paths['normal']}",
-                "--out",
-                str(tmp_path / "p.png"),
-                "--labels",
-                str(labels),
-                "--grid",
-                str(grid),
-            ]
+        cen_predict(
+            d / "best.pt",
+            "--rgb",
+            paths["rgb"],
+            "--input",
+            f"depth={paths['depth']}",
+            "--input",
+            f"normal={paths['normal']}",
+            "--out",
+            tmp_path / "p.png",
+            "--labels",
+            labels,
+            "--grid",
+            grid,
         )
         == 0
     )
@@ -218,18 +191,8 @@ def test_any_modality_by_name_decoded_by_its_kind(three, tmp_path, capsys):
     assert np.asarray(Image.open(grid)).shape == (18, 4 * 22 + 3 * 4, 3)  # rgb | depth | normal | prediction
     # normal alone: missing-modality inference
     assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(d / "best.pt"),
-                "--input",
-                f"normal={paths['normal']}",
-                "--out",
-                str(tmp_path / "p.png"),
-                "--labels",
-                str(labels),
-            ]
+        cen_predict(
+            d / "best.pt", "--input", f"normal={paths['normal']}", "--out", tmp_path / "p.png", "--labels", labels
         )
         == 0
     )
@@ -271,6 +234,6 @@ def test_predict_runs_in_the_checkpoints_precision_and_layout(files, tmp_path, m
     saved["config"]["train"].update(precision=precision, channels_last=precision == "bf16")
     atomic_save(saved, tmp_path / "best.pt")
     seen = spy_on_loaded_models(monkeypatch)
-    args = ["predict", "--checkpoint", str(tmp_path / "best.pt"), "--rgb", str(d / "rgb.png")]
-    assert main([*args, "--depth", str(d / "depth.png"), "--out", str(tmp_path / "pred.png")]) == 0
+    inputs = ("--rgb", d / "rgb.png", "--depth", d / "depth.png")
+    assert cen_predict(tmp_path / "best.pt", *inputs, "--out", tmp_path / "pred.png") == 0
     assert seen and set(seen) == {(precision == "bf16", precision == "bf16")}

@@ -15,6 +15,7 @@ from cen.train.checkpoint import weights_checkpoint
 from cen.train.config import load_config
 from cen.train.runlog import read_metrics
 from cen.train.trainer import Trainer
+from tests.train.fakes import cen_predict
 
 INPUTS = ("reshading", "edge_texture")
 
@@ -172,7 +173,6 @@ def test_cen_predict_writes_every_branch_of_a_translation_checkpoint(tmp_path, c
     import numpy as np
     from PIL import Image
 
-    from cen.cli.main import main
     from cen.tasks.translation.task import image_array
 
     torch.manual_seed(0)
@@ -186,18 +186,14 @@ def test_cen_predict_writes_every_branch_of_a_translation_checkpoint(tmp_path, c
     Image.fromarray(edges).save(tmp_path / "edges.png")
     out = tmp_path / "generated"
     assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(tmp_path / "g.pt"),
-                "--input",
-                f"reshading={tmp_path / 'shade.png'}",
-                "--input",
-                f"edge_texture={tmp_path / 'edges.png'}",
-                "--out",
-                str(out),
-            ]
+        cen_predict(
+            tmp_path / "g.pt",
+            "--input",
+            f"reshading={tmp_path / 'shade.png'}",
+            "--input",
+            f"edge_texture={tmp_path / 'edges.png'}",
+            "--out",
+            out,
         )
         == 0
     )
@@ -212,20 +208,7 @@ def test_cen_predict_writes_every_branch_of_a_translation_checkpoint(tmp_path, c
         got = np.asarray(Image.open(out / f"{branch}.png"))
         assert got.shape == (32, 32, 3)
         assert np.abs(got.astype(int) - image_array(want[branch][0]).astype(int)).max() <= 1, branch
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(tmp_path / "g.pt"),
-                "--input",
-                f"curvature={tmp_path / 'shade.png'}",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert cen_predict(tmp_path / "g.pt", "--input", f"curvature={tmp_path / 'shade.png'}", "--out", out) == 2
     assert "'curvature'" in capsys.readouterr().err
 
 
