@@ -84,10 +84,11 @@ class StepInBackward:
     def __init__(self) -> None:
         self._active: torch.optim.Optimizer | None = None
         self._groups: dict[int, tuple[torch.optim.Optimizer, int]] = {}  # id(param) -> (optimiser, group index)
-        self._handles: list = []
+        self._optimizers: list[torch.optim.Optimizer] = []
 
     def register(self, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
         for name, optimizer in optimizers.items():
+            self._optimizers.append(optimizer)
             for g, group in enumerate(optimizer.param_groups):
                 for p in group["params"]:
                     if id(p) in self._groups:
@@ -96,11 +97,11 @@ class StepInBackward:
                             "group or optimiser; each parameter must belong to one group"
                         )
                     self._groups[id(p)] = (optimizer, g)
-                    self._handles.append(p.register_post_accumulate_grad_hook(self._step))
+                    p.register_post_accumulate_grad_hook(self._step)
 
     def handles(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether ``optimizer``'s parameters are registered."""
-        return any(opt is optimizer for opt, _ in self._groups.values())
+        return any(opt is optimizer for opt in self._optimizers)
 
     def backward(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.zero_grad(set_to_none=True)``, then backward of ``loss`` stepping as it goes."""
@@ -122,10 +123,3 @@ class StepInBackward:
         finally:
             optimizer.param_groups = groups
         p.grad = None
-
-    def remove(self) -> None:
-        """Unhook every parameter."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._groups.clear()
