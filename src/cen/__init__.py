@@ -16,11 +16,13 @@ from cen.core.fusions import fusion_names, register_fusion
 from cen.core.multimodal import MultiModal
 from cen.core.norms import convert_sync_batchnorm
 from cen.core.sparsity import sparsity_loss, sparsity_shrink_
+from cen.core.spec import FusionSpec
 from cen.core.stacking import stack, unstack
 from cen.core.stats import exchange_stats
 
 __all__ = [
     "Ensemble",
+    "FusionSpec",
     "MultiModal",
     "__version__",
     "convert",

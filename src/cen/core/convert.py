@@ -31,16 +31,16 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from cen.core.defaults import THRESHOLD
-from cen.core.fusions import check_fusion_options
 from cen.core.norms import (
     ModalityBatchNorm1d,
     ModalityBatchNorm2d,
     ModalityInstanceNorm2d,
     _ModalityNorm,
 )
+from cen.core.spec import FusionSpec, Points, as_spec
 from cen.core.unshared import unshare
 
-ExchangeSpec = str | bool | None | Collection[str] | Callable[[str, nn.Module], bool]
+ExchangeSpec = Points  # the type of FusionSpec.points (the name older code imports)
 
 _EXCHANGE_POINTS: dict[type[nn.Module], str] = {}
 
@@ -196,15 +196,19 @@ def _exchange_predicate(
     )
 
 
+_UNSET = object()  # a keyword of convert() that was not given (None means "no fusion points" for exchange=)
+
+
 def convert(
     module: nn.Module,
     num_modalities: int,
+    spec: FusionSpec | None = None,
     *,
-    fusion: str = "exchange",
-    fusion_options: Mapping[str, object] | None = None,
-    shared_convs: bool = True,
-    threshold: float = THRESHOLD,
-    exchange: ExchangeSpec = "auto",
+    fusion=_UNSET,
+    fusion_options=_UNSET,
+    shared_convs=_UNSET,
+    threshold=_UNSET,
+    exchange=_UNSET,
 ) -> nn.Module:
     """Make ``module`` run on ``num_modalities`` stacked modalities with private norms.
 
@@ -213,18 +217,16 @@ def convert(
             also returned, and must be used when ``module`` itself is a norm or
             a convolution).
         num_modalities: ``M >= 1``.
-        fusion: the strategy applied at every fusion point, a name from
-            :func:`cen.core.fusions.fusion_names` (``"exchange"``: paper Eq. 6).
-        fusion_options: keyword options of that strategy (e.g. ``{"fraction": 0.3}``).
-        shared_convs: False gives every modality private copies of each
-            ``Conv2d`` and ``Linear`` (:mod:`cen.core.unshared`), initialised
-            from the original weights.
-        threshold: ``theta`` of the norms at the fusion points.
-        exchange: where the fusion points are: ``"auto"`` (the registered
-            blocks, see :func:`register_exchange_point`; an error if the
-            network has none and ``M > 1``), ``True`` (every converted norm),
-            ``False``/``None`` (none), a collection of qualified norm names, or
-            a predicate ``(name, norm) -> bool``.
+        spec: the fusion settings, a :class:`cen.FusionSpec` (strategy, its options,
+            ``theta``, where the fusion points go, shared convolutions); default
+            ``FusionSpec()``: exchange (paper Eq. 6) at the registered blocks, shared convolutions.
+        fusion, fusion_options, threshold, exchange, shared_convs: the same settings as
+            loose keywords (``FusionSpec``'s ``strategy``, ``options``, ``threshold``,
+            ``points``, ``shared_convs``), kept for older code; not together with ``spec``.
+            ``exchange`` is ``"auto"`` (the registered blocks, see
+            :func:`register_exchange_point`; an error if the network has none and
+            ``M > 1``), ``True`` (every converted norm), ``False``/``None`` (none), a
+            collection of qualified norm names, or a predicate ``(name, norm) -> bool``.
 
     Returns:
         The converted module. Norms already modality-aware are left alone if
@@ -234,15 +236,12 @@ def convert(
         raise TypeError(f"convert expects an nn.Module, got {type(module).__name__}")
     if isinstance(num_modalities, bool) or not isinstance(num_modalities, int) or num_modalities < 1:
         raise ValueError(f"num_modalities must be an int >= 1, got {num_modalities!r}")
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0 (it is compared with |gamma|), got {threshold!r}")
-    if fusion_options is not None and not isinstance(fusion_options, Mapping):
-        raise TypeError(
-            f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}"
-        )
-    check_fusion_options(fusion, fusion_options)  # a bad name or option fails even without fusion points
-    if not isinstance(shared_convs, bool):
-        raise TypeError(f"shared_convs must be a bool, got {shared_convs!r}")
+    loose = {"fusion": fusion, "fusion_options": fusion_options, "threshold": threshold, "shared_convs": shared_convs}
+    loose = {k: v for k, v in loose.items() if v is not _UNSET}
+    if exchange is not _UNSET:
+        loose["exchange"] = False if exchange is None else exchange
+    spec = as_spec(spec, **loose)
+    fusion, fusion_options, threshold, exchange = spec.strategy, dict(spec.options), spec.threshold, spec.points
 
     candidates = []
     for name, sub in module.named_modules():
@@ -274,6 +273,6 @@ def convert(
     for name, twin in twins.items():
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, twin)
-    if not shared_convs:
+    if not spec.shared_convs:
         module = unshare(module, num_modalities)
     return module

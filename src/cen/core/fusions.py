@@ -101,12 +101,19 @@ class Fusion(nn.Module):
       shift (``x_hat``) and the strategy applies ``gamma``, ``beta`` itself.
     * ``needs_all``: the strategy is not defined with a missing modality (the norm
       raises a clear error).
+    * ``linear``: at inference its output is ``sum_k w[m, k, c] y[k, c]`` with ``w`` fixed
+      by the weights (independent of the input), so an export can fold it into constants
+      (default False).
+    * ``deterministic``: at inference its output is a function of the weights and the
+      input alone (default True; ``random`` draws its channels).
     """
 
     name = ""
     penalised = True
     takes_affine = False
     needs_all = False
+    linear = False
+    deterministic = True
 
     def __init__(self, num_features: int, num_modalities: int) -> None:
         super().__init__()
@@ -188,6 +195,8 @@ class Exchange(Fusion):
     every call. With one present modality nothing is exchanged.
     """
 
+    linear = True
+
     def __init__(self, num_features: int, num_modalities: int, *, aggregate: str = "mean") -> None:
         super().__init__(num_features, num_modalities)
         if aggregate not in ("mean", "weighted"):
@@ -220,6 +229,8 @@ class Exchange(Fusion):
 @register_fusion("sum")
 class Sum(Fusion):
     """Summing activations: ``out[m] = y[m] + mean_{m' != m} y[m']`` over the present modalities."""
+
+    linear = True
 
     def forward(self, y, x, gamma, beta, threshold, present, flat=False):
         return y if y.shape[1] == 1 else y + others_mean(y)
@@ -344,6 +355,8 @@ class FixedExchange(_MaskedExchange):
     :func:`cen.sparsity_loss`.
     """
 
+    linear = True
+
     def __init__(self, num_features: int, num_modalities: int, *, fraction: float = 0.3) -> None:
         super().__init__(num_features, num_modalities)
         count = _check_fraction("fixed", fraction, num_features, num_modalities)
@@ -372,6 +385,8 @@ class RandomExchange(_MaskedExchange):
     construction is used (buffer ``eval_replace``). Not penalised by
     :func:`cen.sparsity_loss`.
     """
+
+    deterministic = False
 
     def __init__(self, num_features: int, num_modalities: int, *, fraction: float = 0.3, seed: int = 0) -> None:
         super().__init__(num_features, num_modalities)
@@ -404,6 +419,8 @@ class Discard(Fusion):
     Applies with any number of present modalities (it involves no other one).
     """
 
+    linear = True
+
     def forward(self, y, x, gamma, beta, threshold, present, flat=False):
         keep = _expand(gamma.detach().abs() >= threshold, y)
         return torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -415,6 +432,8 @@ class Discard(Fusion):
 @register_fusion("none")
 class NoFusion(Fusion):
     """No interaction, ``out = y``: late fusion through the ensemble only (with l1 on: "l1 alone")."""
+
+    linear = True
 
     def forward(self, y, x, gamma, beta, threshold, present, flat=False):
         return y

@@ -32,15 +32,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cen.core.fusions import Discard, Exchange, FixedExchange, Fusion, NoFusion, RandomExchange, Sum
 from cen.core.multimodal import MultiModal
 from cen.core.norms import ModalityInstanceNorm2d, _ModalityNorm
 from cen.core.unshared import ModalityConv2d, ModalityLinear
 from cen.tasks.errors import UserError
-
-#: Strategies whose output is ``sum_k w[m, k, c] y[k, c]`` with ``w`` fixed by the weights (independent of ``x``).
-LINEAR_FUSIONS: tuple[type[Fusion], ...] = (Exchange, FixedExchange, Discard, Sum, NoFusion)
-
 
 class FreezeError(ValueError, UserError):
     """A model that cannot be frozen for export; the message names the module and the reason."""
@@ -193,9 +188,9 @@ def _rows(t: Tensor | None, num_modalities: int, present) -> Tensor | None:
 def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None) -> FrozenNorm:
     """The :class:`FrozenNorm` computing what ``norm.eval()`` computes for the modalities ``present`` (None: all)."""
     fusion = norm.fusion
-    if isinstance(fusion, RandomExchange):
+    if fusion is not None and not fusion.deterministic:
         raise FreezeError(
-            f"cannot export: norm {name!r} uses fusion 'random', whose exchanged channels are drawn at random, "
+            f"cannot export: norm {name!r} uses fusion {fusion.name!r}, whose exchanged channels are drawn at random, "
             "not computed from the weights; only fusions fixed by the weights can be frozen"
         )
     if fusion is not None and fusion.needs_all and present is not None:
@@ -206,7 +201,7 @@ def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None)
     num = norm.num_modalities if present is None else len(present)
     weight, bias = _rows(norm.weight, norm.num_modalities, present), _rows(norm.bias, norm.num_modalities, present)
     channels = norm.num_features
-    live = fusion is not None and type(fusion) not in LINEAR_FUSIONS
+    live = fusion is not None and not fusion.linear  # the strategy's own flag (cen.core.fusions.Fusion)
     affine_in_fusion = fusion is not None and fusion.takes_affine
     if fusion is None:
         fuse: nn.Module = Identity()
