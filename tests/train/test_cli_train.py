@@ -156,3 +156,34 @@ def test_eval_runs_the_model_in_the_configs_precision_and_layout(trained, monkey
     args = ["eval", *_args(trained, f"train.precision={precision}", layout), "--checkpoint", checkpoint_path]
     assert main(args) == 0
     assert seen and set(seen) == {(precision == "bf16", precision == "bf16")}
+
+
+def test_auto_precision_is_resolved_recorded_and_reused_by_eval(trained, monkeypatch, capsys):
+    from cen.train import hardware
+
+    monkeypatch.setattr(hardware, "cpu_choice", lambda: ("bf16", "fake CPU with native bf16"))
+    args = _args(trained, "run.name=auto", "train.precision=auto", "train.channels_last=auto")
+    assert main(["train", *args]) == 0
+    err = capsys.readouterr().err
+    assert "precision bf16, channels-last (fake CPU with native bf16)" in err and "threads" in err
+    run = trained / "runs" / "auto"
+    saved = (run / "config.yaml").read_text()
+    assert "precision: bf16" in saved and "channels_last: true" in saved
+    start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert (start["event"], start["precision"], start["channels_last"]) == ("start", "bf16", True)
+    assert start["threads"] == torch.get_num_threads() >= 1
+    results = json.loads((run / "results.json").read_text())
+    assert (results["precision"], results["channels_last"]) == ("bf16", True)
+    # Evaluated on a machine whose probe says fp32: auto takes what the checkpoint recorded.
+    monkeypatch.setattr(hardware, "cpu_choice", lambda: ("fp32", "fake CPU without bf16"))
+    seen = spy_on_loaded_models(monkeypatch)
+    out = trained / "eval_auto"
+    assert main(["eval", *args, "--checkpoint", str(run / "best.pt"), "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["precision"], scores["channels_last"]) == ("bf16", True)
+    assert seen and all(seen_autocast and seen_cl for seen_autocast, seen_cl in seen)
+    # An explicit value wins over the checkpoint's.
+    seen.clear()
+    assert main(["eval", *args, "train.precision=fp32", "--checkpoint", str(run / "best.pt"), "--out", str(out)]) == 0
+    assert json.loads((out / "scores.json").read_text())["precision"] == "fp32"
+    assert seen and not any(autocast for autocast, _ in seen)

@@ -23,7 +23,7 @@ def test_fp16_on_a_cpu_is_a_one_line_error_naming_bf16(tmp_path):
     with pytest.raises(ConfigError, match="train.precision=bf16"):
         Trainer(cfg, datasets=fake_datasets())
     with pytest.raises(
-        ConfigError, match=r"train.precision='fp8' is not valid; expected one of \['fp32', 'bf16', 'fp16'\]"
+        ConfigError, match=r"train.precision='fp8' is not valid; expected one of \['auto', 'fp32', 'bf16', 'fp16'\]"
     ):
         load_config(None, tiny_overrides(tmp_path, "train.precision=fp8"))
 

@@ -510,6 +510,14 @@ def _intro(run: Run) -> str:
             f"λ {loss.get('sparsity_weight')}, sparsity {loss.get('sparsity_mode')} "
             f"({loss.get('sparsity_solver', 'gradient')} solver)"
         )
+    train = cfg.get("train") or {}
+    results = run.results or {}
+    if train.get("precision"):
+        layout = "channels-last" if train.get("channels_last") is True else "contiguous"
+        where = results.get("device") or train.get("device", "?")
+        cpu = f" ({results['cpu']})" if results.get("cpu") else ""
+        threads = f", {results['threads']} threads" if results.get("threads") else ""
+        bits.append(f"trained in {train['precision']}, {layout}, on {html.escape(str(where) + cpu)}{threads}")
     return "<p>" + "; ".join(bits) + ".</p>"
 
 

@@ -57,6 +57,16 @@ def register(subparsers) -> None:
     _intermixed(p)
 
 
+def _trained_in(checkpoint) -> str:
+    """``"bf16, channels-last"``: the precision and layout the checkpoint records (empty if none)."""
+    from cen.train.checkpoint import load_checkpoint
+
+    train = (load_checkpoint(checkpoint).get("config") or {}).get("train") or {}
+    if not train.get("precision"):
+        return ""
+    return f"{train['precision']}, {'channels-last' if train.get('channels_last') is True else 'contiguous'}"
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -83,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             diffs = verify_onnx(model, path, example=example, present=args.modalities)
     except (ExportError, FreezeError) as err:
         raise ExportCommandError(str(err)) from None
-    print(f"cen export: wrote {path}")
+    trained = _trained_in(args.checkpoint)
+    print(f"cen export: wrote {path} (computes in fp32{'; the model was trained in ' + trained if trained else ''})")
     if args.verify:
         worst = max(diffs.values())
         print("  max |onnxruntime - pytorch|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))

@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cen.cli.table",
     "cen.cli.report",
     "cen.cli.export",
+    "cen.cli.env",
 )
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "CEN_DEBUG"

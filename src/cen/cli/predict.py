@@ -225,11 +225,12 @@ def predict(args: argparse.Namespace):
 
 def _precision(cfg, device: torch.device):
     """The checkpoint's ``train.precision`` and layout, as it was trained and evaluated (fp16, which
-    needs CUDA, runs in fp32 on another device)."""
+    needs CUDA, runs in fp32 on another device; ``auto`` in an older checkpoint is resolved here)."""
+    from cen.train.hardware import settle
     from cen.train.precision import Precision
 
-    name = "fp32" if cfg.train.precision == "fp16" and device.type != "cuda" else cfg.train.precision
-    return Precision(name, device, channels_last=cfg.train.channels_last)
+    chosen = settle(cfg.train.precision, cfg.train.channels_last, device, inference=True)
+    return Precision(chosen.precision, device, channels_last=chosen.channels_last)
 
 
 def _predict_onnx(args, given, device) -> torch.Tensor:

@@ -150,6 +150,7 @@ def _eval(args: argparse.Namespace) -> int:
     from cen.train import distributed, loaders
     from cen.train.checkpoint import check_meta, load_model_with_config
     from cen.train.config import load_config
+    from cen.train.hardware import settle
     from cen.train.precision import Precision, check_precision
     from cen.train.runlog import jsonable
 
@@ -166,10 +167,19 @@ def _eval(args: argparse.Namespace) -> int:
             )
         options[name] = value
     info, device = distributed.init(cfg.train.device)
-    check_precision(cfg.train.precision, device)
-    precision = Precision(cfg.train.precision, device, channels_last=cfg.train.channels_last)
     model, saved = load_model_with_config(args.checkpoint)
     check_meta(build_task(saved).meta(), task.meta(), args.checkpoint)
+    # auto: as the checkpoint was trained and evaluated (its recorded values); explicit values win.
+    chosen = settle(cfg.train.precision, cfg.train.channels_last, device, saved=saved.train, inference=True)
+    check_precision(chosen.precision, device)
+    precision = Precision(chosen.precision, device, channels_last=chosen.channels_last)
+    settings = {"precision": chosen.precision, "channels_last": chosen.channels_last, "device": str(device)}
+    if info.is_main:
+        if chosen.notice:
+            print(f"cen eval: notice: {chosen.notice}", file=sys.stderr)
+        layout = "channels-last" if chosen.channels_last else "contiguous"
+        print(f"cen eval: {device}, precision {chosen.precision}, {layout} ({chosen.reason or 'as configured'})",
+              file=sys.stderr)  # fmt: skip
     if info.is_main:
         task.prepare_data()
     distributed.barrier()
@@ -186,7 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.subsets:
         with precision.autocast():
-            return _eval_subsets(args, cfg, task, model, loader, device, info, options, out)
+            return _eval_subsets(args, cfg, task, model, loader, device, info, {**options}, out, settings)
     with precision.autocast():
         results = task.evaluate(
             {task.primary: model},
@@ -202,12 +212,12 @@ def _eval(args: argparse.Namespace) -> int:
         title = f"{args.checkpoint} on {list_file}{task.describe_options(options)}:"
         print(task.format_table(results, title=title), flush=True)
         if out:
-            record = {"checkpoint": str(args.checkpoint), "split": args.split, **options, "scores": results}
+            record = {"checkpoint": str(args.checkpoint), "split": args.split, **options, **settings, "scores": results}
             atomic_write_json(out / "scores.json", jsonable(record))
     return 0
 
 
-def _eval_subsets(args, cfg, task, model, loader, device, info, options, out) -> int:
+def _eval_subsets(args, cfg, task, model, loader, device, info, options, out, settings) -> int:
     """``cen eval --subsets``: the task's scores on every subset of the modalities, as one table."""
     from cen.atomic import atomic_write_json, atomic_write_text
     from cen.tasks import build_task
@@ -239,6 +249,7 @@ def _eval_subsets(args, cfg, task, model, loader, device, info, options, out) ->
                         "split": args.split,
                         "metric": task.score_name,
                         **options,
+                        **settings,
                         "subsets": records,
                     }
                 ),

@@ -32,10 +32,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cen.core.fusions import Fusion
 from cen.core.multimodal import MultiModal
 from cen.core.norms import ModalityInstanceNorm2d, _ModalityNorm
 from cen.core.unshared import ModalityConv2d, ModalityLinear
 from cen.tasks.errors import UserError
+
 
 class FreezeError(ValueError, UserError):
     """A model that cannot be frozen for export; the message names the module and the reason."""

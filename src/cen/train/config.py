@@ -129,8 +129,12 @@ class TrainConfig:
     select: str = "auto"  # branch whose val score picks best.pt; auto: ensemble if present, else the first modality
     select_metric: str = "auto"  # the score of that branch: auto = the task's (segmentation miou, translation l1)
     progress: bool = True
-    precision: str = "fp32"  # fp32 | bf16 (autocast; the CPU's choice) | fp16 (autocast + gradient scaling; CUDA only)
-    channels_last: bool = False  # channels-last parameters and inputs (faster convolutions, most of all in bf16/fp16)
+    # auto: the fastest this device runs natively (cen.train.hardware; cen env shows it) | fp32 | bf16 (autocast) |
+    # fp16 (autocast + gradient scaling; CUDA only). The schema's default stays fp32 (exact arithmetic for library
+    # use); every shipped recipe says auto. The resolved value is what config.yaml and checkpoints record.
+    precision: str = "fp32"
+    channels_last: Any = False  # true | false | auto: channels-last parameters and inputs (faster convolutions)
+    threads: Any = "auto"  # torch threads: auto (OMP_NUM_THREADS, else this process's share of the cores) or an int
     compile: bool = False  # torch.compile (Inductor) the training forward; minutes to compile, needs a C compiler
     recast_weights: bool = False  # bf16/fp16: backward recasts the weights instead of keeping autocast's copies
     step_in_backward: bool = False  # step each parameter as soon as its gradient is complete, then free it
@@ -181,7 +185,7 @@ CHOICES = {
     "eval.upsample": ("bilinear", "bicubic"),
     "eval.generator_mode": ("eval", "train"),
     "eval.features": ("auto", "inception", "scenes"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 BASE_KEY = "base"
@@ -325,6 +329,11 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not valid; expected one of {list(allowed)}")
+    if not (isinstance(cfg.train.channels_last, bool) or cfg.train.channels_last == "auto"):
+        raise ConfigError(f"train.channels_last={cfg.train.channels_last!r} is not valid; expected true, false or auto")
+    threads = cfg.train.threads
+    if not (threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+        raise ConfigError(f"train.threads={threads!r} is not valid; expected auto or an int >= 1")
     mods = list(cfg.modalities)
     if not mods:
         raise ConfigError("modalities must name at least one modality, e.g. modalities=[rgb,depth]")

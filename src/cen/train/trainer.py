@@ -41,7 +41,7 @@ from cen.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from cen.tasks import build_task
 from cen.tasks.base import Task
 from cen.tasks.errors import UserError
-from cen.train import distributed, loaders
+from cen.train import distributed, hardware, loaders
 from cen.train.checkpoint import (
     FORMAT,
     TRAINING,
@@ -120,7 +120,14 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg)
         self.task.check_training_config()
         self.info, self.device = distributed.init(cfg.train.device)
-        check_precision(cfg.train.precision, self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
+        self.resume_from = None
+        if resume:
+            given = isinstance(resume, (str, Path)) and not isinstance(resume, bool)
+            self.resume_from = Path(resume) if given else self.run_dir / "last.pt"
+            if not self.resume_from.is_file():
+                raise CheckpointError(f"cannot resume: {self.resume_from} does not exist")
+        self._settle_hardware()
         if cfg.train.compile:
             check_compile()
         t = cfg.train
@@ -138,14 +145,7 @@ class Trainer:
             recast_weights=t.recast_weights,
             step_in_backward=t.step_in_backward,
         )
-        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
-        self.resume_from = None
-        if resume:
-            given = isinstance(resume, (str, Path)) and not isinstance(resume, bool)
-            self.resume_from = Path(resume) if given else self.run_dir / "last.pt"
-            if not self.resume_from.is_file():
-                raise CheckpointError(f"cannot resume: {self.resume_from} does not exist")
-        elif (self.run_dir / "last.pt").exists():
+        if not resume and (self.run_dir / "last.pt").exists():
             if not overwrite:
                 raise RunExistsError(
                     f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it, "
@@ -221,6 +221,43 @@ class Trainer:
         self.best_score, self.best_epoch = None, None
         self.log = None
         self._stop = StopRequest(self.stream)  # catches SIGINT/SIGTERM during fit()
+
+    def _settle_hardware(self) -> None:
+        """Resolve ``train.precision`` / ``train.channels_last`` (``auto``) and ``train.threads`` for this
+        device, write the resolved values into the config (so config.yaml and checkpoints record them)."""
+        cfg = self.cfg
+        saved = None
+        if self.resume_from is not None and "auto" in (cfg.train.precision, cfg.train.channels_last):
+            saved = load_checkpoint(self.resume_from).get("config", {}).get("train")
+        chosen = hardware.settle(cfg.train.precision, cfg.train.channels_last, self.device, saved=saved)
+        check_precision(chosen.precision, self.device)
+        asked = f"precision={cfg.train.precision}, channels_last={str(cfg.train.channels_last).lower()}"
+        cfg.train.precision, cfg.train.channels_last = chosen.precision, chosen.channels_last
+        threads, why = hardware.choose_threads(cfg.train.threads, processes_per_machine=self.info.local_world_size)
+        if self.device.type == "cpu" or cfg.train.threads != "auto":
+            torch.set_num_threads(threads)
+        self.hardware = {
+            "device": str(self.device),
+            "precision": chosen.precision,
+            "channels_last": chosen.channels_last,
+            "asked": asked,
+            "reason": chosen.reason,
+            "threads": torch.get_num_threads(),
+            "threads_from": why,
+            "loader_workers": int(cfg.data.num_workers),
+            "cpu": hardware.cpu_model(),
+        }
+        if chosen.notice:
+            self._say(f"notice: {chosen.notice}")
+
+    def _say_hardware(self) -> None:
+        h = self.hardware
+        layout = "channels-last" if h["channels_last"] else "contiguous (NCHW)"
+        why = f" ({h['reason']})" if h["reason"] else ""
+        self._say(
+            f"device {h['device']} ({h['cpu']}): precision {h['precision']}, {layout}{why}; "
+            f"{h['threads']} threads ({h['threads_from']}), {h['loader_workers']} loader workers"
+        )
 
     @property
     def model(self) -> nn.Module:
@@ -326,6 +363,7 @@ class Trainer:
         cfg = self.cfg
         if self.resume_from is not None:
             self.load(self.resume_from)
+        self._say_hardware()
         if self.info.is_main:
             atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         distributed.barrier()
@@ -335,9 +373,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, enabled=self.info.is_main)
         if self.resume_from is None:
             params = sum(p.numel() for m in self.models.values() for p in m.parameters())
-            self.log.record(
-                "info", 0, event="start", params=params, processes=self.info.world_size, device=str(self.device)
-            )
+            self.log.record("info", 0, event="start", params=params, processes=self.info.world_size, **self.hardware)
         sampler = self.train_loader.sampler
         steps_per_epoch = sampler.batches_per_epoch()
         stopped = False
@@ -504,6 +540,7 @@ class Trainer:
             f"best_val_{self.task.score_name}": self.best_score,
             "best_epoch": self.best_epoch,
             "steps": self.global_step,
+            **{k: self.hardware[k] for k in ("device", "precision", "channels_last", "threads", "cpu")},
         }
         if not (cfg.eval.test and "test" in self.eval_loaders):
             return out

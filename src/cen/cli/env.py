@@ -1,0 +1,26 @@
+"""``cen env``: what this machine is and what ``auto`` becomes here, to paste into a bug report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "env",
+        help="show versions, devices, CPU capability and what train.precision=auto resolves to here",
+        description="One screen for a bug report: cen / torch / torchvision / Python versions, the devices, the "
+        "CPU's capability (the ISA torch dispatches to, native bf16, AMX), threads, what train.precision=auto and "
+        "train.channels_last=auto resolve to on each device, and which optional extras are installed.",
+    )
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cen.train.hardware import format_probe, probe
+
+    found = probe()
+    print(json.dumps(found.to_dict(), indent=2) if args.json else format_probe(found))
+    return 0
