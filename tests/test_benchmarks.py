@@ -59,3 +59,24 @@ def test_bench_conv_dtype_reports_each_shape(tmp_path):
         assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
         assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["bf16_ms"])
         assert "| {} | {} |".format(*row["shape"][:2]) in table
+
+
+def test_bench_precision_times_every_setting_and_places_auto(tmp_path):
+    result, table = _run(
+        "bench_precision.py",
+        *("--repeats", "2", "--warmup", "0", "--threads", "1", "--batch", "2"),
+        *("data.generate.height=64", "data.generate.width=64"),
+        tmp_path=tmp_path,
+    )
+    v = result["variants"]
+    assert set(v) == {"fp32", "fp32+cl", "bf16", "bf16+cl", "auto"}
+    assert result["batch"] == [2, 3, 64, 64]
+    for name, entry in v.items():
+        assert len(entry["times_s"]) == 2 and entry["median_s"] > 0
+        assert entry["ratio_to_fp32"] == pytest.approx(entry["median_s"] / v["fp32"]["median_s"])
+    auto = result["auto"]
+    assert (v["auto"]["precision"], v["auto"]["channels_last"]) == (auto["precision"], auto["channels_last"])
+    fastest = min(("fp32", "fp32+cl", "bf16", "bf16+cl"), key=lambda n: v[n]["median_s"])
+    assert result["fastest"] == fastest
+    assert result["auto_within_10pct_of_fastest"] == (v["auto"]["median_s"] <= 1.1 * v[fastest]["median_s"])
+    assert "| auto |" in table and "auto ->" in table
