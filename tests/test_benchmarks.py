@@ -71,7 +71,7 @@ def test_bench_precision_times_every_setting_and_places_auto(tmp_path):
     v = result["variants"]
     assert set(v) == {"fp32", "fp32+cl", "bf16", "bf16+cl", "auto"}
     assert result["batch"] == [2, 3, 64, 64]
-    for name, entry in v.items():
+    for entry in v.values():
         assert len(entry["times_s"]) == 2 and entry["median_s"] > 0
         assert entry["ratio_to_fp32"] == pytest.approx(entry["median_s"] / v["fp32"]["median_s"])
     auto = result["auto"]

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cen.analysis.gamma import GammaTracker
 from cen.core.norms import ModalityBatchNorm2d
+from cen.train.gamma import GammaTracker
 
 THETA = 0.02
 LAYERS = ["encoder.layer1.bn2", "encoder.layer2.bn2", "encoder.layer3.bn2"]
@@ -72,7 +72,7 @@ def make_run(tmp_path):
         (run / "config.yaml").write_text(
             f"modalities: [{', '.join(mods)}]\n"
             "data: {dataset: scenes, num_classes: 7}\n"
-            f"model: {{name: toy, threshold: {THETA}, exchange: {str(exchange).lower()}}}\n"
+            f"model: {{name: toy}}\nfusion: {{threshold: {THETA}, points: {'auto' if exchange else 'false'}}}\n"
             "loss: {sparsity_weight: 10.0, sparsity_mode: disjoint, sparsity_solver: proximal}\n",
             encoding="utf-8",
         )

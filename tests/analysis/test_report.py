@@ -93,7 +93,7 @@ def test_run_without_exchange_says_so(make_run):
     run = make_run("plain", exchange=False)
     html_path, _ = write_report(run)
     text = html_path.read_text()
-    assert "No exchange to show: the run was trained without exchange" in text
+    assert "No exchange to show: the run was trained without fusion points" in text
     assert "has no exchanging layers" in text  # the tracker found nothing to track
     assert "figure_a.png" not in _images(html_path)
     _assert_images_exist(html_path)

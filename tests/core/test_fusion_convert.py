@@ -217,8 +217,8 @@ def test_refinenet_passes_the_fusion_through():
                          decoder_widths=(8, 8, 8, 8))  # fmt: skip
     points = dict(fusion_points(model.encoder))
     assert len(points) == 8 and all(n.fusion.name == "fixed" and n.fusion.fraction == 0.2 for n in points.values())
-    assert model.config["fusion"] == "fixed" and model.config["fusion_options"] == {"fraction": 0.2}
-    assert model.config["shared_convs"] is True
+    assert model.config["spec"]["strategy"] == "fixed" and model.config["spec"]["options"] == {"fraction": 0.2}
+    assert model.config["spec"]["shared_convs"] is True
     unshared = RefineNetCEN("resnet18", 3, ("rgb", "depth"), shared_convs=False, decoder_widths=(8, 8, 8, 8))
     assert isinstance(unshared.encoder.conv1, cen.nn.ModalityConv2d)
     assert not any(isinstance(m, cen.nn.ModalityConv2d) for m in unshared.decoder.modules())

@@ -1,5 +1,9 @@
 """cen.FusionSpec: one value for the fusion settings, and convert's keywords as a shim over it."""
 
+import copy
+import dataclasses
+import pickle
+
 import pytest
 import torch
 import torchvision
@@ -63,8 +67,9 @@ def test_round_trip_and_custom_points():
     assert custom.to_dict()["points"] == "custom"
     with pytest.raises(ValueError, match="custom points"):
         cen.FusionSpec.from_dict(custom.to_dict())
-    with pytest.raises(TypeError):
-        spec.options["fraction"] = 0.5  # frozen: options are read-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.strategy = "sum"
+    assert copy.deepcopy(spec) == spec and pickle.loads(pickle.dumps(spec)) == spec
 
 
 def test_strategy_flags_replace_lists_kept_elsewhere():

@@ -171,7 +171,7 @@ def test_every_fusion_builds_a_working_model(fusion):
     points = {n: m.fusion.name for n, m in model.encoder.named_modules() if getattr(m, "fusion", None) is not None}
     assert len(points) == 8 and set(points.values()) == {fusion}  # after bn1 of ResNet-18's 8 BasicBlocks
     assert all(n.endswith(".bn1") for n in points)
-    assert model.config["fusion"] == fusion
+    assert model.config["spec"]["strategy"] == fusion
     out = model(_inputs(size=64))
     target = torch.randint(0, 5, (2, 16, 16))
     sum(nn.functional.cross_entropy(out[n], target) for n in ("rgb", "depth")).backward()
@@ -187,7 +187,7 @@ def test_unshared_encoder_convolutions_with_a_fusion_and_the_concat_head():
     ).train()
     assert isinstance(model.encoder.conv1, ModalityConv2d) and model.encoder.conv1.weight.shape == (3 * 64, 3, 7, 7)
     assert type(model.decoder.clf_conv) is nn.Conv2d  # the decoder is built after the conversion: shared
-    assert model.config["shared_convs"] is False and model.concat_head.fuse.in_channels == 3 * 16
+    assert model.config["spec"]["shared_convs"] is False and model.concat_head.fuse.in_channels == 3 * 16
     out = model(_inputs(size=64, names=("rgb", "depth", "normal")))
     assert list(out) == ["rgb", "depth", "normal", "ensemble"]
     out["ensemble"].square().mean().backward()
@@ -200,7 +200,7 @@ def test_unshared_encoder_convolutions_with_a_fusion_and_the_concat_head():
 def test_default_threshold_is_the_shared_constant():
     assert inspect.signature(RefineNetCEN).parameters["threshold"].default == THRESHOLD
     model = _meta("resnet18", 5)
-    assert model.config["threshold"] == THRESHOLD
+    assert model.config["spec"]["threshold"] == THRESHOLD
     assert {m.threshold for m in model.encoder.modules() if isinstance(m, ModalityBatchNorm2d)} == {THRESHOLD}
 
 

@@ -220,7 +220,7 @@ def test_every_fusion_builds_a_working_generator(fusion):
     gen = model.generator
     points = {name: m.fusion.name for name, m in gen.named_modules() if getattr(m, "fusion", None) is not None}
     assert points == {"down.1.norm": fusion, "down.2.norm": fusion}
-    assert model.config["fusion"] == fusion
+    assert model.config["spec"]["strategy"] == fusion
     out = model(_inputs(size=32))
     assert all(v.shape == (2, 3, 32, 32) and torch.isfinite(v).all() for v in out.values())
     sum(out[n].abs().mean() for n in NAMES).backward()
@@ -237,7 +237,7 @@ def test_fusion_options_and_unshared_convolutions_reach_the_generator():
     assert all(isinstance(b.conv, ModalityConv2d) for b in gen.down)
     assert gen.down[1].conv.weight.shape == (2 * 16, 8, 4, 4)
     assert all(type(b.conv) is nn.ConvTranspose2d for b in gen.up)
-    assert (model.config["fusion_options"], model.config["shared_convs"]) == ({"fraction": 0.25}, False)
+    assert (model.config["spec"]["options"], model.config["spec"]["shared_convs"]) == ({"fraction": 0.25}, False)
     out = model(_inputs(size=32))
     out[NAMES[1]].abs().mean().backward()
     w = gen.down[1].conv.weight.grad.view(2, 16, 8, 4, 4)

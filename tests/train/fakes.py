@@ -104,3 +104,20 @@ def cen_predict(checkpoint, *args) -> int:
     from cen.cli.main import main
 
     return main(["predict", "--checkpoint", str(checkpoint), *map(str, args)])
+
+
+def evaluate_segmenter(model, loader, num_classes, *, modalities=None, upsample="bilinear", **kwargs):
+    """The engine's evaluation loop (:func:`cen.train.evaluation.evaluate`) of a segmentation ``model`` with
+    ``num_classes`` classes over ``loader`` (``kwargs``: its options, e.g. ``flip``, ``image_dir``)."""
+    from cen.tasks import build_task
+    from cen.train.config import load_config
+    from cen.train.evaluation import evaluate
+
+    names = list(getattr(model, "names", None) or ["rgb", "depth"])
+    cfg = load_config(
+        None,
+        [f"modalities=[{','.join(names)}]", f"data.num_classes={num_classes}", f"eval.upsample={upsample}"],
+    )
+    kwargs.setdefault("progress", False)
+    return evaluate(build_task(cfg), {"model": model}, loader, device=torch.device("cpu"), modalities=modalities,
+                    **kwargs)  # fmt: skip

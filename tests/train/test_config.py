@@ -14,7 +14,7 @@ def test_reference_recipes_hold_the_reference_hyperparameters():
     assert [s.encoder_lr for s in r101.optim.stages] == [5e-4, 2.5e-4, 1e-4]
     assert [s.decoder_lr for s in r101.optim.stages] == [3e-3, 1.5e-3, 7e-4]
     assert (r101.optim.name, r101.optim.momentum, r101.optim.weight_decay) == ("sgd", 0.9, 1e-5)
-    assert (r101.loss.sparsity_weight, r101.model.threshold, r101.train.batch_size) == (2e-4, 2e-2, 6)
+    assert (r101.loss.sparsity_weight, r101.fusion.threshold, r101.train.batch_size) == (2e-4, 2e-2, 6)
     assert (r101.data.crop_size, r101.data.scale_min, r101.data.scale_max) == (500, 0.5, 2.0)
     assert r101.data.val_list is None and r101.data.test_list == "test.txt"  # selection off the test split
     r152 = load_config(CONFIGS / "nyudv2_r152.yaml")  # inherits r101 through `base:`
@@ -41,11 +41,16 @@ def test_overrides_merge_with_lists_and_indices():
     [
         (["train.bogus=1"], "unknown config key 'train.bogus'; valid keys under 'train' are: batch_size"),
         (["optim.stages=[{epoch: 2}]"], "valid keys under 'optim.stages[0]' are: decoder_lr, encoder_lr, epochs"),
-        (["nonsense=1"], "valid keys are: data, eval, loss, modalities, model, optim, run, task, train"),
+        (
+            ["nonsense=1"],
+            "valid keys are: data, eval, fusion, loss, modalities, model, optim, plugins, run, task, train",
+        ),
         (["task=detection"], "task='detection' is not valid; expected one of ['segmentation'"),
         (["model.name=vgg"], "model.name='vgg' is not valid; expected one of ["),
         (["data.dataset=imagenet"], "data.dataset='imagenet' is not valid; expected one of ["),
-        (["model.ngf=0"], "model.ngf must be >= 1"),
+        (["task=translation", "model.name=unet", "model.ngf=0"], "model.ngf must be >= 1"),
+        (["model.ngf=8"], "config key 'model.ngf' belongs to task 'translation', not to task 'segmentation'"),
+        (["model.threshold=0.1"], "config key 'model.threshold' was renamed 'fusion.threshold'"),
         (["train.batch_size=abc"], "train.batch_size"),
         (["model.bn_stats=sometimes"], "expected one of ['train', 'frozen']"),
         (["loss.sparsity_mode=half"], "expected one of ['disjoint', 'all', 'none']"),
@@ -66,7 +71,7 @@ def test_unknown_key_in_a_file_names_the_file_and_valid_keys(tmp_path):
     bad.write_text("model:\n  backbone: resnet18\n  treshold: 0.1\n")
     with pytest.raises(ConfigError) as err:
         load_config(bad)
-    assert "bad.yaml" in str(err.value) and "'model.treshold'" in str(err.value) and "threshold" in str(err.value)
+    assert "bad.yaml" in str(err.value) and "'model.treshold' (did you mean 'fusion.threshold'?)" in str(err.value)
 
 
 def test_base_chain_and_loops(tmp_path):

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, default_collate
 
 import cen
 from cen.tasks import DATASETS, TASKS, RegistryError, Task, build_task
+from cen.tasks.base import Score
 from cen.train.config import ConfigError, load_config
 from cen.train.runlog import read_metrics
 from cen.train.trainer import Trainer
@@ -35,19 +36,33 @@ class Pairs(Dataset):
         return {"rgb": x, "target": 0.5 * x}
 
 
+class L1Metric:
+    """Mean absolute error per branch (the toy task's metric accumulator)."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def update(self, branch, prediction, target):
+        self.sums[branch] = self.sums.get(branch, 0.0) + float((prediction - target).abs().sum())
+        self.counts[branch] = self.counts.get(branch, 0) + target.numel()
+
+    def compute(self):
+        return {b: {"l1": self.sums[b] / self.counts[b]} for b in self.sums}
+
+
 class TwoModelTask(Task):
     """A generator trained against a critic, each with its own optimiser, stepped by the task."""
 
     name = "two_models"
     primary = "generator"
     target_key = "target"
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.score_name, self.higher_is_better = "l1", False
+    scores = (Score("l1", "L1", higher_is_better=False),)
 
     def build_models(self):
         return {"generator": nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(0.2)), "critic": nn.Conv2d(3, 1, 1)}
+
+    def outputs(self, model):
+        return ["generator"]
 
     def configure_optimizers(self, models):
         return {
@@ -61,29 +76,19 @@ class TwoModelTask(Task):
         x, y = batch["rgb"], batch["target"]
         fake = nets["generator"](x)
         critic = (nets["critic"](fake.detach()) - nets["critic"](y)).mean()
-        optimizers["critic"].zero_grad()
-        critic.backward()
-        optimizers["critic"].step()
+        self.optimize(critic, optimizers["critic"])
         loss = (fake - y).abs().mean() - 0.01 * nets["critic"](fake).mean()
-        optimizers["generator"].zero_grad()
-        loss.backward()
-        optimizers["generator"].step()
+        self.optimize(loss, optimizers["generator"])
         return {"loss": loss.detach(), "critic": critic.detach()}
 
-    @torch.no_grad()
-    def evaluate(self, models, loader, *, device, progress=True, image_dir=None, num_images=0, **options):
-        g = models["generator"].eval()
-        total = [(g(b["rgb"]) - b["target"]).abs().mean().item() for b in loader]
-        return {"generator": {"l1": sum(total) / len(total)}}
+    def eval_step(self, batch, models, *, device, modalities, **options):
+        return {"generator": models["generator"](batch["rgb"].to(device))}
 
-    def score(self, results):
-        return results["generator"]["l1"]
+    def make_metrics(self, branches, device):
+        return L1Metric()
 
     def summary(self, models):
         return {}
-
-    def format_table(self, results, *, title=None):
-        return f"{title}\ngenerator l1 {results['generator']['l1']:.4f}"
 
 
 if TwoModelTask.name not in TASKS:
@@ -95,7 +100,9 @@ STAGES = (
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, tiny_overrides(tmp_path, "task=two_models", "modalities=[rgb]", STAGES, *extra))
+    common = ["task=two_models", "modalities=[rgb]", "train.batch_size=4", "train.progress=false",
+              "train.device=cpu", "train.log_every=1", "eval.num_images=0", f"run.dir={tmp_path}", "run.name=run"]  # fmt: skip
+    return load_config(None, [*common, STAGES, *extra])
 
 
 def _data():
@@ -122,7 +129,8 @@ def test_a_second_task_trains_resumes_exactly_and_loads(tmp_path, capsys):
     train = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
     assert {"critic", "lr/generator/decoder", "lr/critic/decoder"} <= set(train[0])
     assert train[-1]["lr/generator/decoder"] == 0.002  # the stage schedule reached every optimiser
-    assert "generator l1" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "branch            L1" in out_text and "generator     0." in out_text  # the generic table of its Score
     generator = cen.load_model(tmp_path / "full" / "best.pt")
     best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["models"]["generator"]
     assert all(torch.equal(generator.state_dict()[k], best[k]) for k in best)

@@ -1,4 +1,4 @@
-"""evaluate / predict_scores / format_table on tiny converted models."""
+"""The engine's evaluation loop with the segmentation task, predict_scores and the table, on tiny converted models."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cen
-from cen.tasks.segmentation.evaluate import (
-    evaluate,
-    format_per_class,
-    format_table,
-    predict_scores,
-)
+from cen.tasks import build_task
+from cen.tasks.segmentation.evaluate import format_per_class, predict_scores
 from cen.tasks.segmentation.metrics import SegmentationMetrics
+from cen.train.config import load_config
+from tests.train.fakes import evaluate_segmenter as evaluate
 
 K = 4
 
@@ -188,10 +186,10 @@ def test_format_table():
         "rgb": {"pixel_acc": 0.5, "mean_acc": 0.25, "miou": 0.125, "per_class_iou": [0.1, None]},
         "ensemble": {"pixel_acc": 0.765, "mean_acc": 0.628, "miou": math.nan, "per_class_iou": [1.0, 0.5]},
     }
-    table = format_table(results, title="scores (%)")
+    table = build_task(load_config(None, [])).format_table(results, title="scores (%)")
     lines = table.splitlines()
     assert lines[0] == "scores (%)"
-    assert lines[1].split() == ["branch", "pixel", "acc", "mean", "acc", "mIoU"]
+    assert lines[1].split() == ["branch", "pixel", "acc", "%", "mean", "acc", "%", "mIoU", "%"]
     assert lines[3].split() == ["rgb", "50.00", "25.00", "12.50"]
     assert lines[4].split() == ["ensemble", "76.50", "62.80", "-"]
     per_class = format_per_class(results, ["wall", "floor"]).splitlines()

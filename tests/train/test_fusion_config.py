@@ -50,39 +50,42 @@ def _fusions(model):
 
 def test_defaults_are_the_paper_and_options_override_by_key(tmp_path):
     cfg = load_config(None)
-    m = cfg.model
-    assert (m.fusion, dict(m.fusion_options), m.shared_convs, m.head) == ("exchange", {}, True, "ensemble")
-    cfg = load_config(None, tiny_overrides(tmp_path, "model.fusion=fixed", "model.fusion_options.fraction=0.25"))
+    f = cfg.fusion
+    assert (f.strategy, dict(f.options), f.shared_convs, cfg.model.head) == ("exchange", {}, True, "ensemble")
+    cfg = load_config(None, tiny_overrides(tmp_path, "fusion.strategy=fixed", "fusion.options.fraction=0.25"))
     model = MODELS.get("tiny")(cfg)
     assert _fusions(model) == {"FixedExchange"}
     assert list(cen.exchange_stats(model).values()) == [[0.25, 0.25]]  # 2 of the block's 8 channels each
     assert float(cen.sparsity_loss(model)) == 0.0  # fixed exchange is not penalised
-    weighted = load_config(None, tiny_overrides(tmp_path, "model.fusion_options={aggregate: weighted}"))
+    weighted = load_config(None, tiny_overrides(tmp_path, "fusion.options={aggregate: weighted}"))
     assert MODELS.get("tiny")(weighted).model[0][6].bn1.fusion.aggregate == "weighted"
 
 
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["model.fusion=fancy"], r"model.fusion='fancy' is not valid; expected one of \['exchange', 'sum', .*'none'\]"),
+        (
+            ["fusion.strategy=fancy"],
+            r"fusion.strategy='fancy' is not valid; expected one of \['exchange', 'sum', .*'none'\]",
+        ),
         (["model.head=stack"], r"model.head='stack' is not valid; expected one of \['ensemble', 'concat'\]"),
         (
-            ["model.fusion=sum", "model.fusion_options.fraction=0.3"],
-            r"model.fusion_options=\{'fraction': 0.3\}: fusion 'sum' has no option 'fraction'; it takes no options",
+            ["fusion.strategy=sum", "fusion.options.fraction=0.3"],
+            r"fusion.options=\{'fraction': 0.3\}: fusion 'sum' has no option 'fraction'; it takes no options",
         ),
-        (["model.fusion_options.bogus=1"], r"fusion 'exchange' has no option 'bogus'; it takes aggregate"),
+        (["fusion.options.bogus=1"], r"fusion 'exchange' has no option 'bogus'; it takes aggregate"),
         (
-            ["model.fusion=fixed", "model.fusion_options.fraction=1.5"],
-            r"model.fusion_options.fraction=1.5 is not valid; expected a number in \(0, 1\)",
+            ["fusion.strategy=fixed", "fusion.options.fraction=1.5"],
+            r"fusion.options.fraction=1.5 is not valid; expected a number in \(0, 1\)",
         ),
-        (["model.fusion=random", "model.fusion_options.fraction=0"], r"fraction=0 is not valid"),
-        (["model.fusion=random", "model.fusion_options.fraction=0.6"], r"2 disjoint sets leave at most"),
+        (["fusion.strategy=random", "fusion.options.fraction=0"], r"fraction=0 is not valid"),
+        (["fusion.strategy=random", "fusion.options.fraction=0.6"], r"2 disjoint sets leave at most"),
         (
-            ["model.fusion=fixed", "modalities=[rgb]"],
-            r"model.fusion='fixed' with modalities \['rgb'\].*needs at least 2, got 1",
+            ["fusion.strategy=fixed", "modalities=[rgb]"],
+            r"fusion.strategy='fixed' with modalities \['rgb'\].*needs at least 2, got 1",
         ),
-        (["model.fusion=random", "modalities=[depth]"], r"fusion 'random' exchanges between modalities"),
-        (["model.fusion_options={aggregate: median}"], r"aggregate must be 'mean' or 'weighted', got 'median'"),
+        (["fusion.strategy=random", "modalities=[depth]"], r"fusion 'random' exchanges between modalities"),
+        (["fusion.options={aggregate: median}"], r"aggregate must be 'mean' or 'weighted', got 'median'"),
         (["model.head=concat", "modalities=[rgb]"], r"model.head='concat' with modalities \['rgb'\].*two or more"),
         (["model.head=concat", "model.ensemble=false"], r"needs ensemble=True"),
     ],
@@ -98,19 +101,19 @@ def test_a_share_too_large_for_the_real_layer_is_named_when_the_model_is_built(t
     cfg = load_config(
         None,
         tiny_overrides(
-            tmp_path, "modalities=[rgb,depth,normal]", "model.fusion=fixed", "model.fusion_options.fraction=0.33"
+            tmp_path, "modalities=[rgb,depth,normal]", "fusion.strategy=fixed", "fusion.options.fraction=0.33"
         ),
     )
     with pytest.raises(
         ConfigError,
-        match=r"cannot build model.name='tiny' \(model.fusion='fixed', model.fusion_opt"
+        match=r"cannot build model.name='tiny' \(fusion.strategy='fixed', fusion.opt"
         r"ions=\{'fraction': 0.33\}.*3 disjoint sets leave at most 2",
     ):
         MODELS.get("tiny")(cfg)
 
 
 def test_tiny_takes_unshared_convs_and_refuses_the_concat_head(tmp_path):
-    cfg = load_config(None, tiny_overrides(tmp_path, "model.shared_convs=false", "model.fusion=conditional_norm"))
+    cfg = load_config(None, tiny_overrides(tmp_path, "fusion.shared_convs=false", "fusion.strategy=conditional_norm"))
     model = MODELS.get("tiny")(cfg)
     assert any(isinstance(m, ModalityConv2d) for m in model.modules())
     assert _fusions(model) == {"ConditionalNorm"}
@@ -129,20 +132,20 @@ def test_refinenet_gets_every_fusion_setting_and_auto_selects_the_concat_output(
             "model.backbone=resnet18",
             "model.decoder_widths=[16, 8, 8, 8]",
             "model.head=concat",
-            "model.fusion=conditional_norm",
-            "model.shared_convs=false",
+            "fusion.strategy=conditional_norm",
+            "fusion.shared_convs=false",
         ),
     )
     task = build_task(cfg)
     models = task.build_models()
     model = models["model"]
     assert model.config["head"] == "concat" and model.ensemble is None and model.concat_head is not None
-    assert model.config["fusion"] == "conditional_norm" and model.config["shared_convs"] is False
+    assert model.config["spec"]["strategy"] == "conditional_norm" and model.config["spec"]["shared_convs"] is False
     assert _fusions(model) == {"ConditionalNorm"} and any(isinstance(m, ModalityConv2d) for m in model.modules())
     task.setup(models)
     assert task.select == "ensemble"  # the concat block's fused output, although there is no alpha-ensemble
     assert set(model.eval()(_batch(1, 64))) == {"rgb", "depth", "ensemble"}
-    assert (task.meta()["head"], task.meta()["fusion"], task.meta()["shared_convs"]) == (
+    assert (task.meta()["head"], task.meta()["fusion.strategy"], task.meta()["fusion.shared_convs"]) == (
         "concat",
         "conditional_norm",
         False,
@@ -154,8 +157,8 @@ def test_frozen_statistics_keep_the_random_exchange_drawing_every_step(tmp_path)
         None,
         tiny_overrides(
             tmp_path,
-            "model.fusion=random",
-            "model.fusion_options={fraction: 0.25}",
+            "fusion.strategy=random",
+            "fusion.options={fraction: 0.25}",
             "model.bn_stats=frozen",
             "loss.sparsity_weight=0",
         ),
@@ -182,11 +185,11 @@ def test_a_checkpoint_with_another_fusion_is_refused_in_one_line(tmp_path):
     base = ["train.max_steps=1", "eval.test=false"]
     Trainer(load_config(None, tiny_overrides(tmp_path, *base)), datasets=fake_datasets()).fit()
     for change, expected in (
-        (["model.fusion=discard"], "fusion: checkpoint 'exchange' vs config 'discard'"),
-        (["model.shared_convs=false"], "shared_convs: checkpoint True vs config False"),
+        (["fusion.strategy=discard"], "fusion.strategy: checkpoint 'exchange' vs config 'discard'"),
+        (["fusion.shared_convs=false"], "fusion.shared_convs: checkpoint True vs config False"),
         (
-            ["model.fusion_options={aggregate: weighted}"],
-            "fusion_options: checkpoint {} vs config {'aggregate': 'weighted'}",
+            ["fusion.options={aggregate: weighted}"],
+            "fusion.options: checkpoint {} vs config {'aggregate': 'weighted'}",
         ),
     ):
         cfg = load_config(None, tiny_overrides(tmp_path, *base, *change))
@@ -211,8 +214,8 @@ def test_translation_unet_gets_the_fusion_settings_and_the_concat_head():
             "model.ndf=4",
             "optim.name=adam",
             "model.head=concat",
-            "model.fusion=exchange",
-            "model.fusion_options.aggregate=weighted",
+            "fusion.strategy=exchange",
+            "fusion.options.aggregate=weighted",
         ],
     )
     task = build_task(cfg)
@@ -224,7 +227,7 @@ def test_translation_unet_gets_the_fusion_settings_and_the_concat_head():
     }
     task.setup(models)
     assert task.select == "ensemble"
-    assert task.meta()["fusion_options"] == {"aggregate": "weighted"} and task.meta()["head"] == "concat"
+    assert task.meta()["fusion.options"] == {"aggregate": "weighted"} and task.meta()["head"] == "concat"
 
 
 def _recipes(setting):
@@ -242,9 +245,16 @@ def test_every_paper_row_has_a_recipe_in_each_segmentation_setting():
 
 
 def _row_settings(cfg):
-    m, loss = cfg.model, cfg.loss
+    f, loss = cfg.fusion, cfg.loss
     l1 = loss.sparsity_weight > 0 and loss.sparsity_mode != "none"
-    return (m.fusion, dict(m.fusion_options), m.shared_convs, m.head, l1 and loss.sparsity_mode, list(cfg.modalities))
+    return (
+        f.strategy,
+        dict(f.options),
+        f.shared_convs,
+        cfg.model.head,
+        l1 and loss.sparsity_mode,
+        list(cfg.modalities),
+    )
 
 
 #: What each row sets: fusion, options, shared convs, head, l1 mode (False: off), modalities.
@@ -274,7 +284,7 @@ def test_recipes_set_their_row_and_share_everything_else(setting, main):
         assert _row_settings(cfg) == ROWS[name], name
         assert cfg.run.name == name and cfg.data.dataset == reference.data.dataset
     # one budget, data set, backbone and theta for every row; lambda the same wherever l1 is on
-    for key in ("optim.stages", "train.batch_size", "data.root", "model.backbone", "model.threshold", "optim.name"):
+    for key in ("optim.stages", "train.batch_size", "data.root", "model.backbone", "fusion.threshold", "optim.name"):
         assert len({str(OmegaConf.select(cfg, key)) for cfg in cfgs.values()}) == 1, key
     lambdas = {float(c.loss.sparsity_weight) for c in cfgs.values() if _row_settings(c)[4]}
     assert len(lambdas) == 1
@@ -297,16 +307,13 @@ def test_nyudv2_recipes_build_on_the_meta_device(path):
     cfg = load_config(path, ["model.pretrained=null"])  # nothing to download; the structure is what is checked
     with torch.device("meta"):
         model = build_task(cfg).build_models()["model"]
-    assert model.config["fusion"] == cfg.model.fusion and model.config["head"] == cfg.model.head
-    assert model.config["shared_convs"] == cfg.model.shared_convs
+    assert model.config["spec"]["strategy"] == cfg.fusion.strategy and model.config["head"] == cfg.model.head
+    assert model.config["spec"]["shared_convs"] == cfg.fusion.shared_convs
 
 
 @pytest.mark.parametrize("path", _recipes("taskonomy"), ids=lambda p: p.stem)
 def test_translation_recipes_compare_the_mean_and_the_weighted_exchange(path):
-    base = path.parent / OmegaConf.load(path).base
-    if not base.is_file():
-        pytest.skip(f"{base.name}, the translation recipe these rows inherit, is not in configs/ yet")
     cfg = load_config(path)
     assert cfg.task == "translation" and len(cfg.modalities) == 3 and cfg.data.target == "rgb"
-    assert cfg.model.fusion == "exchange"
-    assert cfg.model.fusion_options.get("aggregate", "mean") == path.stem.removeprefix("exchange_")
+    assert cfg.fusion.strategy == "exchange"
+    assert cfg.fusion.options.get("aggregate", "mean") == path.stem.removeprefix("exchange_")

@@ -105,7 +105,7 @@ def test_training_checkpoints_round_trip(tmp_path):
         tiny_overrides(
             tmp_path,
             "eval.test=false",
-            "model.threshold=0.07",
+            "fusion.threshold=0.07",
             "optim.stages=[{epochs: 1, encoder_lr: 0.05, decoder_lr: 0.05}]",
         ),
     )
@@ -184,10 +184,11 @@ def test_predict_uses_the_converted_model(tmp_path):
         )
         == 0
     )
-    from cen.cli.predict import read_inputs
+    from cen.tasks import build_task
     from cen.tasks.segmentation.evaluate import predict_scores
 
     model.eval()
-    x = read_inputs({"rgb": str(tmp_path / "rgb.png"), "depth": str(tmp_path / "depth.png")})
+    task = build_task(load_config(None, []))
+    x = task.read_inputs({"rgb": str(tmp_path / "rgb.png"), "depth": str(tmp_path / "depth.png")})
     expected = predict_scores(model, x)["ensemble"][0].argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(labels)), expected)

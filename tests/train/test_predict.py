@@ -10,7 +10,6 @@ from PIL import Image
 
 from cen.atomic import atomic_torch_save as atomic_save
 from cen.cli.main import main
-from cen.cli.predict import read_inputs
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cen.tasks import build_task
 from cen.tasks.segmentation.evaluate import predict_scores
@@ -20,6 +19,11 @@ from cen.train.config import load_config
 from tests.train.fakes import cen_predict, spy_on_loaded_models
 
 K = 5
+
+
+def read_inputs(paths):
+    """What cen predict feeds a segmentation model: the task's own reading of the files."""
+    return build_task(load_config(None, [f"data.num_classes={K}"])).read_inputs(paths)
 
 
 def _save_training_checkpoint(cfg, model, path):

@@ -12,11 +12,10 @@ from torch import nn
 from cen import MultiModal, convert
 from cen.cli.main import main
 from cen.core.norms import _ModalityNorm
-from cen.tasks import build_task
-from cen.tasks.segmentation.evaluate import evaluate, predict_scores
+from cen.tasks.segmentation.evaluate import predict_scores
 from cen.tasks.segmentation.models import TinySegNet
 from cen.tasks.subsets import SubsetError, check_droppable, evaluate_subsets, format_subsets, modality_subsets
-from cen.train.config import load_config
+from tests.train.fakes import evaluate_segmenter as evaluate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NAMES = ["rgb", "depth", "normal"]
@@ -61,15 +60,14 @@ def _loader(seed=0):
 
 
 def test_each_subset_is_the_model_run_on_those_inputs_only(exchanging_model):
-    cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}", f"modalities=[{','.join(NAMES)}]"])
     loader = _loader()
     calls = []
 
-    def run(sub_cfg):
-        calls.append(list(sub_cfg.modalities))
-        return build_task(sub_cfg).evaluate({"model": exchanging_model}, loader, device="cpu", progress=False)
+    def run(subset):
+        calls.append(list(subset))
+        return evaluate(exchanging_model, loader, K, modalities=subset)
 
-    records = evaluate_subsets(cfg, exchanging_model, loader, run)
+    records = evaluate_subsets(NAMES, exchanging_model, run)
     assert [r["subset"] for r in records] == [list(s) for s in modality_subsets(NAMES)] == calls
     for rec in records:
         assert list(rec["scores"]) == [*rec["subset"], "ensemble"]
@@ -107,10 +105,9 @@ def test_models_that_cannot_drop_a_modality_are_refused():
             total = sum(inputs.values())
             return {"rgb": torch.cat([total, total[:, :1]], 1)}  # K = 4 classes
 
-    cfg = load_config(None, ["model.name=tiny", f"data.num_classes={K}", f"modalities=[{','.join(NAMES)}]"])
-    run = lambda sub: evaluate(Refuses(), _loader(), K, modalities=list(sub.modalities), progress=False)
+    run = lambda sub: evaluate(Refuses(), _loader(), K, modalities=sub)
     with pytest.raises(SubsetError, match=r"^--subsets: the model cannot run on rgb\+depth: late fusion head"):
-        evaluate_subsets(cfg, Refuses(), _loader(), run)
+        evaluate_subsets(NAMES, Refuses(), run)
 
 
 def test_cli_eval_subsets_writes_json_and_markdown(tmp_path, capsys):

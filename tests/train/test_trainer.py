@@ -5,6 +5,7 @@ import torch
 
 from cen.core.norms import _ModalityNorm
 from cen.tasks.segmentation import SegmentationLoss, TinySegNet, check_labels
+from cen.tasks.sparsity import SparsityPenalty
 from cen.train.checkpoint import CheckpointError
 from cen.train.config import load_config
 from cen.train.distributed import DeviceError
@@ -115,14 +116,16 @@ def test_loss_terms_and_options():
     mask = torch.stack([batch[i]["mask"] for i in range(2)])
     out = model(x)
     assert out["rgb"].shape[-2:] == (8, 8) and mask.shape[-2:] == (32, 32)
-    once, parts = SegmentationLoss(sparsity_weight=0.1)(out, mask, model)
-    thrice, _ = SegmentationLoss(sparsity_weight=0.1, sparsity_per_output=True)(out, mask, model)
+    ce_total, parts = SegmentationLoss()(out, mask)
     ce = sum(v for k, v in parts.items() if k.startswith("ce/"))
-    assert torch.allclose(once, ce + 0.1 * parts["l1"]) and torch.allclose(thrice, ce + 0.3 * parts["l1"])
-    none, parts_none = SegmentationLoss(sparsity_mode="none")(out, mask, model)
-    assert "l1" not in parts_none and torch.allclose(none, ce)
-    small, _ = SegmentationLoss(resize="masks", sparsity_mode="none")(out, mask, model)
-    assert torch.isfinite(small) and not torch.allclose(small, none)
+    assert set(parts) == {"ce/rgb", "ce/depth", "ce/ensemble"} and torch.allclose(ce_total, ce)
+    once, l1 = SparsityPenalty(weight=0.1).loss(model, len(out))
+    thrice, _ = SparsityPenalty(weight=0.1, per_output=True).loss(model, len(out))
+    assert l1 > 0 and torch.allclose(once, 0.1 * l1) and torch.allclose(thrice, 0.3 * l1)
+    assert SparsityPenalty(mode="none").loss(model, len(out)) == (None, None)
+    assert SparsityPenalty(weight=0.1, solver="proximal").loss(model)[0] is None  # solved by its step, not the loss
+    small, _ = SegmentationLoss(resize="masks")(out, mask)
+    assert torch.isfinite(small) and not torch.allclose(small, ce_total)
 
 
 def test_bad_inputs_are_reported_clearly(tmp_path):
@@ -162,15 +165,6 @@ def test_proximal_sparsity_drives_the_penalised_gammas_to_zero_and_exchanges(tmp
     assert val["exchange_mean"] == {"rgb": 0.5, "depth": 0.5}  # exactly the disjoint halves
     train = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert train[-1]["l1"] < train[0]["l1"]
-    # the gradient solver at the same lambda keeps the term in the loss instead
-    model = TinySegNet(3, ["rgb", "depth"])
-    batch = FakeScenes(2)
-    x = {k: torch.stack([batch[i][k] for i in range(2)]) for k in ("rgb", "depth")}
-    mask = torch.stack([batch[i]["mask"] for i in range(2)])
-    out = model(x)
-    prox, parts = SegmentationLoss(sparsity_weight=5.0, sparsity_solver="proximal")(out, mask, model)
-    ce = sum(v for k, v in parts.items() if k.startswith("ce/"))
-    assert "l1" in parts and torch.allclose(prox, ce)
 
 
 def test_gamma_history_is_logged_and_resumes_exactly(tmp_path):

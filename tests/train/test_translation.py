@@ -13,6 +13,7 @@ from cen.tasks import build_task
 from cen.tasks.errors import ConfigError, DataError
 from cen.train.checkpoint import weights_checkpoint
 from cen.train.config import load_config
+from cen.train.evaluation import evaluate
 from cen.train.runlog import read_metrics
 from cen.train.trainer import Trainer
 from tests.train.fakes import cen_predict
@@ -114,7 +115,7 @@ def test_generator_mode_is_an_evaluation_option(tmp_path):
         models = task.build_models()
         task.setup(models)
         loader = torch.utils.data.DataLoader(Domains(3, 2), batch_size=3)
-        scores[mode] = task.evaluate(models, loader, device=torch.device("cpu"), progress=False)
+        scores[mode] = evaluate(task, models, loader, device=torch.device("cpu"), progress=False)
         assert models["generator"].training  # its mode is put back
     assert scores["eval"]["ensemble"]["l1"] != scores["train"]["ensemble"]["l1"]
 
@@ -148,10 +149,10 @@ def test_translation_bad_settings_are_named(tmp_path):
 
 
 def test_threshold_defaults_to_the_tasks_and_is_recorded(tmp_path):
-    assert load_config(None, []).model.threshold is None  # "the task's"
-    assert build_task(_cfg(tmp_path)).cfg.model.threshold == 1e-2
-    assert build_task(load_config(None, ["model.name=tiny"])).cfg.model.threshold == 2e-2
-    assert build_task(_cfg(tmp_path, "model.threshold=0.05")).build_model().threshold == 0.05
+    assert load_config(None, []).fusion.threshold is None  # "the task's"
+    assert build_task(_cfg(tmp_path)).cfg.fusion.threshold == 1e-2
+    assert build_task(load_config(None, ["model.name=tiny"])).cfg.fusion.threshold == 2e-2
+    assert build_task(_cfg(tmp_path, "fusion.threshold=0.05")).build_model().threshold == 0.05
 
 
 def test_cen_eval_rejects_segmentation_options_for_translation(tmp_path, capsys):

@@ -1,5 +1,4 @@
-"""What a run learnt: gamma dynamics (Theorem 1), Figure A, and the ``cen report`` pages."""
+"""What a run learnt, read from its folder: ``cen report`` pages, ``cen table`` comparisons, the paper's numbers.
 
-from cen.analysis.gamma import GammaTracker
-
-__all__ = ["GammaTracker"]
+Nothing here trains; the engine (:mod:`cen.train`) writes the run folders this package reads.
+"""

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cen.analysis import figures
-from cen.analysis.gamma import summarize_state
 from cen.analysis.runs import Run, load_run, numeric_scores, per_class_scores
 from cen.core.defaults import ENSEMBLE_KEY
 from cen.core.sparsity import disjoint_groups
+from cen.train import figures
+from cen.train.gamma import summarize_state
 
 #: Score keys shown in % (fractions in [0, 1]); any other numeric score is shown as it is.
 _FRACTION = re.compile(r"(acc|iou)", re.IGNORECASE)
@@ -188,7 +188,7 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
     if best is None and not over:
         model = run.config.get("model") or {}
         why = (
-            "the run was trained without exchange (model.exchange: false)"
+            "the run was trained without fusion points (fusion.points: false)"
             if model.get("exchange") is False
             else "no exchanging layers found in the checkpoints or the records"
         )
@@ -502,7 +502,7 @@ def _intro(run: Run) -> str:
         backbone = f" {model['backbone']}" if model.get("name") == "refinenet" and model.get("backbone") else ""
         bits.append(
             f"model {html.escape(str(model.get('name')) + backbone)}, "
-            f"exchange {model.get('exchange')}, θ {run.threshold:g}"
+            f"fusion {(cfg.get('fusion') or {}).get('strategy', model.get('fusion', 'exchange'))}, θ {run.threshold:g}"
         )
     loss = cfg.get("loss") or {}
     if loss:

@@ -68,8 +68,9 @@ class Run:
 
     @property
     def threshold(self) -> float:
-        """``theta`` of the run's config (``model.threshold``), else the package default."""
-        value = (self.config.get("model") or {}).get("threshold")
+        """``theta`` of the run's config (``fusion.threshold``; ``model.threshold`` in older runs), else the
+        package default."""
+        value = (self.config.get("fusion") or {}).get("threshold", (self.config.get("model") or {}).get("threshold"))
         return float(value) if isinstance(value, (int, float)) else THRESHOLD
 
     def evaluations(self) -> list[dict]:

@@ -1,8 +1,9 @@
 """The comparison table of a folder of runs (``cen table RUNS_PARENT``): one row per run.
 
 Each row holds the run's final test scores of one branch (the ensemble, else the branch
-``train.select`` names, else the first modality) from ``results.json``: pixel acc, mean acc
-and mIoU in % for segmentation, L1 / RMSE / FID / KID (x100) for translation, then any other
+``train.select`` names, else the first modality) from ``results.json``: the scores its task
+declares (:attr:`cen.tasks.base.Task.scores`: label, unit and direction; pixel acc, mean acc
+and mIoU in % for segmentation, L1 / RMSE / FID / KID (x100) for translation), then any other
 numeric score, by key; the parameter count (the first ``info`` record of ``metrics.jsonl``:
 every network the run trains, so translation counts G + D); the train time (``sweep.json``,
 else the span of the ``metrics.jsonl`` time stamps without the pauses after an interrupt);
@@ -30,24 +31,12 @@ from cen.analysis.runs import (
     numeric_scores,
     read_records,
 )
-from cen.analysis.sweep import SWEEP_FILE, format_seconds, read_sweep
 from cen.core.defaults import ENSEMBLE_KEY
-from cen.tasks.errors import UserError
+from cen.errors import UserError
+from cen.tasks import TASKS
+from cen.tasks.base import Score
+from cen.train.sweep import SWEEP_FILE, format_seconds, read_sweep
 
-#: score key -> (column label, factor to the printed unit, higher is better); in this order.
-SCORES: dict[str, tuple[str, float, bool]] = {
-    "pixel_acc": ("pixel acc %", 100.0, True),
-    "mean_acc": ("mean acc %", 100.0, True),
-    "miou": ("mIoU %", 100.0, True),
-    "l1": ("L1", 1.0, False),
-    "rmse": ("RMSE", 1.0, False),
-    "fid": ("FID", 1.0, False),
-    "kid": ("KID x100", 1.0, False),  # results.json holds KID x100 already
-    "kid_std": ("KID std x100", 1.0, False),
-    "map": ("mAP %", 100.0, True),  # presence (docs/heterogeneous.md)
-    "f1": ("F1 %", 100.0, True),
-    "exact_match": ("exact match %", 100.0, True),
-}
 #: ``--sort`` keys besides the score keys.
 SORT_KEYS = ("name", "status", "params", "time", "paper")
 
@@ -167,10 +156,21 @@ def collect_rows(parent: str | Path) -> list[Row]:
     return rows
 
 
+def declared_scores(rows: Sequence[Row]) -> dict[str, Score]:
+    """``{key: Score}`` that the rows' tasks declare, in task order (a task not registered here declares none)."""
+    out: dict[str, Score] = {}
+    for task in dict.fromkeys(r.task for r in rows):
+        if task in TASKS:
+            for score in TASKS.get(task).scores:
+                out.setdefault(score.key, score)
+    return out
+
+
 def score_keys(rows: Sequence[Row]) -> list[str]:
-    """The score columns: the known scores present, in :data:`SCORES` order, then the others by name."""
+    """The score columns: the declared scores present, in the tasks' order, then the others by name."""
     present = {k for r in rows for k in r.scores}
-    return [k for k in SCORES if k in present] + sorted(present - set(SCORES))
+    declared = declared_scores(rows)
+    return [k for k in declared if k in present] + sorted(present - set(declared))
 
 
 def sort_rows(rows: Sequence[Row], key: str | None) -> list[Row]:
@@ -184,31 +184,36 @@ def sort_rows(rows: Sequence[Row], key: str | None) -> list[Row]:
         return sorted(rows, key=lambda r: r.name)
     if key == "status":
         return sorted(rows, key=lambda r: (r.status, r.order))
-    known = set(SORT_KEYS) | set(SCORES) | {k for r in rows for k in r.scores}
+    declared = declared_scores(rows)
+    known = set(SORT_KEYS) | set(declared) | {k for r in rows for k in r.scores}
     if key not in known:
         raise TableError(f"--sort {key}: not a column; expected one of {sorted(known)}")
+
+    def better_first(metric: str, v: float) -> float:
+        score = declared.get(metric)
+        return -v if score is None or score.higher_is_better else v
 
     def value(row: Row) -> float | None:
         if key == "params":
             return row.params
         if key == "time":
             return row.seconds
-        if key == "paper":
-            return -row.paper.value if row.paper and row.paper.value is not None else None
+        if key == "paper":  # each row in its own metric's direction (FID: lower first)
+            return (
+                better_first(row.paper.metric, row.paper.value) if row.paper and row.paper.value is not None else None
+            )
         v = row.scores.get(key)
-        if v is None:
-            return None
-        return -v if SCORES.get(key, ("", 1.0, True))[2] else v
+        return None if v is None else better_first(key, v)
 
     return sorted(rows, key=lambda r: (value(r) is None, value(r) if value(r) is not None else 0.0, r.order))
 
 
-def _score_label(key: str) -> str:
-    return SCORES[key][0] if key in SCORES else key
+def _score_label(key: str, declared: dict[str, Score]) -> str:
+    return declared[key].heading if key in declared else key
 
 
-def _scaled(key: str, value: float | None) -> float | None:
-    return None if value is None else value * (SCORES[key][1] if key in SCORES else 1.0)
+def _scaled(key: str, value: float | None, declared: dict[str, Score]) -> float | None:
+    return None if value is None else value * (declared[key].scale if key in declared else 1.0)
 
 
 def _fmt(value: float | None) -> str:
@@ -226,33 +231,34 @@ def _fmt_params(params: int | None) -> str:
     return f"{params / 1e3:.1f} k" if params >= 1e3 else str(params)
 
 
-def _paper_header(rows: Sequence[Row]) -> tuple[str, bool]:
+def _paper_header(rows: Sequence[Row], declared: dict[str, Score]) -> tuple[str, bool]:
     """The paper column's header and whether each cell must name its metric (rows of several metrics)."""
     metrics = {r.paper.metric for r in rows if r.paper and (r.paper.value is not None or r.paper.text)}
     if len(metrics) == 1:
-        return f"paper {_score_label(metrics.pop())}", False
+        return f"paper {_score_label(metrics.pop(), declared)}", False
     return "paper", True
 
 
-def _paper_cell(row: Row, with_metric: bool) -> str:
+def _paper_cell(row: Row, with_metric: bool, declared: dict[str, Score]) -> str:
     p = row.paper
     if p is None or (p.value is None and not p.text):
         return ""
     cell = p.display()
     if p.extra:
-        cell += " (" + ", ".join(f"{_score_label(k)} {v:g}" for k, v in p.extra) + ")"
-    return f"{_score_label(p.metric)} {cell}" if with_metric else cell
+        cell += " (" + ", ".join(f"{_score_label(k, declared)} {v:g}" for k, v in p.extra) + ")"
+    return f"{_score_label(p.metric, declared)} {cell}" if with_metric else cell
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    """A Markdown table of ``rows`` (scores in the units of :data:`SCORES`)."""
+    """A Markdown table of ``rows`` (scores in the units their tasks declare)."""
     keys = score_keys(rows)
-    paper_head, with_metric = _paper_header(rows)
+    declared = declared_scores(rows)
+    paper_head, with_metric = _paper_header(rows, declared)
     head = [
         "run",
         "status",
         "branch",
-        *(_score_label(k) for k in keys),
+        *(_score_label(k, declared) for k in keys),
         "params",
         "train time",
         paper_head,
@@ -267,10 +273,10 @@ def markdown(rows: Sequence[Row]) -> str:
             r.name,
             r.status,
             r.branch,
-            *(_fmt(_scaled(k, r.scores.get(k))) for k in keys),
+            *(_fmt(_scaled(k, r.scores.get(k), declared)) for k in keys),
             _fmt_params(r.params),
             format_seconds(r.seconds),
-            _paper_cell(r, with_metric),
+            _paper_cell(r, with_metric, declared),
             r.paper.description if r.paper else "",
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -281,9 +287,10 @@ def markdown(rows: Sequence[Row]) -> str:
 
 
 def csv_text(rows: Sequence[Row]) -> str:
-    """The same table as CSV, with full precision: scores in the units of :data:`SCORES`, params, seconds."""
+    """The same table as CSV, with full precision: scores in their tasks' units, params, seconds."""
     keys = score_keys(rows)
-    units = {k: k + ("_pct" if SCORES.get(k, ("", 1.0))[1] == 100.0 else "") for k in keys}
+    declared = declared_scores(rows)
+    units = {k: k + ("_pct" if k in declared and declared[k].unit == "%" else "") for k in keys}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -309,7 +316,7 @@ def csv_text(rows: Sequence[Row]) -> str:
                 r.status,
                 r.task,
                 r.branch,
-                *("" if r.scores.get(k) is None else repr(_scaled(k, r.scores[k])) for k in keys),
+                *("" if r.scores.get(k) is None else repr(_scaled(k, r.scores[k], declared)) for k in keys),
                 "" if r.params is None else r.params,
                 "" if r.seconds is None else round(r.seconds, 1),
                 p.metric if p else "",

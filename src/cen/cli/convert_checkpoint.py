@@ -86,11 +86,21 @@ def segmentation_config(model_config: dict) -> dict:
         "model": {
             "name": "refinenet",
             "backbone": model_config["backbone"],
-            "threshold": model_config["threshold"],
-            "exchange": model_config["exchange"],
             "ensemble": model_config["ensemble"],
             "decoder_widths": list(model_config["decoder_widths"]),
         },
+        "fusion": _fusion_group(model_config["spec"]),
+    }
+
+
+def _fusion_group(spec: dict) -> dict:
+    """The config's ``fusion`` group of a model's :meth:`cen.FusionSpec.to_dict`."""
+    return {
+        "strategy": spec["strategy"],
+        "options": dict(spec["options"]),
+        "threshold": spec["threshold"],
+        "points": spec["points"],
+        "shared_convs": spec["shared_convs"],
     }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from cen.cli.train import EPILOG, _intermixed, resolve_config_path
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 #: Largest |onnxruntime - PyTorch| accepted by the check after export (fp32).
 VERIFY_TOLERANCE = 1e-4
@@ -59,9 +59,9 @@ def register(subparsers) -> None:
 
 def _trained_in(checkpoint) -> str:
     """``"bf16, channels-last"``: the precision and layout the checkpoint records (empty if none)."""
-    from cen.train.checkpoint import load_checkpoint
+    from cen.train.checkpoint import read_weights
 
-    train = (load_checkpoint(checkpoint).get("config") or {}).get("train") or {}
+    train = read_weights(checkpoint)[1].train
     if not train.get("precision"):
         return ""
     return f"{train['precision']}, {'channels-last' if train.get('channels_last') is True else 'contiguous'}"

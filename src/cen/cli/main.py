@@ -4,7 +4,7 @@ Each subcommand lives in its own module of :mod:`cen.cli` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed namespace and returning an exit code.
 
-Errors: a mistake in the user's input (a :class:`cen.tasks.errors.UserError`: config,
+Errors: a mistake in the user's input (a :class:`cen.errors.UserError`: config,
 data, checkpoint, device, arguments; or a file that is not there) is printed as one
 line ``cen COMMAND: error: ...`` with exit status 2. Anything else is a bug and keeps
 its full traceback. ``--debug`` (anywhere on the line) or ``CEN_DEBUG=1`` prints the
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's mistake: printed as one line."""
-    from cen.tasks.errors import UserError
+    from cen.errors import UserError
 
     return (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, FloatingPointError)
 

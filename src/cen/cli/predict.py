@@ -4,20 +4,18 @@
     cen predict --checkpoint runs/scenes3/best.pt --input rgb=A.png --input normal=N.png --out pred.png
     cen predict --checkpoint G.pt --input reshading=a.png --input edge_texture=b.png --out generated/
 
-The task comes from the checkpoint's config. Translation decodes each ``--input`` as
-its Taskonomy domain (``data.decode`` of the config), applies the evaluation transform,
-runs the generator (``eval.generator_mode``) and writes ``OUT/<branch>.png`` for every
-branch and the ensemble.
+The task comes from the checkpoint's config, and the task does the work
+(:meth:`~cen.tasks.base.Task.read_inputs`, :meth:`~cen.tasks.base.Task.predict`,
+:meth:`~cen.tasks.base.Task.write_prediction`); this module only reads the command line,
+rebuilds the model in the precision and layout it was trained in, and runs the three.
+The model runs on the modalities given (missing-modality inference when some of its
+modalities are not).
 
-Segmentation: the model is rebuilt from the checkpoint by :func:`cen.load_model`; each input
-(``--rgb``, ``--depth`` or ``--input NAME=PATH`` for any modality of the model) is read and
-preprocessed as the data loaders do, by its kind (:mod:`cen.data.kinds`: images and HHA 8-bit
--> [0, 1] -> ImageNet mean/std; depth 16-bit x 1/5000 (or ``--depth-scale``), replicated to 3
-channels; normals (n + 1) / 2 * 255 -> [-1, 1]), the model runs at the image's full size, the
-chosen output (the ensemble by default) is upsampled bilinearly to that size, and its arg-max is
-written as a colour PNG (:func:`cen.tasks.segmentation.visualize.colorize` palette) and, with
-``--labels``, as a PNG of raw class ids. The model runs on the modalities given (missing-modality
-inference when some of its modalities are not).
+Segmentation reads each input by its kind as the loaders do (images and HHA 8-bit -> [0, 1]
+-> ImageNet mean/std; depth 16-bit x 1/5000 or ``--depth-scale``; normals -> [-1, 1]), runs at
+the image's full size and writes the chosen output's arg-max (the ensemble by default) as a
+colour PNG and, with ``--labels``, as raw class ids. Translation decodes each ``--input`` as its
+Taskonomy domain and writes ``OUT/<branch>.png`` for every branch and the ensemble.
 """
 
 from __future__ import annotations
@@ -29,15 +27,10 @@ from pathlib import Path
 
 import torch
 
-from cen.core.defaults import ENSEMBLE_KEY
-from cen.tasks.errors import UserError
+from cen.tasks.base import PredictError
 from cen.tasks.segmentation.evaluate import UPSAMPLE_MODES
 
 INPUT_FLAGS = {"rgb": "--rgb", "depth": "--depth"}
-
-
-class PredictError(UserError, ValueError):
-    """Bad input to ``cen predict``: the message says which argument and what was expected."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,43 +109,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- the images ----------------------------------------------------------------
 def _flag(name: str, path: str) -> str:
     """How the user gave input ``name``: ``--rgb PATH`` or ``--input NAME=PATH``."""
     return f"{INPUT_FLAGS[name]} {path}" if name in INPUT_FLAGS else f"--input {name}={path}"
-
-
-def read_inputs(
-    paths: dict[str, str], depth_scale: float | None = None, kinds: dict[str, str] | None = None
-) -> dict[str, torch.Tensor]:
-    """``{modality: path}`` -> ``{modality: Tensor(1, 3, H, W)}`` preprocessed as the loaders do,
-    each by its kind (``kinds``, else inferred from the name: :func:`cen.data.kinds.infer_kind`)."""
-    from cen.data.constants import REFERENCE_DEPTH_SCALE
-    from cen.data.decode import decoder_for_kind
-    from cen.data.images import read_image
-    from cen.data.kinds import infer_kind
-    from cen.data.transforms import segmentation_eval
-    from cen.data.tvtensors import unwrap_sample, wrap
-
-    arrays = {}
-    for name, path in paths.items():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{_flag(name, path)}: no such file")
-        arrays[name] = read_image(path)
-    sizes = {name: arr.shape[:2] for name, arr in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        desc = " but ".join(f"{_flag(n, paths[n])} is {w}x{h}" for n, (h, w) in sizes.items())
-        raise PredictError(f"{desc} (width x height); the modalities must be pixel-aligned images of one size")
-    scale = REFERENCE_DEPTH_SCALE if depth_scale is None else depth_scale
-    sample = {}
-    for name, arr in arrays.items():
-        decoder = decoder_for_kind((kinds or {}).get(name) or infer_kind(name), depth_scale=scale)
-        try:
-            sample[name] = wrap(decoder(arr, Path(paths[name])), decoder.kind)
-        except ValueError as err:  # an image of the wrong kind (e.g. 8-bit depth): the user's file
-            raise PredictError(f"{_flag(name, paths[name])}: {err}") from None
-    sample = unwrap_sample(segmentation_eval()(sample))  # the loaders' evaluation normalisation
-    return {name: sample[name].float().unsqueeze(0) for name in arrays}
 
 
 def _device(spec: str) -> torch.device:
@@ -190,8 +149,35 @@ def _given_inputs(args: argparse.Namespace) -> dict[str, str]:
     return given
 
 
+#: argparse defaults of the task options: an option left at its default was not given.
+_DEFAULTS = {
+    "scales": [1.0],
+    "flip": False,
+    "upsample": "bilinear",
+    "depth_scale": None,
+    "branch": None,
+    "labels": None,
+    "grid": None,
+}
+
+
+def _options(args: argparse.Namespace, task) -> dict:
+    """The task options given on the command line (an option the task does not take is an error)."""
+    options = {}
+    for name, default in _DEFAULTS.items():
+        value = getattr(args, name)
+        if value == default:
+            continue
+        if name not in task.predict_options:
+            flag = "--" + name.replace("_", "-")
+            raise PredictError(f"{flag} does not apply to task {task.name!r} (it takes {list(task.predict_options)})")
+        options[name] = tuple(value) if name == "scales" else value
+    return options
+
+
 def predict(args: argparse.Namespace):
-    """Do what ``cen predict`` does; returns the task's prediction (segmentation: the (H, W) label map)."""
+    """Do what ``cen predict`` does; returns the task's outputs (segmentation: the (H, W) label map)."""
+    from cen.tasks import build_task
     from cen.train.checkpoint import load_model_with_config
 
     given = _given_inputs(args)
@@ -202,25 +188,27 @@ def predict(args: argparse.Namespace):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{_flag(name, path)}: no such file")
     if args.onnx is not None:
-        return _predict_onnx(args, given, device)
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    model, cfg = load_model_with_config(args.checkpoint)
-    from cen.tasks.segmentation.evaluate import model_modalities
-
-    names = model_modalities(model)
+        model, cfg = _onnx_model(args, given)
+    else:
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        model, cfg = load_model_with_config(args.checkpoint)
+    names = getattr(model, "names", None)
     if names is not None:
         unknown = [m for m in given if m not in names]
         if unknown:
             raise PredictError(
                 f"{args.checkpoint}: the model takes the modalities {list(names)}; {unknown} is not one of them"
             )
-    if cfg.task not in PREDICTORS:
-        raise PredictError(f"{args.checkpoint}: cen predict knows the tasks {sorted(PREDICTORS)}, not {cfg.task!r}")
+    task = build_task(cfg)
+    options = _options(args, task)
     precision = _precision(cfg, device)
-    model = precision.prepare_model(model)
+    model = precision.prepare_model(model.to(device))
+    batch = {k: v.to(device) for k, v in task.read_inputs(given, **options).items()}
     with precision.autocast():
-        return PREDICTORS[cfg.task](args, model, cfg, given, device)
+        outputs = task.predict({task.primary: model}, batch, device=device, **options)
+    print(task.write_prediction(outputs, Path(args.out), **options), file=sys.stderr)
+    return getattr(task, "last_prediction", outputs)
 
 
 def _precision(cfg, device: torch.device):
@@ -233,9 +221,21 @@ def _precision(cfg, device: torch.device):
     return Precision(chosen.precision, device, channels_last=chosen.channels_last)
 
 
-def _predict_onnx(args, given, device) -> torch.Tensor:
+class _OnnxModel(torch.nn.Module):
+    """An :class:`~cen.export.onnx.OnnxRunner` behind the call a PyTorch model answers (``model(inputs)``)."""
+
+    def __init__(self, runner) -> None:
+        super().__init__()
+        self.runner, self.names = runner, runner.names
+
+    def forward(self, inputs):
+        return self.runner.run_torch(inputs)
+
+
+def _onnx_model(args, given):
     """``cen predict --onnx``: the exported file stands in for the model (segmentation files only)."""
     from cen.export.onnx import OnnxRunner
+    from cen.train.config import load_config
 
     runner = OnnxRunner(args.onnx)
     config = runner.model_config or {}
@@ -246,92 +246,5 @@ def _predict_onnx(args, given, device) -> torch.Tensor:
         )
     runner.check_modalities(list(given), source="the given images")
     args.checkpoint = args.onnx  # named in messages
-    return _predict_segmentation(args, _OnnxModel(runner), None, given, device)
-
-
-class _OnnxModel:
-    """An :class:`~cen.export.onnx.OnnxRunner` behind the call a PyTorch model answers (``model(inputs)``)."""
-
-    def __init__(self, runner) -> None:
-        self.runner, self.names = runner, runner.names
-
-    def __call__(self, inputs):
-        return self.runner.run_torch(inputs)
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        return self
-
-
-def _predict_segmentation(args, model, cfg, given, device) -> torch.Tensor:
-    from PIL import Image
-
-    from cen.tasks.segmentation.evaluate import predict_scores
-    from cen.tasks.segmentation.visualize import colorize, save_prediction_grid
-
-    inputs = read_inputs(given, args.depth_scale)
-    model.to(device).eval()
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    scores = predict_scores(model, inputs, scales=tuple(args.scales), flip=args.flip, upsample=args.upsample)
-    branch = args.branch
-    if branch is None:
-        branch = ENSEMBLE_KEY if ENSEMBLE_KEY in scores else (next(iter(scores)) if len(scores) == 1 else None)
-        if branch is None:
-            raise PredictError(f"the model has no ensemble; choose an output with --branch: {list(scores)}")
-    if branch not in scores:
-        raise PredictError(f"--branch {branch!r} is not an output here; outputs: {list(scores)}")
-    labels = scores[branch][0].argmax(0).cpu()
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(colorize(labels, ignore_index=None)).save(out)
-    if args.labels:
-        k = scores[branch].shape[1]
-        arr = labels.numpy().astype("uint8" if k <= 256 else "uint16")
-        Path(args.labels).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(args.labels)
-    if args.grid:
-        cpu = {k: v[0].cpu() for k, v in inputs.items()}
-        save_prediction_grid(args.grid, inputs=cpu, pred=labels)
-    print(f"{branch} prediction of {labels.shape[1]}x{labels.shape[0]} pixels written to {out}", file=sys.stderr)
-    return labels
-
-
-def _predict_translation(args, model, cfg, given, device) -> dict[str, torch.Tensor]:
-    """Every branch's generated image as ``OUT/<branch>.png`` (OUT a folder)."""
-    from PIL import Image
-
-    from cen.data.images import read_image
-    from cen.data.taskonomy import domain_decoder
-    from cen.data.tvtensors import unwrap_sample, wrap
-    from cen.tasks import build_task
-    from cen.tasks.translation.task import image_array
-
-    sample, sizes = {}, {}
-    for name, path in given.items():
-        try:
-            decoder = domain_decoder(name, 3, decode=cfg.data.decode)
-            arr = read_image(path)
-            sample[name] = wrap(decoder(arr, Path(path)), decoder.kind)
-        except ValueError as err:
-            raise PredictError(f"--input {name}={path}: {err}") from None
-        sizes[name] = tuple(arr.shape[:2])
-    if len(set(sizes.values())) > 1:
-        raise PredictError(f"the inputs differ in size (height, width): {sizes}; they must be pixel-aligned")
-    sample = unwrap_sample(build_task(cfg).eval_transform()(sample))
-    inputs = {k: v.float().unsqueeze(0).to(device) for k, v in sample.items()}
-    model.to(device).train(cfg.eval.generator_mode == "train")
-    with torch.no_grad():
-        outputs = {k: v for k, v in model(inputs).items() if isinstance(v, torch.Tensor) and v.ndim == 4}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for branch, image in outputs.items():
-        Image.fromarray(image_array(image[0])).save(out / f"{branch}.png")
-    print(f"{', '.join(outputs)} images written to {out}/", file=sys.stderr)
-    return outputs
-
-
-#: ``task`` of the checkpoint's config -> what cen predict does with its model.
-PREDICTORS = {"segmentation": _predict_segmentation, "translation": _predict_translation}
+    cfg = load_config(None, [f"modalities=[{','.join(runner.names)}]", f"data.num_classes={config['num_classes']}"])
+    return _OnnxModel(runner), cfg

@@ -2,7 +2,7 @@
 
 A folder stands for every ``*.yaml`` in it (sorted). Each config trains into
 ``RUNS_PARENT/<config stem>/``; finished runs are skipped, interrupted ones resume, a
-failing one is reported and the sweep goes on. See :mod:`cen.analysis.sweep` and
+failing one is reported and the sweep goes on. See :mod:`cen.train.sweep` and
 docs/ablations.md.
 """
 
@@ -46,13 +46,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cen.analysis.sweep import (
+    from cen.train import distributed
+    from cen.train.sweep import (
         collect_configs,
         default_parent,
         run_sweep,
         split_arguments,
     )
-    from cen.train import distributed
 
     paths, overrides = split_arguments(args.items)
     configs = collect_configs(paths)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 EPILOG = (
     "overrides use dotted keys, e.g. modalities=[rgb] train.batch_size=4 loss.sparsity_weight=0 "
@@ -150,6 +150,7 @@ def _eval(args: argparse.Namespace) -> int:
     from cen.train import distributed, loaders
     from cen.train.checkpoint import check_meta, load_model_with_config
     from cen.train.config import load_config
+    from cen.train.evaluation import evaluate
     from cen.train.hardware import settle
     from cen.train.precision import Precision, check_precision
     from cen.train.runlog import jsonable
@@ -185,6 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.barrier()
     dataset = task.build_datasets(splits=(args.split,))[args.split]
     model = precision.prepare_model(model.to(device))  # evaluated as trained: train.precision, channels_last
+    task.setup({task.primary: model})
     loader = loaders.eval_loader(
         dataset,
         cfg.eval.batch_size,
@@ -192,21 +194,25 @@ def _eval(args: argparse.Namespace) -> int:
         world_size=info.world_size,
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
+        collate_fn=task.collate_fn,
     )
     out = Path(args.out) if args.out else None
-    if args.subsets:
+
+    def run(**extra):
         with precision.autocast():
-            return _eval_subsets(args, cfg, task, model, loader, device, info, {**options}, out, settings)
-    with precision.autocast():
-        results = task.evaluate(
-            {task.primary: model},
-            loader,
-            device=device,
-            progress=info.is_main and cfg.train.progress,
-            image_dir=out / "images" if out and args.images else None,
-            num_images=args.images,
-            **options,
-        )
+            return evaluate(
+                task,
+                {task.primary: model},
+                loader,
+                device=device,
+                progress=info.is_main and cfg.train.progress,
+                **options,
+                **extra,
+            )
+
+    if args.subsets:
+        return _eval_subsets(args, cfg, task, model, run, info, options, out, settings)
+    results = run(image_dir=out / "images" if out and args.images else None, num_images=args.images)
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
         title = f"{args.checkpoint} on {list_file}{task.describe_options(options)}:"
@@ -217,22 +223,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_subsets(args, cfg, task, model, loader, device, info, options, out, settings) -> int:
+def _eval_subsets(args, cfg, task, model, run, info, options, out, settings) -> int:
     """``cen eval --subsets``: the task's scores on every subset of the modalities, as one table."""
     from cen.atomic import atomic_write_json, atomic_write_text
-    from cen.tasks import build_task
     from cen.tasks.subsets import evaluate_subsets, format_subsets
     from cen.train.runlog import jsonable
 
     if args.images:
         raise EvalArgumentError("--images does not combine with --subsets; run cen eval without --subsets for images")
 
-    def run(sub_cfg):
-        return build_task(sub_cfg).evaluate(
-            {task.primary: model}, loader, device=device, progress=info.is_main and cfg.train.progress, **options
-        )
-
-    records = evaluate_subsets(cfg, model, loader, run)
+    records = evaluate_subsets(cfg.modalities, model, lambda subset: run(modalities=subset))
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
         title = (

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -43,7 +42,7 @@ class FusionSpec:
 
     Attributes:
         strategy: the strategy at every fusion point.
-        options: its keyword options (stored read-only).
+        options: its keyword options (a copy of the mapping given; treat it as read-only).
         threshold: ``theta`` (>= 0).
         points: where the fusion points are.
         shared_convs: share the convolutions across modalities.
@@ -74,7 +73,7 @@ class FusionSpec:
                 "a collection of qualified norm names, or a predicate(name, module)"
             )
         object.__setattr__(self, "threshold", float(threshold))
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "options", dict(self.options))  # a copy: the caller's mapping stays its own
 
     # -- what the strategy is -----------------------------------------------------
     @property
@@ -159,3 +158,31 @@ def as_spec(
             f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}"
         )
     return FusionSpec(**given)
+
+
+def model_spec(
+    spec: FusionSpec | Mapping[str, Any] | None = None,
+    *,
+    default_threshold: float = THRESHOLD,
+    threshold: float | None = None,
+    exchange: Points | None = None,
+    fusion: str | None = None,
+    fusion_options: Mapping[str, Any] | None = None,
+    shared_convs: bool | None = None,
+) -> FusionSpec:
+    """The :class:`FusionSpec` a model constructor was given: ``spec`` (or its :meth:`~FusionSpec.to_dict`),
+    or the loose keywords models have always taken (``exchange=True`` is ``points="auto"``: the model's own
+    fusion points), with ``default_threshold`` when neither gives a threshold."""
+    if isinstance(spec, Mapping):
+        spec = FusionSpec.from_dict(spec)
+    points = "auto" if exchange is True else exchange
+    if spec is None and threshold is None:
+        threshold = default_threshold
+    return as_spec(
+        spec,
+        fusion=fusion,
+        fusion_options=fusion_options,
+        threshold=threshold,
+        exchange=points,
+        shared_convs=shared_convs,
+    )

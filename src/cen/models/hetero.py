@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from cen.core.convert import convert
-from cen.core.defaults import THRESHOLD
 from cen.core.multimodal import MultiModal
+from cen.core.spec import FusionSpec, model_spec
 from cen.core.stacking import check_names
 
 #: Output name of :class:`ConcatFusion`'s single prediction.
@@ -126,12 +126,13 @@ class HeteroCEN(nn.Module):
         width: ``D``, the common width of the embeddings and of the shared layers.
         num_outputs: ``K``, the size of each prediction (e.g. one logit per class).
         layers: number of shared MLP blocks; each block's norm is a fusion point.
-        threshold: θ of Eq. 6 (default :data:`cen.core.defaults.THRESHOLD`).
-        exchange: ``False`` keeps the private norms without any fusion point: late
-            fusion through the ensemble only (the same network otherwise).
+        spec: the fusion settings (:class:`cen.FusionSpec`): ``points="auto"`` (or ``True``) makes
+            every shared block's norm a fusion point, ``False`` none (late fusion through the
+            ensemble only, the same network otherwise); θ defaults to
+            :data:`cen.core.defaults.THRESHOLD`. ``shared_convs=False`` is not supported here (the
+            shared MLP is the point of the model).
+        threshold, exchange, fusion, fusion_options: the same settings as loose keywords (older code).
         ensemble: add the α-ensemble (only with two or more modalities).
-        fusion, fusion_options: the strategy at the fusion points (:func:`cen.fusion_names`;
-            ``"exchange"``: Eq. 6) and its options, as in :func:`cen.convert`.
         private_heads: give each modality its own output layer (:class:`cen.nn.ModalityLinear`);
             by default the head is shared, as every layer but the norms in the paper. Private
             heads need every modality at every call.
@@ -145,28 +146,27 @@ class HeteroCEN(nn.Module):
         encoders: Mapping[str, nn.Module],
         width: int,
         num_outputs: int,
+        spec: FusionSpec | Mapping | None = None,
         *,
         layers: int = 2,
-        threshold: float = THRESHOLD,
-        exchange: bool = True,
         ensemble: bool = True,
         private_heads: bool = False,
-        fusion: str = "exchange",
+        threshold: float | None = None,
+        exchange: bool | None = None,
+        fusion: str | None = None,
         fusion_options: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__()
         names = check_names(list(encoders), "HeteroCEN encoders")
         if width < 1 or num_outputs < 1 or layers < 1:
             raise ValueError(f"width, num_outputs and layers must be >= 1, got {width}, {num_outputs}, {layers}")
+        spec = model_spec(spec, threshold=threshold, exchange=exchange, fusion=fusion, fusion_options=fusion_options)
+        if not spec.shared_convs:
+            raise ValueError("HeteroCEN shares its MLP by design; shared_convs=False is not supported")
+        self.spec = spec
         self.encoders = nn.ModuleDict(dict(encoders))
-        mlp = convert(
-            shared_mlp(width, layers),
-            len(names),
-            threshold=threshold,
-            exchange=exchange and len(names) > 1,
-            fusion=fusion,
-            fusion_options=fusion_options,
-        )
+        points = spec.has_points and len(names) > 1
+        mlp = convert(shared_mlp(width, layers), len(names), spec.replace(points=True if points else False))
         head: nn.Module = nn.Linear(width, num_outputs)
         if private_heads:  # one Linear per modality, run as one batched product (cen.nn.ModalityLinear)
             head = convert(head, len(names), shared_convs=False, exchange=False)

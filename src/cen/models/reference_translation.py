@@ -174,7 +174,7 @@ def checkpoint_config(model: UNetCEN, *, target: str = DEFAULT_TARGET, ndf: int 
     """The partial cen config stored with a converted generator.
 
     ``{"task": "translation", "modalities": [...], "data": {"dataset": "taskonomy", "target": target},
-    "model": {"name": "unet", "ngf", "num_downs", "ndf", "threshold", "ensemble"}}``, plus
+    "model": {"name": "unet", "ngf", "num_downs", "ndf", "ensemble"}, "fusion": {"threshold"}}``, plus
     ``model.in_channels`` / ``model.out_channels`` when they are not 3 (never for the reference's domains).
     ``ndf`` is the discriminator width a recipe would train with (the reference's 64); a generator file has none.
     """
@@ -184,7 +184,6 @@ def checkpoint_config(model: UNetCEN, *, target: str = DEFAULT_TARGET, ndf: int 
         "ngf": cfg["ngf"],
         "num_downs": cfg["num_downs"],
         "ndf": ndf,
-        "threshold": cfg["threshold"],
         "ensemble": cfg["ensemble"],
     }
     for key in ("in_channels", "out_channels"):
@@ -195,6 +194,7 @@ def checkpoint_config(model: UNetCEN, *, target: str = DEFAULT_TARGET, ndf: int 
         "modalities": list(model.names),
         "data": {"dataset": "taskonomy", "target": target},
         "model": section,
+        "fusion": {"threshold": cfg["spec"]["threshold"]},
     }
 
 
@@ -308,10 +308,10 @@ def to_reference_generator_state_dict(model: UNetCEN, *, unused_norms: bool = Tr
     A single-input model gets ``alpha = [1.]``.
     """
     cfg = model.config
+    spec = model.spec
+    have = {"head": cfg.get("head"), "fusion": spec.strategy, "shared_convs": spec.shared_convs}
     unlike = {
-        k: cfg.get(k)
-        for k, v in (("head", "ensemble"), ("fusion", "exchange"), ("shared_convs", True))
-        if cfg.get(k, v) != v
+        k: have[k] for k, v in (("head", "ensemble"), ("fusion", "exchange"), ("shared_convs", True)) if have[k] != v
     }
     if unlike:
         raise ValueError(

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from cen.core.convert import ExchangeSpec, convert
-from cen.core.defaults import THRESHOLD
+from cen.core.spec import FusionSpec, model_spec
 from cen.core.stacking import check_names
 from cen.models.backbones import BACKBONES, build_resnet_encoder, check_backbone, stage_channels
 from cen.models.heads import ConcatFusionHead, HeadedMultiModal, check_head
@@ -251,16 +251,18 @@ class RefineNetCEN(HeadedMultiModal):
         num_classes: number of classes ``K >= 1``.
         modalities: modality names, in order (their norms' slots and ``alpha`` follow it).
             One name gives a plain unimodal RefineNet on the same code path.
-        threshold: ``theta`` of the exchange (``|gamma| < theta`` exchanges),
-            default :data:`cen.core.defaults.THRESHOLD`.
+        spec: the fusion settings (:class:`cen.FusionSpec`: strategy, options, θ, fusion points,
+            shared convolutions) of the encoder; default exchange after every block's registered norm
+            (``bn2`` of a Bottleneck), θ :data:`cen.core.defaults.THRESHOLD`, shared convolutions.
+            ``shared_convs=False`` unshares the encoder's convolutions only; the decoder is built
+            after the conversion and stays shared by the modalities.
+        threshold, exchange, fusion, fusion_options, shared_convs: the same settings as loose
+            keywords (older code; ``exchange=True`` is ``points="auto"``, ``False`` private norms
+            without fusion, other values the names of the encoder's norms, e.g. ``"layer4.0.bn2"``).
         pretrained: backbone weights: ``None`` (random), ``"imagenet"`` (torchvision's
             ``IMAGENET1K_V1``, downloaded on first use), a torchvision ``WeightsEnum``
             member, or the path of a local torchvision-style ResNet state dict. They are
             loaded before conversion, so every modality starts from them.
-        exchange: ``True`` exchanges where the paper does (``cen.convert(exchange="auto")``),
-            ``False`` converts with private norms and no exchange; any other value is
-            passed to :func:`cen.convert` as its ``exchange`` argument (norm names
-            relative to the encoder, e.g. ``"layer4.0.bn2"``).
         ensemble: add a fused output (only with two or more modalities), made by ``head``.
         head: ``"ensemble"`` (the paper's learned ``alpha``-ensemble of the detached
             branch logits) or ``"concat"`` (Table A's concat-fusion block, see
@@ -270,18 +272,10 @@ class RefineNetCEN(HeadedMultiModal):
             ``BatchNorm2d(widths[3])``, ReLU, dropout and a 3x3 classifier with bias
             (as ``clf_conv``), not detached: the fused loss also trains the decoder
             and the encoder. Every modality must then be given, at inference too.
-        fusion: the strategy at the encoder's fusion points, a name from
-            :func:`cen.fusion_names` (default ``"exchange"``, paper Eq. 6); see :mod:`cen.core.fusions`.
-        fusion_options: keyword options of that strategy (e.g. ``{"fraction": 0.3}`` for ``"fixed"``).
-        shared_convs: False gives every modality private encoder convolutions
-            (one grouped convolution per layer, see :mod:`cen.core.unshared`).
         dropout: probability of the decoder's dropouts (0.5 as the reference).
         decoder_widths: the decoder's four stage widths, deepest first (default:
             the reference's (512, 256, 256, 256), capped by the encoder's stage
             widths, i.e. (512, 256, 128, 64) for ResNet-18/34).
-
-    ``shared_convs=False`` unshares the encoder's convolutions only; the decoder
-    is built after the conversion and stays shared by the modalities.
 
     Output: a dict with a ``Tensor(B, K, ceil(H/4), ceil(W/4))`` per given modality
     and, with a fused output, ``"ensemble"`` (:data:`cen.core.defaults.ENSEMBLE_KEY`,
@@ -297,8 +291,8 @@ class RefineNetCEN(HeadedMultiModal):
     channels with modality ``m``'s channel ``c`` at ``m*C + c``), ``model.decoder.*``
     and ``ensemble.alpha`` (head ``"ensemble"``) or ``concat_head.fuse.weight``,
     ``concat_head.norm.*``, ``concat_head.out.1.*`` (head ``"concat"``).
-    ``config`` holds the constructor arguments (``pretrained`` excepted; a custom
-    ``exchange`` spec is recorded as ``"custom"``).
+    ``config`` holds the constructor arguments (``pretrained`` excepted; the spec as
+    :meth:`cen.FusionSpec.to_dict`, custom points recorded as ``"custom"``).
     """
 
     def __init__(
@@ -306,15 +300,16 @@ class RefineNetCEN(HeadedMultiModal):
         backbone: str = "resnet101",
         num_classes: int = 40,
         modalities: Sequence[str] = ("rgb", "depth"),
-        threshold: float = THRESHOLD,
+        threshold: float | None = None,
         pretrained: None | str | os.PathLike | WeightsEnum = None,
         *,
-        exchange: bool | ExchangeSpec = True,
+        spec: FusionSpec | Mapping | None = None,
+        exchange: bool | ExchangeSpec | None = None,
         ensemble: bool = True,
         head: str = "ensemble",
-        fusion: str = "exchange",
+        fusion: str | None = None,
         fusion_options: Mapping[str, object] | None = None,
-        shared_convs: bool = True,
+        shared_convs: bool | None = None,
         dropout: float = 0.5,
         decoder_widths: Sequence[int] | None = None,
     ) -> None:
@@ -322,8 +317,10 @@ class RefineNetCEN(HeadedMultiModal):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         names = check_names(modalities, "modalities")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0 (it is compared with |gamma|), got {threshold!r}")
+        spec = model_spec(
+            spec, threshold=threshold, exchange=exchange, fusion=fusion, fusion_options=fusion_options,
+            shared_convs=shared_convs,
+        )  # fmt: skip
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         if decoder_widths is not None and (
@@ -334,11 +331,7 @@ class RefineNetCEN(HeadedMultiModal):
         fused = bool(ensemble) and len(names) > 1
         check_head(head, len(names), bool(ensemble))
         encoder = build_resnet_encoder(backbone, pretrained)
-        spec: ExchangeSpec = "auto" if exchange is True else exchange
-        convert(
-            encoder, len(names), fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs,
-            threshold=float(threshold), exchange=spec,
-        )  # fmt: skip
+        convert(encoder, len(names), spec)
         decoder = RefineNetDecoder(stage_channels(backbone), num_classes, widths=decoder_widths, dropout=float(dropout))
         concat = None
         if head == "concat":
@@ -348,18 +341,15 @@ class RefineNetCEN(HeadedMultiModal):
         super().__init__(Segmenter(encoder, decoder), names, concat_head=concat, ensemble=fused)
         self.backbone = backbone
         self.num_classes = num_classes
-        self.threshold = float(threshold)
+        self.spec = spec
+        self.threshold = spec.threshold
         self.config = {
             "backbone": backbone,
             "num_classes": num_classes,
             "modalities": list(names),
-            "threshold": float(threshold),
-            "exchange": exchange if isinstance(exchange, bool) else "custom",
+            "spec": spec.to_dict(),
             "ensemble": fused,
             "head": head,
-            "fusion": fusion,
-            "fusion_options": dict(fusion_options or {}),
-            "shared_convs": bool(shared_convs),
             "dropout": float(dropout),
             "decoder_widths": list(decoder.widths),
         }

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from cen.core.convert import convert
 from cen.core.defaults import TRANSLATION_THRESHOLD
+from cen.core.spec import FusionSpec, model_spec
 from cen.core.stacking import check_names
 from cen.models.heads import ConcatFusionHead, HeadedMultiModal, check_head
 
@@ -205,8 +206,8 @@ class UNetCEN(HeadedMultiModal):
             follow it), e.g. ``("reshading", "edge_texture")``. One name gives a
             plain single-input U-Net on the same code path.
         in_channels, out_channels, ngf, num_downs, dropout: as :class:`UNetGenerator`.
-        threshold: ``theta`` of the exchange (``|gamma| < theta`` exchanges);
-            the reference's 1e-2 by default.
+        spec: the fusion settings (:class:`cen.FusionSpec`); ``points="auto"`` are the norms of
+            down-blocks 2 .. ``num_downs - 1``; θ defaults to the reference's 1e-2.
         ensemble: add a fused output (only with two or more inputs), made by ``head``.
         head: ``"ensemble"`` (the learned ``alpha``-ensemble of the detached
             branch outputs) or ``"concat"`` (the concat-fusion block, see
@@ -218,15 +219,12 @@ class UNetCEN(HeadedMultiModal):
             ``ConvTranspose2d(2*ngf, out, 4, stride 2, pad 1)`` and ``tanh``, like the
             branches. Not detached: the fused loss also trains the generator.
             Every input must then be given, at inference too.
-        exchange: ``False`` keeps the private norms but has no fusion point.
-        fusion: the strategy at the fusion points (the norms of down-blocks
-            2 .. ``num_downs - 1``), a name from :func:`cen.fusion_names`
-            (default ``"exchange"``, paper Eq. 6); see :mod:`cen.core.fusions`.
-        fusion_options: keyword options of that strategy.
-        shared_convs: False gives every input private copies of the down-blocks'
-            convolutions (one grouped convolution each, :mod:`cen.core.unshared`);
-            the up-blocks' transposed convolutions stay shared, as
-            :func:`cen.convert` unshares ``Conv2d`` and ``Linear`` only.
+        threshold, exchange, fusion, fusion_options, shared_convs: the same settings as loose
+            keywords (older code; ``exchange=False``: private norms, no fusion point). With
+            ``shared_convs=False`` every input gets private copies of the down-blocks'
+            convolutions (one grouped convolution each, :mod:`cen.core.unshared`); the up-blocks'
+            transposed convolutions stay shared, as :func:`cen.convert` unshares ``Conv2d`` and
+            ``Linear`` only.
 
     Output values are in [-1, 1] (``tanh``); with ``head="ensemble"`` the fused
     output is ``sum_m softmax(alpha)_m * out_m`` with the branches detached (the
@@ -241,58 +239,55 @@ class UNetCEN(HeadedMultiModal):
     channels, input ``m``'s channel ``c`` at ``m*C + c``), ``model.up.{j}.*``,
     ``ensemble.alpha`` (head ``"ensemble"``) or ``concat_head.fuse.weight``,
     ``concat_head.norm.*``, ``concat_head.out.0.*`` (head ``"concat"``).
-    ``config`` holds the constructor arguments, so ``UNetCEN(**config)`` rebuilds it.
+    ``config`` holds the constructor arguments (the spec as a dict), so ``UNetCEN(**config)`` rebuilds it.
     """
 
     def __init__(
         self,
         modalities: Sequence[str],
+        spec: FusionSpec | Mapping | None = None,
         *,
         in_channels: int = 3,
         out_channels: int = 3,
         ngf: int = 64,
         num_downs: int = 8,
-        threshold: float = TRANSLATION_THRESHOLD,
         ensemble: bool = True,
         head: str = "ensemble",
         dropout: float = 0.5,
-        exchange: bool = True,
-        fusion: str = "exchange",
+        threshold: float | None = None,
+        exchange: bool | None = None,
+        fusion: str | None = None,
         fusion_options: Mapping[str, object] | None = None,
-        shared_convs: bool = True,
+        shared_convs: bool | None = None,
     ) -> None:
         names = check_names(modalities, "modalities")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0 (it is compared with |gamma|), got {threshold!r}")
+        spec = model_spec(
+            spec, default_threshold=TRANSLATION_THRESHOLD, threshold=threshold, exchange=exchange, fusion=fusion,
+            fusion_options=fusion_options, shared_convs=shared_convs,
+        )  # fmt: skip
         check_head(head, len(names), bool(ensemble))
         fused = bool(ensemble) and len(names) > 1
         generator = UNetGenerator(in_channels, out_channels, ngf, num_downs, dropout=dropout)
-        spec = generator.exchange_norm_names() if exchange else False
-        convert(
-            generator, len(names), fusion=fusion, fusion_options=fusion_options, shared_convs=shared_convs,
-            threshold=float(threshold), exchange=spec,
-        )  # fmt: skip
+        points = generator.exchange_norm_names() if spec.points == "auto" else spec.points
+        convert(generator, len(names), spec.replace(points=points))
         concat = None
         if head == "concat":
             width = 2 * ngf
             out = nn.Sequential(nn.ConvTranspose2d(width, out_channels, kernel_size=4, stride=2, padding=1), nn.Tanh())
             concat = ConcatFusionHead(len(names), width, norm=instance_norm(width), out=out)
         super().__init__(generator, names, concat_head=concat, ensemble=fused)
-        self.threshold = float(threshold)
+        self.spec = spec
+        self.threshold = spec.threshold
         self.config = {
             "modalities": list(names),
+            "spec": spec.to_dict(),
             "in_channels": in_channels,
             "out_channels": out_channels,
             "ngf": ngf,
             "num_downs": num_downs,
-            "threshold": float(threshold),
             "ensemble": fused,
             "head": head,
             "dropout": float(dropout),
-            "exchange": bool(exchange),
-            "fusion": fusion,
-            "fusion_options": dict(fusion_options or {}),
-            "shared_convs": bool(shared_convs),
         }
 
     @property

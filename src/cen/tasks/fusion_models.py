@@ -1,4 +1,4 @@
-"""What every task that builds a fusion model shares: the model settings of a config and the model's outputs."""
+"""What every task that builds a fusion model shares: the :class:`cen.FusionSpec` of a config, and model errors."""
 
 from __future__ import annotations
 
@@ -7,18 +7,34 @@ from collections.abc import Callable
 from omegaconf import OmegaConf
 from torch import nn
 
-from cen.core.defaults import ENSEMBLE_KEY
-from cen.tasks.errors import ConfigError
+from cen.core.spec import FusionSpec
+from cen.errors import ConfigError
 
 
-def fusion_kwargs(cfg) -> dict:
-    """``fusion``, ``fusion_options`` (a plain dict) and ``shared_convs`` of ``cfg.model``, as the models take them."""
-    m = cfg.model
-    return {
-        "fusion": str(m.fusion),
-        "fusion_options": dict(OmegaConf.to_container(m.fusion_options)),
-        "shared_convs": bool(m.shared_convs),
-    }
+def fusion_spec(cfg, default_threshold: float | None = None) -> FusionSpec:
+    """The config's ``fusion`` group as a :class:`cen.FusionSpec` (``threshold: null``: ``default_threshold``,
+    else the spec's default)."""
+    f = cfg.fusion
+    points = f.points
+    points = list(points) if OmegaConf.is_list(points) else points
+    threshold = f.threshold if f.threshold is not None else default_threshold
+    extra = {} if threshold is None else {"threshold": float(threshold)}
+    try:
+        return FusionSpec(
+            strategy=str(f.strategy),
+            options=dict(OmegaConf.to_container(f.options)),
+            points=points,
+            shared_convs=bool(f.shared_convs),
+            **extra,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"fusion: {err}") from None
+
+
+def fusion_meta(cfg, default_threshold: float | None = None) -> dict:
+    """The fusion settings a checkpoint must agree on with a config, one ``fusion.<field>`` entry each
+    (what :meth:`cen.tasks.base.Task.meta` records and resume / ``cen eval`` compare)."""
+    return {f"fusion.{k}": v for k, v in fusion_spec(cfg, default_threshold).to_dict().items()}
 
 
 def build_checked(cfg, make: Callable[[], nn.Module]) -> nn.Module:
@@ -28,18 +44,9 @@ def build_checked(cfg, make: Callable[[], nn.Module]) -> nn.Module:
     try:
         return make()
     except ValueError as err:
-        m = cfg.model
+        f = cfg.fusion
         raise ConfigError(
-            f"cannot build model.name={m.name!r} (model.fusion={m.fusion!r}, model.fusion_options="
-            f"{fusion_kwargs(cfg)['fusion_options']}, model.shared_convs={m.shared_convs}, model.head={m.head!r}, "
-            f"modalities={list(cfg.modalities)}): {err}"
+            f"cannot build model.name={cfg.model.name!r} (fusion.strategy={f.strategy!r}, fusion.options="
+            f"{dict(OmegaConf.to_container(f.options))}, fusion.shared_convs={f.shared_convs}, "
+            f"model.head={cfg.model.head!r}, modalities={list(cfg.modalities)}): {err}"
         ) from None
-
-
-def output_names(model: nn.Module, modalities) -> list[str]:
-    """The model's output keys: its ``output_names`` (the fused key included, whatever ``model.head`` makes it),
-    else the modalities plus ``"ensemble"`` when it has an alpha-ensemble."""
-    names = getattr(model, "output_names", None)
-    if names is not None:
-        return list(names)
-    return list(modalities) + ([ENSEMBLE_KEY] if getattr(model, "ensemble", None) is not None else [])

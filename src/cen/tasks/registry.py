@@ -7,7 +7,7 @@
     MODELS.get("tyni")          # RegistryError: unknown model 'tyni'; known: refinenet, tiny
 
 A wrong name in a config is the user's mistake, so lookups here raise
-:class:`RegistryError` (a :class:`~cen.tasks.errors.UserError` and a ``ValueError``):
+:class:`RegistryError` (a :class:`~cen.errors.UserError` and a ``ValueError``):
 the command line prints it as one line.
 """
 
@@ -16,13 +16,9 @@ from __future__ import annotations
 from typing import TypeVar
 
 from cen.core.registry import Registry
-from cen.tasks.errors import UserError
+from cen.errors import RegistryError
 
 T = TypeVar("T")
-
-
-class RegistryError(UserError, ValueError):
-    """A name that no entry of a registry has."""
 
 
 class UserRegistry(Registry[T]):

@@ -3,9 +3,9 @@
 ``cen eval CONFIG --checkpoint C --subsets`` uses this. For each subset the model runs on
 those inputs only (the others are dropped at inference: the norms use only the present
 modalities' slices, the exchange averages over the present ones and the ensemble
-renormalises its weights over them; see :class:`cen.MultiModal`), through the task's own
-:meth:`~cen.tasks.base.Task.evaluate` with ``modalities`` set to the subset. The data are
-read once per subset with every modality of the config.
+renormalises its weights over them; see :class:`cen.MultiModal`), through the engine's
+evaluation loop with ``modalities`` set to the subset. The data are read once per subset
+with every modality of the config.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from omegaconf import OmegaConf
 from torch import nn
 
 from cen.core.defaults import ENSEMBLE_KEY
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 __all__ = ["SubsetError", "check_droppable", "evaluate_subsets", "format_subsets", "modality_subsets"]
 
@@ -66,26 +65,22 @@ def check_droppable(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def evaluate_subsets(
-    cfg,
+    names: Sequence[str],
     model: nn.Module,
-    loader,
-    evaluate: Callable[..., Mapping[str, Any]],
+    evaluate: Callable[[list[str]], Mapping[str, Any]],
     subsets: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """``[{"subset": [names], "scores": {branch: scores}}]`` for every subset (default
-    :func:`modality_subsets` of ``cfg.modalities``).
+    :func:`modality_subsets` of ``names``, the model's modalities).
 
-    ``evaluate(sub_cfg)`` scores ``model`` over ``loader`` with a copy of ``cfg`` whose
-    ``modalities`` is the subset (e.g. ``build_task(sub_cfg).evaluate(...)``); a model that
+    ``evaluate(subset)`` scores ``model`` fed only the modalities ``subset``; a model that
     refuses a subset (a ValueError) becomes a :class:`SubsetError` naming the subset."""
-    names = list(cfg.modalities)
+    names = list(names)
     check_droppable(model, names)
     records = []
     for subset in subsets or modality_subsets(names):
-        sub_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        sub_cfg.modalities = list(subset)
         try:
-            scores = evaluate(sub_cfg)
+            scores = evaluate(list(subset))
         except ValueError as err:
             if isinstance(err, UserError):
                 raise

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 FORMAT = "cen-checkpoint"
 VERSION = 2
@@ -200,7 +200,8 @@ def read_weights(path: str | Path, map_location: Any = "cpu") -> tuple[Mapping[s
         cfg = from_container(data)
     except (ConfigError, UserError) as err:
         raise CheckpointError(f"{path}: its config does not fit this cen: {err}") from None
-    cfg.model.pretrained = None
+    if "pretrained" in cfg.model:
+        cfg.model.pretrained = None
     return state, cfg
 
 
@@ -261,8 +262,13 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
     model.load_state_dict(state)
 
 
+#: ``meta`` keys of older checkpoints -> today's.
+_OLD_META = {"fusion": "fusion.strategy", "fusion_options": "fusion.options", "shared_convs": "fusion.shared_convs"}
+
+
 def check_meta(meta: Mapping, expected: Mapping[str, Any], source: str) -> None:
-    """Compare a checkpoint's ``meta`` (modalities, num_classes, backbone ...) with the config's."""
+    """Compare a checkpoint's ``meta`` (modalities, num_classes, backbone, fusion settings ...) with the config's."""
+    meta = {_OLD_META.get(k, k): v for k, v in meta.items()}
     diffs = [
         f"{k}: checkpoint {meta[k]!r} vs config {v!r}"
         for k, v in expected.items()

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 
 class DeviceError(UserError, RuntimeError):

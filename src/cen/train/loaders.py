@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 
 class SeededDataset(Dataset):

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from cen.tasks.errors import ConfigError, UserError
+from cen.errors import ConfigError, UserError
 from cen.train.lean_memory import StepInBackward, recast_saved_weights
 
 #: ``train.precision`` values and their autocast dtypes (None: no autocast).

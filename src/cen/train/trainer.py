@@ -36,12 +36,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from cen.analysis.gamma import GammaTracker
 from cen.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from cen.errors import UserError
 from cen.tasks import build_task
 from cen.tasks.base import Task
-from cen.tasks.errors import UserError
 from cen.train import distributed, hardware, loaders
+from cen.train.callbacks import Callback, default_callbacks
 from cen.train.checkpoint import (
     FORMAT,
     TRAINING,
@@ -55,8 +55,8 @@ from cen.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from cen.train.evaluation import evaluate
 from cen.train.interrupt import StopRequest, TrainingInterrupted
-from cen.train.optim import learning_rates, set_stage, stage_of, total_epochs
 from cen.train.precision import (
     Precision,
     check_compile,
@@ -66,6 +66,7 @@ from cen.train.precision import (
     compile_model,
 )
 from cen.train.runlog import RunLog, jsonable
+from cen.train.stages import learning_rates, set_stage, stage_of, total_epochs
 
 #: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first.
 RUN_OUTPUTS = ("last.pt", "best.pt", "metrics.jsonl", "results.json", "figure_a.png", "images", "tensorboard")
@@ -100,6 +101,8 @@ class Trainer:
         stream: where messages and progress bars go (default stderr).
         compile_backend: the :func:`torch.compile` backend of ``train.compile`` (default Inductor;
             the tests pass ``"aot_eager"``, which needs no C compiler).
+        callbacks: what runs at the start, after each step and after each validation
+            (default :func:`cen.train.callbacks.default_callbacks`: γ statistics, Figure A).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class Trainer:
         task: Task | None = None,
         stream=None,
         compile_backend="inductor",
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.cfg = cfg
         self.stream = stream or sys.stderr
@@ -183,8 +187,9 @@ class Trainer:
         self.optimizers = dict(self.task.configure_optimizers(self.models))
         self.precision.add_optimizers(self.optimizers)
         self.task.precision = self.precision  # Task.optimize steps through it (loss scaling in fp16)
-        # Theorem 1's check: where every penalised gamma of the primary model has been relative to theta.
-        self.gamma = GammaTracker(self.model, mode="all" if cfg.loss.sparsity_mode == "all" else "disjoint")
+        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
+        for callback in self.callbacks:
+            callback.setup(self)
         self.nets = dict(self.models)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -286,8 +291,8 @@ class Trainer:
             },
             "rng": rng_state(),
             "meta": self.task.meta(),
-            "gamma_tracker": self.gamma.state_dict(),
             "grad_scalers": self.precision.state_dict(),
+            **{cb.key: cb.state_dict() for cb in self.callbacks if cb.key and cb.state_dict() is not None},
         }
 
     def save(self, name: str) -> None:
@@ -335,10 +340,11 @@ class Trainer:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         self.precision.load_state_dict(ckpt.get("grad_scalers", {}))
-        if "gamma_tracker" in ckpt:
-            self.gamma.load_state_dict(ckpt["gamma_tracker"])
-        elif self.gamma.layers:
-            self._say(f"{path} has no gamma history (an older checkpoint): Theorem 1 statistics restart here")
+        for callback in self.callbacks:
+            if callback.key and callback.key in ckpt:
+                callback.load_state_dict(ckpt[callback.key])
+            elif callback.key and callback.state_dict():
+                self._say(f"{path} has no {callback.key} state (an older checkpoint): it restarts here")
         self._say(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.global_step}")
 
     # -- training -------------------------------------------------------------
@@ -420,7 +426,8 @@ class Trainer:
             loss, parts = self.train_step(batch)
             self.batch += 1
             self.global_step += 1
-            self.gamma.update(self.global_step)
+            for callback in self.callbacks:
+                callback.on_step_end(self)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {float(loss)} at step {self.global_step}; lower the learning rates"
@@ -472,7 +479,8 @@ class Trainer:
         """The task's scores on ``split`` (all processes take part); its pictures into ``images/<images>``."""
         num = self.cfg.eval.num_images
         with self.precision.autocast():
-            results = self.task.evaluate(
+            results = evaluate(
+                self.task,
                 self.models,
                 self.eval_loaders[split],
                 device=self.device,
@@ -489,9 +497,7 @@ class Trainer:
             return
         results = self.evaluate("val", images=f"val_epoch{self.epoch:03d}")
         summary = self.task.summary(self.models)
-        if self.info.is_main and summary.get("exchange"):
-            self._figure_a(summary["exchange"], f"epoch {self.epoch} (step {self.global_step})")
-        score = self.task.score(results)
+        score = self.task.selected_score(results)
         improved = self.task.improves(score, self.best_score)
         if improved:
             self.best_score, self.best_epoch = score, self.epoch
@@ -504,11 +510,8 @@ class Trainer:
             **{f"best_{self.task.score_name}": self.best_score},
             best_epoch=self.best_epoch,
         )
-        if self.gamma.layers:
-            self.log.record("gamma", self.global_step, epoch=self.epoch, **self.gamma.summary())
-            if self.log.writer is not None:
-                for tag, values in self.gamma.histograms().items():
-                    self.log.writer.add_histogram(f"gamma/{tag}", values, self.global_step)
+        for callback in self.callbacks:
+            callback.on_validation_end(self, results, summary)
         value = self.task.format_value
         self._say(
             f"val {self.task.score_label} {value(score)} (best {value(self.best_score)} at epoch {self.best_epoch})"
@@ -520,19 +523,6 @@ class Trainer:
         )
         if improved:
             self.save("best.pt")
-
-    def _figure_a(self, shares: Mapping[str, Mapping[str, float]], title: str) -> None:
-        """The paper's Figure A at this evaluation: per exchanging layer, the share of channels each modality
-        replaces (``figure_a.png`` in the run folder, rewritten at every evaluation; the history is in
-        metrics.jsonl and ``cen report`` draws it)."""
-        from cen.analysis.figures import figure_a, save, stacked_shares
-
-        layers = list(shares)
-        modalities = list(next(iter(shares.values())))
-        path = self.run_dir / "figure_a.png"
-        tmp = path.with_name(".figure_a.tmp.png")
-        save(figure_a(layers, stacked_shares(layers, shares, modalities), modalities, title=title), tmp)
-        tmp.replace(path)  # atomic, as every file of a run
 
     def _finish(self) -> dict:
         cfg = self.cfg

@@ -44,7 +44,7 @@ from cen.data.hha import (
 from cen.data.images import read_image
 from cen.data.lists import nyudv2_entries, raise_if_missing
 from cen.data.synth.classes import BOX, CLASS_NAMES, CYLINDER, POSTER, RUG, SPHERE
-from cen.tasks.errors import DataError
+from cen.errors import DataError
 
 #: The modalities this data set provides, and the kind of each.
 MODALITIES: dict[str, str] = {"rgb": "image", "points": "points"}

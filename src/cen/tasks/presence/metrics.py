@@ -27,9 +27,6 @@ from torchmetrics.classification import (
     MultilabelStatScores,
 )
 
-#: score key -> table label, in the order of the printed table.
-SCORE_LABELS = {"map": "mAP", "f1": "F1", "exact_match": "exact match"}
-
 
 class PresenceMetrics(nn.Module):
     """Accumulate ``(logits (B, K), targets (B, K) in {0, 1})`` per branch; :meth:`compute` gives the scores."""
@@ -80,19 +77,3 @@ class PresenceMetrics(nn.Module):
                 "per_class_ap": ap,
             }
         return out
-
-
-def format_table(results, class_names: Sequence[str], *, title: str | None = None) -> str:
-    """One row per branch: mAP, F1, exact match and each class's AP, in %."""
-    cols = [*SCORE_LABELS.values(), *(f"AP {c}" for c in class_names)]
-    width = max(12, *(len(b) for b in results)) if results else 12
-    lines = [title] if title else []
-    lines.append(f"{'branch':<{width}} " + " ".join(f"{c:>{max(8, len(c))}}" for c in cols))
-    for branch, scores in results.items():
-        values = [scores.get(k) for k in SCORE_LABELS] + list(scores.get("per_class_ap", ()))
-        cells = [
-            f"{100 * v:>{max(8, len(c))}.2f}" if v is not None else f"{'-':>{max(8, len(c))}}"
-            for c, v in zip(cols, values)
-        ]
-        lines.append(f"{branch:<{width}} " + " ".join(cells))
-    return "\n".join(lines)

@@ -4,18 +4,18 @@ Both build one encoder per modality by its kind (:data:`cen.tasks.presence.data.
 an :class:`~cen.models.hetero.ImageEncoder` for ``rgb``, a
 :class:`~cen.models.hetero.PointNetEncoder` for ``points``, each projected to
 ``model.embed_dim``. ``hetero`` is :class:`~cen.models.hetero.HeteroCEN`: with
-``model.exchange: true`` the method, with ``false`` late fusion (private norms, no
+``fusion.points: auto`` the method, with ``false`` late fusion (private norms, no
 exchange, the ensemble only), with one modality the plain network.
 """
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 from torch import nn
 
 from cen.core.defaults import THRESHOLD
+from cen.errors import ConfigError
 from cen.models.hetero import ConcatFusion, HeteroCEN, ImageEncoder, PointNetEncoder
-from cen.tasks.errors import ConfigError
+from cen.tasks.fusion_models import build_checked, fusion_spec
 from cen.tasks.presence.data import MODALITIES, PRESENCE_CLASSES
 from cen.tasks.registry import MODELS
 
@@ -48,24 +48,22 @@ def _width(cfg) -> int:
 def hetero(cfg) -> nn.Module:
     m = cfg.model
     width = _width(cfg)
-    # model.fusion / fusion_options / head are read where the config has them (the fusion strategies' keys)
-    head = OmegaConf.select(cfg, "model.head", default="ensemble")
+    head = m.head
     if head != "ensemble":
         raise ConfigError(
             f"model.head={head!r}: the hetero model fuses its outputs by the ensemble; for one prediction "
             "from the concatenated embeddings use model.name=hetero_concat"
         )
-    options = OmegaConf.select(cfg, "model.fusion_options", default=None)
-    return HeteroCEN(
-        build_encoders(cfg.modalities, width),
-        width,
-        len(PRESENCE_CLASSES),
-        layers=MLP_LAYERS,
-        threshold=THRESHOLD if m.threshold is None else float(m.threshold),
-        exchange=bool(m.exchange),
-        ensemble=bool(m.ensemble),
-        fusion=OmegaConf.select(cfg, "model.fusion", default="exchange"),
-        fusion_options=OmegaConf.to_container(options) if options is not None else None,
+    return build_checked(
+        cfg,
+        lambda: HeteroCEN(
+            build_encoders(cfg.modalities, width),
+            width,
+            len(PRESENCE_CLASSES),
+            fusion_spec(cfg, THRESHOLD),
+            layers=MLP_LAYERS,
+            ensemble=bool(m.ensemble),
+        ),
     )
 
 

@@ -17,25 +17,33 @@ ensemble, else the one output).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
-from cen.core.sparsity import sparsity_loss, sparsity_shrink_
-from cen.tasks.base import DECODER, ENCODER, Models, Optimizers, Task
-from cen.tasks.datasets import DatasetEntry, build_splits, prepare_data
-from cen.tasks.errors import ConfigError
+from cen.errors import ConfigError
+from cen.tasks.base import Score, Task, format_per_class
+from cen.tasks.datasets import DatasetEntry, build_splits
+from cen.tasks.optim import DECODER, ENCODER, build_optimizer
 from cen.tasks.presence import models as _models  # noqa: F401  (registers hetero, hetero_concat)
 from cen.tasks.presence.data import MODALITIES, PRESENCE_NAMES, TARGET_KEY, ScenePresence, collate
-from cen.tasks.presence.metrics import SCORE_LABELS, PresenceMetrics, format_table
+from cen.tasks.presence.metrics import PresenceMetrics
 from cen.tasks.registry import DATASETS, MODELS, TASKS
-from cen.train.optim import gamma_lr_scale, group_lr, with_gamma_group
 
 #: ``data.dataset`` of the presence data: the generated scenes (generated on first use, like ``scenes``).
 DATASET = "scenes_points"
+
+
+@dataclass
+class PresenceData:
+    num_points: int = 1024  # points sampled from each depth map (a fixed N per cloud)
+
+
+@dataclass
+class PresenceModel:
+    embed_dim: int = 128  # common width D of the encoders' embeddings and of the shared MLP
 
 
 def _read(root, list_file, cfg, train: bool):
@@ -63,28 +71,29 @@ class PresenceTask(Task):
     primary = "model"
     target_key = TARGET_KEY
     model_names = ("hetero", "hetero_concat")
+    config = {"data": PresenceData, "model": PresenceModel}
+    scores = (
+        Score("map", "mAP", scale=100.0, unit="%"),
+        Score("f1", "F1", scale=100.0, unit="%"),
+        Score("exact_match", "exact match", scale=100.0, unit="%"),
+    )
     default_threshold = THRESHOLD
-    scores = tuple(SCORE_LABELS)
-    default_score = "map"
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         unknown = [m for m in cfg.modalities if m not in MODALITIES]
         if unknown:
             raise ConfigError(f"modalities {unknown} are not in the presence data; it has {list(MODALITIES)}")
-        self.select = cfg.train.select  # resolved in setup() once the model is known
         self.collate_fn = collate  # names ragged keys instead of torch's stack error
 
-    # -- config and data ---------------------------------------------------------
-    def check_training_config(self) -> None:
-        if self.cfg.data.num_points < 1:
-            raise ConfigError(
-                f"data.num_points must be >= 1 (points sampled per cloud), got {self.cfg.data.num_points}"
-            )
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.data.num_points < 1:
+            raise ConfigError(f"data.num_points must be >= 1 (points sampled per cloud), got {cfg.data.num_points}")
+        if cfg.model.embed_dim < 1:
+            raise ConfigError(f"model.embed_dim must be >= 1, got {cfg.model.embed_dim}")
 
-    def prepare_data(self) -> None:
-        prepare_data(self.cfg)
-
+    # -- data ------------------------------------------------------------------------
     def build_datasets(self, splits=("train", "val", "test")):
         return build_splits(self.cfg, self.name, {"train": True, "eval": False}, splits)
 
@@ -98,23 +107,13 @@ class PresenceTask(Task):
     def outputs(self, model: nn.Module) -> list[str]:
         """The output branches of ``model``: each modality's (and the ensemble), or its one fused output."""
         if hasattr(model, "fused"):
-            return list(self.cfg.modalities) + ([ENSEMBLE_KEY] if model.ensemble is not None else [])
+            return super().outputs(model)
         from cen.models.hetero import CONCAT_KEY
 
         return [CONCAT_KEY]
 
-    def setup(self, models: Models) -> None:
-        outputs = self.outputs(models[self.primary])
-        if self.select == "auto":
-            self.select = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else outputs[0]
-        if self.select not in outputs:
-            raise ConfigError(
-                f"train.select={self.select!r} is not an output of the model; choose one of {outputs} or auto"
-            )
-
-    def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
-        o, stage = self.cfg.optim, self.cfg.optim.stages[0]
-        model = models["model"]
+    def configure_optimizers(self, models):
+        stage, model = self.cfg.optim.stages[0], models["model"]
         enc = [p for p in model.encoders.parameters() if p.requires_grad]
         ids = {id(p) for p in enc}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -122,13 +121,7 @@ class PresenceTask(Task):
             {"params": enc, "lr": stage.encoder_lr, "name": ENCODER},
             {"params": rest, "lr": stage.decoder_lr, "name": DECODER},
         ]
-        groups = with_gamma_group(groups, model, gamma_lr_scale(self.cfg))
-        if o.name == "sgd":
-            opt = torch.optim.SGD(groups, lr=stage.decoder_lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        else:
-            betas = tuple(o.betas) if o.betas is not None else (0.9, 0.999)
-            opt = torch.optim.Adam(groups, lr=stage.decoder_lr, betas=betas, weight_decay=o.weight_decay)
-        return {"model": opt}
+        return {"model": build_optimizer(model, self.cfg.optim, groups=groups)}
 
     def meta(self) -> dict:
         c = self.cfg
@@ -140,67 +133,24 @@ class PresenceTask(Task):
             "embed_dim": int(c.model.embed_dim),
         }
 
-    # -- training -------------------------------------------------------------------------
-    def training_step(
-        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
-    ) -> dict[str, Tensor]:
-        c = self.cfg
-        model, optimizer = models["model"], optimizers["model"]
-        device = next(model.parameters()).device
-        nb = device.type == "cuda"
-        inputs = {m: batch[m].to(device, non_blocking=nb) for m in c.modalities}
-        target = batch[TARGET_KEY].to(device, non_blocking=nb)
-        outputs = nets["model"](inputs)
-        parts: dict[str, Tensor] = {}
-        loss = None
+    # -- training and evaluation ------------------------------------------------------------
+    def loss(self, outputs, target, batch):
+        parts, loss = {}, None
         for name, logits in outputs.items():
             bce = F.binary_cross_entropy_with_logits(logits, target)
             parts[f"bce/{name}"] = bce.detach()
-            term = (c.loss.ensemble_weight if name == ENSEMBLE_KEY else 1.0) * bce
+            term = (self.cfg.loss.ensemble_weight if name == ENSEMBLE_KEY else 1.0) * bce
             loss = term if loss is None else loss + term
-        penalise = c.loss.sparsity_mode != "none" and c.loss.sparsity_weight > 0
-        if penalise:
-            l1 = sparsity_loss(model, c.loss.sparsity_mode)
-            parts["l1"] = l1.detach()
-            if c.loss.sparsity_solver == "gradient":
-                loss = loss + c.loss.sparsity_weight * l1
-        self.optimize(loss, optimizer)  # the engine's precision-aware step (train.precision)
-        if penalise and c.loss.sparsity_solver == "proximal":
-            lr = group_lr(optimizer, DECODER)  # the norms' group
-            sparsity_shrink_(model, lr * c.loss.sparsity_weight, c.loss.sparsity_mode)
-        return {"loss": loss.detach(), **parts}
+        return loss, parts
 
-    # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(
-        self, models: Models, loader, *, device, progress: bool = True, image_dir=None, num_images: int = 0, **options
-    ) -> dict[str, dict]:
-        if options:
-            raise TypeError(f"unknown presence evaluation options {sorted(options)}")
-        from tqdm.auto import tqdm
-
-        model = models[self.primary].to(device).eval()
-        metrics = PresenceMetrics(PRESENCE_NAMES)
-        seen = 0
-        for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-            inputs = {m: batch[m].to(device) for m in self.cfg.modalities}
-            target = batch[TARGET_KEY].to(device)
-            for branch, logits in model(inputs).items():
-                metrics.update(branch, logits, target)
-            seen += 1
-        if not seen:
-            raise ValueError("the loader yielded no batches; nothing to evaluate")
-        return metrics.compute()
-
-    @property
-    def score_label(self) -> str:
-        return f"{self.select} {SCORE_LABELS[self.score_name]}"
-
-    def format_value(self, score: float) -> str:
-        return f"{100 * score:.2f}"
+    def make_metrics(self, branches, device):
+        return PresenceMetrics(PRESENCE_NAMES).to(device)
 
     def describe_options(self, options) -> str:
         return " (%)"
 
     def format_table(self, results, *, title=None) -> str:
-        return format_table(results, PRESENCE_NAMES, title=title)
+        """The scores of every branch, then each class's AP."""
+        return f"{super().format_table(results, title=title)}\n\nAP per class (%):\n" + format_per_class(
+            results, PRESENCE_NAMES, key="per_class_ap"
+        )

@@ -1,9 +1,8 @@
-"""The segmentation objective of CEN: a loss per branch, the ensemble's, and lambda * l1 on gamma.
+"""The segmentation objective of CEN: a loss per branch and the ensemble's (the task adds λ·ℓ1 on γ).
 
-``total = sum_m CE(logits_m, mask) + w_ens * CE(logits_ens, mask) + k * lambda * sparsity_loss``
-with ``k = 1`` (the paper, our default) or ``k = number of outputs`` (the
-reference code adds the l1 term once per output: three times with two
-modalities). The ensemble's predictions are detached inside
+``total = sum_m CE(logits_m, mask) + w_ens * CE(logits_ens, mask)``, to which the task adds
+its :class:`cen.tasks.sparsity.SparsityPenalty` (``k · λ · Σ|γ|``, ``k = 1`` by default or the
+number of outputs as the reference code). The ensemble's predictions are detached inside
 :class:`cen.Ensemble`, so its loss trains only ``alpha``.
 
 The decoder's logits are at 1/4 of the input size. By default they are
@@ -11,10 +10,6 @@ upsampled (bilinear) to the mask's size before the loss, so the loss sees
 every labelled pixel as the evaluation does; ``resize="masks"`` instead
 downsamples the masks (nearest), as the reference code does, which is cheaper
 and gives slightly different numbers.
-
-With ``sparsity_solver="proximal"`` the l1 term is left out of the total (it is
-still reported under ``l1``) and the trainer applies its proximal step,
-:func:`cen.core.sparsity.sparsity_shrink_`, after every optimiser step.
 """
 
 from __future__ import annotations
@@ -25,9 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cen.core.defaults import ENSEMBLE_KEY
-from cen.core.sparsity import sparsity_loss, sparsity_shrink_
 from cen.data.constants import IGNORE_INDEX
-from cen.tasks.errors import DataError
+from cen.errors import DataError
 
 
 def check_labels(mask: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX, where: str = "") -> None:
@@ -61,59 +55,27 @@ def resize_pair(logits: Tensor, mask: Tensor, mode: str) -> tuple[Tensor, Tensor
 
 
 class SegmentationLoss(nn.Module):
-    """CE per output + lambda * l1 (see the module docstring).
+    """``sum_m CE(logits_m, mask) + w_ens * CE(logits_ens, mask)`` (the ℓ1 term is the task's
+    :class:`cen.tasks.sparsity.SparsityPenalty`).
 
     Args:
-        sparsity_weight: lambda.
-        sparsity_mode: ``disjoint`` (the paper), ``all`` (ablation) or ``none``.
-        sparsity_per_output: count the l1 term once per output, as the reference code.
         ensemble_weight: weight of the ensemble's CE.
         ignore_index: label ignored by the loss.
         resize: ``logits`` (upsample logits to the mask) or ``masks`` (downsample masks).
-        sparsity_solver: ``gradient`` (l1 in the loss) or ``proximal`` (l1 only reported;
-            see :meth:`shrink`).
     """
 
     def __init__(
-        self,
-        *,
-        sparsity_weight: float = 2e-4,
-        sparsity_mode: str = "disjoint",
-        sparsity_per_output: bool = False,
-        ensemble_weight: float = 1.0,
-        ignore_index: int = IGNORE_INDEX,
-        resize: str = "logits",
-        sparsity_solver: str = "gradient",
+        self, *, ensemble_weight: float = 1.0, ignore_index: int = IGNORE_INDEX, resize: str = "logits"
     ) -> None:
         super().__init__()
-        if sparsity_mode not in ("disjoint", "all", "none"):
-            raise ValueError(f"sparsity_mode={sparsity_mode!r}; expected disjoint, all or none")
-        self.sparsity_weight = float(sparsity_weight)
-        self.sparsity_mode = sparsity_mode
-        self.sparsity_per_output = bool(sparsity_per_output)
+        if resize not in ("logits", "masks"):
+            raise ValueError(f"resize mode {resize!r} is not known; expected 'logits' or 'masks'")
         self.ensemble_weight = float(ensemble_weight)
         self.ignore_index = int(ignore_index)
         self.resize = resize
-        if sparsity_solver not in ("gradient", "proximal"):
-            raise ValueError(f"sparsity_solver={sparsity_solver!r}; expected gradient or proximal")
-        self.sparsity_solver = sparsity_solver
 
-    @property
-    def _penalises(self) -> bool:
-        return self.sparsity_mode != "none" and self.sparsity_weight > 0
-
-    def _count(self, num_outputs: int) -> int:
-        return num_outputs if self.sparsity_per_output else 1
-
-    def shrink(self, model: nn.Module, lr: float, num_outputs: int) -> None:
-        """The proximal l1 step after an optimiser step at learning rate ``lr`` (no-op for ``gradient``)."""
-        if self.sparsity_solver == "proximal" and self._penalises:
-            sparsity_shrink_(model, lr * self.sparsity_weight * self._count(num_outputs), self.sparsity_mode)
-
-    def forward(
-        self, outputs: Mapping[str, Tensor], mask: Tensor, model: nn.Module
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return ``(total, parts)``; ``parts`` holds detached terms by name (``ce/<branch>``, ``l1``)."""
+    def forward(self, outputs: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(total, parts)``; ``parts`` holds the detached CE of each branch (``ce/<branch>``)."""
         parts: dict[str, Tensor] = {}
         total = None
         for name, logits in outputs.items():
@@ -125,9 +87,4 @@ class SegmentationLoss(nn.Module):
             total = term if total is None else total + term
         if total is None:
             raise ValueError("the model returned no outputs")
-        if self._penalises:
-            l1 = sparsity_loss(model, self.sparsity_mode)
-            parts["l1"] = l1.detach()
-            if self.sparsity_solver == "gradient":
-                total = total + self._count(len(outputs)) * self.sparsity_weight * l1
         return total, parts

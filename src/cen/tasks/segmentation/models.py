@@ -10,8 +10,9 @@ from torchvision.models.resnet import BasicBlock
 from cen.core.convert import convert
 from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
 from cen.core.multimodal import MultiModal
-from cen.tasks.errors import ConfigError
-from cen.tasks.fusion_models import build_checked, fusion_kwargs
+from cen.core.spec import FusionSpec, model_spec
+from cen.errors import ConfigError
+from cen.tasks.fusion_models import build_checked, fusion_spec
 from cen.tasks.registry import MODELS
 
 
@@ -20,24 +21,29 @@ class TinySegNet(MultiModal):
 
     Same interface as :class:`cen.models.RefineNetCEN` (``{name: Tensor(B, 3, H, W)}`` ->
     logits ``(B, K, H/4, W/4)`` by name, ``encoder_parameters`` / ``decoder_parameters``,
-    ``output_names``), no dropout. ``fusion``, ``fusion_options`` and ``shared_convs`` go to
-    :func:`cen.convert` (the block's ``bn1`` is the fusion point); the fused output is always
-    the alpha-ensemble (there is no concat-fusion head).
+    ``output_names``), no dropout. ``spec`` (:class:`cen.FusionSpec`, or the loose keywords)
+    goes to :func:`cen.convert` (the block's ``bn1`` is the fusion point); the fused output is
+    always the alpha-ensemble (there is no concat-fusion head).
     """
 
     def __init__(
         self,
         num_classes: int,
         modalities: Sequence[str],
-        threshold: float = THRESHOLD,
+        threshold: float | None = None,
         *,
-        exchange: bool = True,
+        spec: FusionSpec | Mapping | None = None,
+        exchange: bool | None = None,
         ensemble: bool = True,
         width: int = 8,
-        fusion: str = "exchange",
+        fusion: str | None = None,
         fusion_options: Mapping[str, object] | None = None,
-        shared_convs: bool = True,
+        shared_convs: bool | None = None,
     ) -> None:
+        spec = model_spec(
+            spec, threshold=threshold, exchange=exchange, fusion=fusion, fusion_options=fusion_options,
+            shared_convs=shared_convs,
+        )  # fmt: skip
         encoder = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -47,17 +53,10 @@ class TinySegNet(MultiModal):
             nn.ReLU(inplace=True),
             BasicBlock(width, width),
         )
-        convert(
-            encoder,
-            len(modalities),
-            threshold=threshold,
-            exchange="auto" if exchange else False,
-            fusion=fusion,
-            fusion_options=fusion_options,
-            shared_convs=shared_convs,
-        )
+        convert(encoder, len(modalities), spec)
         head = nn.Conv2d(width, num_classes, 1)
         super().__init__(nn.Sequential(encoder, head), modalities, ensemble=ensemble and len(modalities) > 1)
+        self.spec = spec
         self.num_classes = num_classes
 
     @property
@@ -73,10 +72,6 @@ class TinySegNet(MultiModal):
         return (p for p in self.parameters() if id(p) not in enc)
 
 
-def _threshold(cfg) -> float:
-    return THRESHOLD if cfg.model.threshold is None else float(cfg.model.threshold)
-
-
 @MODELS.register("tiny")
 def tiny(cfg) -> nn.Module:
     m = cfg.model
@@ -90,10 +85,8 @@ def tiny(cfg) -> nn.Module:
         lambda: TinySegNet(
             int(cfg.data.num_classes),
             list(cfg.modalities),
-            _threshold(cfg),
-            exchange=m.exchange,
+            spec=fusion_spec(cfg, THRESHOLD),
             ensemble=m.ensemble,
-            **fusion_kwargs(cfg),
         ),
     )
 
@@ -109,12 +102,10 @@ def refinenet(cfg) -> nn.Module:
             backbone=m.backbone,
             num_classes=int(cfg.data.num_classes),
             modalities=list(cfg.modalities),
-            threshold=_threshold(cfg),
             pretrained=m.pretrained,
-            exchange=m.exchange,
+            spec=fusion_spec(cfg, THRESHOLD),
             ensemble=m.ensemble,
             head=str(m.head),
-            **fusion_kwargs(cfg),
             **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
         ),
     )

@@ -2,30 +2,33 @@
 
 Batches are ``{modality: Tensor(B, 3, H, W), "mask": Tensor(B, H, W)}``; one model
 (``{"model": RefineNetCEN | TinySegNet}``) trained by one optimiser with encoder and
-decoder learning rates; the loss is :class:`SegmentationLoss`; ``best.pt`` is picked by
-the validation mIoU of ``train.select`` (the ensemble when there is one).
+decoder learning rates; the loss is :class:`SegmentationLoss` plus the sparsity penalty;
+``best.pt`` is picked by the validation mIoU of ``train.select`` (the ensemble when there
+is one). Evaluation scores every branch with pixel accuracy, mean class accuracy and mIoU,
+with optional multi-scale and flip test-time augmentation (``eval.scales``, ``eval.flip``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from cen.core.defaults import ENSEMBLE_KEY, THRESHOLD
-from cen.tasks.base import ENCODER, Models, Optimizers, Task
-from cen.tasks.datasets import build_splits, prepare_data
-from cen.tasks.errors import ConfigError
-from cen.tasks.fusion_models import fusion_kwargs, output_names
+from cen.errors import ConfigError
+from cen.tasks.base import Models, PredictError, Score, Task
+from cen.tasks.datasets import build_splits
 from cen.tasks.registry import MODELS, TASKS
-from cen.tasks.segmentation.evaluate import evaluate, format_table
+from cen.tasks.segmentation import config as seg_config
+from cen.tasks.segmentation.evaluate import UPSAMPLE_MODES, dataset_kinds, predict_scores
 from cen.tasks.segmentation.losses import SegmentationLoss, check_labels
-from cen.tasks.segmentation.optim import build_optimizer
-from cen.train.optim import gamma_lr_scale, group_lr
+from cen.tasks.segmentation.metrics import SegmentationMetrics
 
 MASK_KEY = "mask"
-SCORE_LABELS = {"miou": "mIoU", "mean_acc": "mean acc", "pixel_acc": "pixel acc"}
+#: The flags cen predict passes to a segmentation checkpoint.
+PREDICT_OPTIONS = ("scales", "flip", "upsample", "depth_scale", "branch", "labels", "grid")
 
 
 def freeze_norm_stats(model: nn.Module) -> None:
@@ -44,6 +47,24 @@ def freeze_norm_stats(model: nn.Module) -> None:
                 fusion.train(True)
 
 
+class BranchMetrics:
+    """One :class:`SegmentationMetrics` per branch, made as branches appear (summed over processes)."""
+
+    def __init__(self, num_classes: int, ignore_index: int, device: torch.device) -> None:
+        self.num_classes, self.ignore_index, self.device = num_classes, ignore_index, device
+        self.branches: dict[str, SegmentationMetrics] = {}
+
+    def update(self, branch: str, scores: Tensor, mask: Tensor) -> None:
+        if branch not in self.branches:
+            self.branches[branch] = SegmentationMetrics(
+                self.num_classes, ignore_index=self.ignore_index, device=self.device
+            )
+        self.branches[branch].update(scores, mask)
+
+    def compute(self) -> dict[str, dict]:
+        return {name: metric.compute() for name, metric in self.branches.items()}
+
+
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
     """Per-pixel classes from aligned modalities; scores: pixel acc, mean acc, mIoU per branch."""
@@ -52,24 +73,28 @@ class SegmentationTask(Task):
     primary = "model"
     target_key = MASK_KEY
     model_names = ("refinenet", "tiny")
-    eval_options = ("scales", "flip")
-    default_threshold = THRESHOLD
-    scores = tuple(SCORE_LABELS)
+    config = seg_config.PARTS
+    scores = (
+        Score("pixel_acc", "pixel acc", scale=100.0, unit="%"),
+        Score("mean_acc", "mean acc", scale=100.0, unit="%"),
+        Score("miou", "mIoU", scale=100.0, unit="%"),
+    )
     default_score = "miou"
+    eval_options = ("scales", "flip")
+    predict_options = PREDICT_OPTIONS
+    default_threshold = THRESHOLD
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.select = cfg.train.select  # resolved in setup() once the model is known
         loss = cfg.loss
         self.criterion = SegmentationLoss(
-            sparsity_weight=loss.sparsity_weight,
-            sparsity_mode=loss.sparsity_mode,
-            sparsity_per_output=loss.sparsity_per_output,
-            ensemble_weight=loss.ensemble_weight,
-            ignore_index=loss.ignore_index,
-            resize=loss.resize,
-            sparsity_solver=loss.sparsity_solver,
+            ensemble_weight=loss.ensemble_weight, ignore_index=loss.ignore_index, resize=loss.resize
         )
+        self.kinds: dict[str, str] | None = None  # the data set's modality kinds, for the pictures
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        seg_config.check_config(cfg)
 
     # -- config and data ---------------------------------------------------------
     def check_training_config(self) -> None:
@@ -86,46 +111,26 @@ class SegmentationTask(Task):
                 "(or a local weights file)"
             )
 
-    def prepare_data(self) -> None:
-        prepare_data(self.cfg)
-
     def build_datasets(self, splits=("train", "val", "test")):
         from cen.data import transforms as T
 
         d = self.cfg.data
         transforms = {"train": train_transform(d), "eval": T.segmentation_eval(shorter_side=d.short_side)}
-        return build_splits(self.cfg, self.name, transforms, splits)
+        out = build_splits(self.cfg, self.name, transforms, splits)
+        for ds in out.values():
+            self.kinds = self.kinds or dataset_kinds(ds)
+        return out
 
     def data_context(self) -> str:
         return f"data.num_classes={self.cfg.data.num_classes}, modalities={list(self.cfg.modalities)}"
 
-    # -- models and optimisers ----------------------------------------------------------
+    # -- models -----------------------------------------------------------------------
     def build_models(self) -> dict[str, nn.Module]:
         return {"model": MODELS.get(self.cfg.model.name)(self.cfg)}
 
-    def setup(self, models: Models) -> None:
-        outputs = output_names(models[self.primary], self.cfg.modalities)
-        if self.select == "auto":
-            self.select = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else self.cfg.modalities[0]
-        if self.select not in outputs:
-            raise ConfigError(
-                f"train.select={self.select!r} is not an output of the model; choose one of {outputs} or auto"
-            )
-
-    def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        return {
-            "model": build_optimizer(
-                models["model"],
-                o.name,
-                o.stages[0],
-                momentum=o.momentum,
-                weight_decay=o.weight_decay,
-                gamma_lr_scale=gamma_lr_scale(self.cfg),
-            )
-        }
-
     def meta(self) -> dict:
+        from cen.tasks.fusion_models import fusion_meta
+
         c = self.cfg
         return {
             "model": c.model.name,
@@ -133,7 +138,7 @@ class SegmentationTask(Task):
             "modalities": list(c.modalities),
             "num_classes": int(c.data.num_classes),
             "head": str(c.model.head),
-            **fusion_kwargs(c),
+            **fusion_meta(c, THRESHOLD),
         }
 
     # -- training -------------------------------------------------------------------------
@@ -142,54 +147,49 @@ class SegmentationTask(Task):
         if self.cfg.model.bn_stats == "frozen":
             freeze_norm_stats(models["model"])
 
-    def training_step(
-        self, batch: Mapping[str, Tensor], models: Models, nets: Models, optimizers: Optimizers
-    ) -> dict[str, Tensor]:
-        model, optimizer = models["model"], optimizers["model"]
-        device = next(model.parameters()).device
-        mask = batch[MASK_KEY]
-        check_labels(mask, self.cfg.data.num_classes, self.cfg.loss.ignore_index, where="training data")
-        nb = device.type == "cuda"
-        inputs = {m: batch[m].to(device, non_blocking=nb) for m in self.cfg.modalities}
-        mask = mask.to(device, non_blocking=nb)
-        outputs = nets["model"](inputs)
-        loss, parts = self.criterion(outputs, mask, model)
-        self.optimize(loss, optimizer)  # zero_grad, backward, step (loss scaling in fp16)
-        # the exchanging norms are in the encoder group, or their own gamma group
-        self.criterion.shrink(model, group_lr(optimizer, ENCODER), len(outputs))
-        return {"loss": loss.detach(), **parts}
+    def check_batch(self, batch) -> None:
+        check_labels(batch[MASK_KEY], self.cfg.data.num_classes, self.cfg.loss.ignore_index, where="training data")
+
+    def loss(self, outputs, target, batch):
+        return self.criterion(outputs, target)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(
-        self,
-        models: Models,
-        loader,
-        *,
-        device,
-        progress: bool = True,
-        image_dir=None,
-        num_images: int = 0,
-        scales=(1.0,),
-        flip: bool = False,
-        **options,
-    ) -> dict[str, dict]:
+    def eval_step(self, batch, models, *, device, modalities, scales=(1.0,), flip=False, upsample=None, **options):
         if options:
             raise TypeError(f"unknown segmentation evaluation options {sorted(options)}")
-        c = self.cfg
-        return evaluate(
+        inputs = {n: batch[n].to(device, non_blocking=True).float() for n in modalities}
+        size = tuple(batch[MASK_KEY].shape[-2:]) if MASK_KEY in batch else None
+        return predict_scores(
             models[self.primary],
-            loader,
-            c.data.num_classes,
+            inputs,
+            size,
             scales=tuple(scales),
             flip=flip,
-            upsample=c.eval.upsample,
-            device=device,
-            ignore_index=c.loss.ignore_index,
-            progress=progress,
-            modalities=tuple(c.modalities),
-            image_dir=image_dir,
-            num_images=num_images,
+            upsample=upsample or self.cfg.eval.upsample,
         )
+
+    def make_metrics(self, branches, device):
+        return BranchMetrics(int(self.cfg.data.num_classes), int(self.cfg.loss.ignore_index), device)
+
+    def save_images(self, folder, batch, outputs, start, limit) -> int:
+        from cen.data.kinds import infer_kind
+        from cen.tasks.segmentation.visualize import save_prediction_grid
+
+        name = ENSEMBLE_KEY if ENSEMBLE_KEY in outputs else next(iter(outputs))
+        pred = outputs[name].argmax(1).cpu()
+        shown = [m for m in self.cfg.modalities if m in batch]
+        kinds = self.kinds or {m: infer_kind(m) for m in shown}
+        n = min(limit, pred.shape[0])
+        for j in range(n):
+            save_prediction_grid(
+                Path(folder) / f"pred_{start + j:04d}_{name}.png",
+                inputs={m: batch[m][j] for m in shown},
+                kinds=kinds,
+                mask=batch[MASK_KEY][j],
+                pred=pred[j],
+                ignore_index=self.cfg.loss.ignore_index,
+            )
+        return n
 
     def test_options(self) -> dict:
         return {"scales": list(self.cfg.eval.scales), "flip": bool(self.cfg.eval.flip)}
@@ -198,15 +198,73 @@ class SegmentationTask(Task):
         scales = [float(s) for s in options.get("scales", (1.0,))]
         return f", scales {scales}{', flip' if options.get('flip') else ''} (%)"
 
-    @property
-    def score_label(self) -> str:
-        return f"{self.select} {SCORE_LABELS[self.score_name]}"
+    # -- prediction ---------------------------------------------------------------------------
+    def read_inputs(self, paths: Mapping[str, str], depth_scale: float | None = None, **options) -> dict[str, Tensor]:
+        """Each input read and prepared by its kind as the loaders do (images and HHA 8-bit -> [0, 1] -> ImageNet
+        mean/std; depth 16-bit x 1/5000 or ``depth_scale``, replicated to 3 channels; normals -> [-1, 1])."""
+        from cen.data.constants import REFERENCE_DEPTH_SCALE
+        from cen.data.decode import decoder_for_kind
+        from cen.data.images import read_image
+        from cen.data.kinds import infer_kind
+        from cen.data.transforms import segmentation_eval
+        from cen.data.tvtensors import unwrap_sample, wrap
 
-    def format_value(self, score: float) -> str:
-        return f"{100 * score:.2f}"
+        arrays = {name: read_image(path) for name, path in paths.items()}
+        sizes = {name: arr.shape[:2] for name, arr in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            desc = " but ".join(f"{_flag(n, paths[n])} is {w}x{h}" for n, (h, w) in sizes.items())
+            raise PredictError(f"{desc} (width x height); the modalities must be pixel-aligned images of one size")
+        scale = REFERENCE_DEPTH_SCALE if depth_scale is None else depth_scale
+        sample = {}
+        for name, arr in arrays.items():
+            decoder = decoder_for_kind(infer_kind(name), depth_scale=scale)
+            try:
+                sample[name] = wrap(decoder(arr, Path(paths[name])), decoder.kind)
+            except ValueError as err:  # an image of the wrong kind (e.g. 8-bit depth): the user's file
+                raise PredictError(f"{_flag(name, paths[name])}: {err}") from None
+        sample = unwrap_sample(segmentation_eval()(sample))  # the loaders' evaluation normalisation
+        return {name: sample[name].float().unsqueeze(0) for name in arrays}
 
-    def format_table(self, results, *, title=None) -> str:
-        return format_table(results, title=title)
+    def predict(self, models, batch, *, device, scales=(1.0,), flip=False, upsample="bilinear", **options):
+        if not scales or any(not (s > 0) for s in scales):
+            raise PredictError(f"--scales must be positive numbers, got {list(scales)}")
+        if upsample not in UPSAMPLE_MODES:
+            raise PredictError(f"--upsample {upsample!r}: expected one of {list(UPSAMPLE_MODES)}")
+        with self.eval_modes(models), torch.no_grad():
+            return self.eval_step(
+                batch, models, device=device, modalities=list(batch), scales=scales, flip=flip, upsample=upsample
+            ), {k: v.cpu() for k, v in batch.items()}
+
+    def write_prediction(self, outputs, out: Path, *, branch=None, labels=None, grid=None, **options) -> str:
+        """The chosen branch's arg-max as a colour PNG at ``out`` (and raw ids at ``labels``, a grid at ``grid``)."""
+        from PIL import Image
+
+        from cen.tasks.segmentation.visualize import colorize, save_prediction_grid
+
+        scores, inputs = outputs
+        if branch is None:
+            branch = ENSEMBLE_KEY if ENSEMBLE_KEY in scores else (next(iter(scores)) if len(scores) == 1 else None)
+            if branch is None:
+                raise PredictError(f"the model has no ensemble; choose an output with --branch: {list(scores)}")
+        if branch not in scores:
+            raise PredictError(f"--branch {branch!r} is not an output here; outputs: {list(scores)}")
+        label_map = scores[branch][0].argmax(0).cpu()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(colorize(label_map, ignore_index=None)).save(out)
+        if labels:
+            k = scores[branch].shape[1]
+            Path(labels).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(label_map.numpy().astype("uint8" if k <= 256 else "uint16")).save(labels)
+        if grid:
+            save_prediction_grid(grid, inputs={k: v[0] for k, v in inputs.items()}, pred=label_map)
+        self.last_prediction = label_map
+        return f"{branch} prediction of {label_map.shape[1]}x{label_map.shape[0]} pixels written to {out}"
+
+
+def _flag(name: str, path: str) -> str:
+    """How the user gave input ``name`` to cen predict: ``--rgb PATH`` or ``--input NAME=PATH``."""
+    return f"--{name} {path}" if name in ("rgb", "depth") else f"--input {name}={path}"
 
 
 def train_transform(d):
@@ -229,3 +287,6 @@ def train_transform(d):
     if d.flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return v2.Compose(steps)
+
+
+__all__ = ["MASK_KEY", "SegmentationTask", "freeze_norm_stats", "train_transform"]

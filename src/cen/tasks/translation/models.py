@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from cen.core.defaults import TRANSLATION_THRESHOLD
-from cen.tasks.fusion_models import build_checked, fusion_kwargs
+from cen.tasks.fusion_models import build_checked, fusion_spec
 from cen.tasks.registry import MODELS
 
 #: Channels of every domain as the loaders give them (grey domains are replicated to 3).
@@ -21,20 +21,17 @@ def unet(cfg) -> nn.Module:
     from cen.models import UNetCEN
 
     m = cfg.model
-    threshold = TRANSLATION_THRESHOLD if m.threshold is None else float(m.threshold)
     return build_checked(
         cfg,
         lambda: UNetCEN(
             list(cfg.modalities),
+            fusion_spec(cfg, TRANSLATION_THRESHOLD),
             in_channels=CHANNELS,
             out_channels=CHANNELS,
             ngf=int(m.ngf),
             num_downs=int(m.num_downs),
-            threshold=threshold,
             ensemble=bool(m.ensemble),
-            exchange=bool(m.exchange),
             head=str(m.head),
-            **fusion_kwargs(cfg),
         ),
     )
 

@@ -22,8 +22,9 @@ dropout at test time).
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,19 +32,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cen.core.defaults import ENSEMBLE_KEY, TRANSLATION_THRESHOLD
-from cen.core.sparsity import sparsity_loss, sparsity_shrink_
-from cen.tasks.base import DECODER, Models, Optimizers, Task, is_main_process
-from cen.tasks.datasets import build_splits, prepare_data
-from cen.tasks.errors import ConfigError
-from cen.tasks.fusion_models import fusion_kwargs, output_names
+from cen.errors import ConfigError
+from cen.tasks.base import Models, Optimizers, PredictError, Score, Task
+from cen.tasks.datasets import build_splits
+from cen.tasks.optim import DECODER, build_optimizer
 from cen.tasks.registry import MODELS, TASKS
 from cen.tasks.translation import models as _models  # registers unet
-from cen.train.optim import gamma_lr_scale, group_lr, with_gamma_group
 
 TARGET_KEY = "target"
 BETAS = (0.5, 0.999)
-#: score -> (table label, lower is better)
-SCORES = {"l1": ("L1", True), "rmse": ("RMSE", True), "fid": ("FID", True), "kid": ("KID x100", True)}
+
+
+@dataclass
+class TranslationData:
+    target: str | None = "rgb"  # the target domain (sample key "target")
+    decode: str = "linear"  # taskonomy, scenes: linear | reference (cen.data.Taskonomy decode=)
+    load_size: int | None = None  # resize to this square before the random crop (null: crop_size)
+
+
+@dataclass
+class TranslationModel:
+    ngf: int = 64  # generator width (pix2pix U-Net)
+    num_downs: int = 8  # U-Net levels (input sides must be divisible by 2**num_downs)
+    ndf: int = 64  # discriminator width (PatchGAN)
+
+
+@dataclass
+class TranslationLoss:
+    l1_weight: float = 100.0  # weight of the L1 to the target per branch (pix2pix)
+
+
+@dataclass
+class TranslationEval:
+    generator_mode: str = "eval"  # run the generator in eval mode, or train mode as the reference
+    features: str = "auto"  # FID/KID features: auto | inception | scenes
+    feature_weights: str | None = None  # local weights file of those features (inception needs one)
 
 
 @TASKS.register("translation")
@@ -54,15 +77,36 @@ class TranslationTask(Task):
     primary = "generator"
     target_key = TARGET_KEY
     model_names = ("unet",)
+    config = {"data": TranslationData, "model": TranslationModel, "loss": TranslationLoss, "eval": TranslationEval}
+    scores = (
+        Score("l1", "L1", higher_is_better=False),
+        Score("rmse", "RMSE", higher_is_better=False),
+        Score("fid", "FID", higher_is_better=False),
+        Score("kid", "KID x100", higher_is_better=False),
+    )
     default_threshold = TRANSLATION_THRESHOLD
-    scores = tuple(SCORES)
-    default_score = "l1"
-    higher_is_better = False
+    predict_options = ()
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.select = cfg.train.select
         self._metrics = None  # built on first evaluation, then reset and reused
+        self.feature_name: str | None = None
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        choices = {
+            "eval.generator_mode": ("eval", "train"),
+            "eval.features": ("auto", "inception", "scenes"),
+            "data.decode": ("linear", "reference"),
+        }
+        for key, allowed in choices.items():
+            group, name = key.split(".")
+            if cfg[group][name] not in allowed:
+                raise ConfigError(f"{key}={cfg[group][name]!r} is not valid; expected one of {list(allowed)}")
+        for key in ("model.ngf", "model.num_downs", "model.ndf"):
+            group, name = key.split(".")
+            if cfg[group][name] < 1:
+                raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
 
     # -- config and data ---------------------------------------------------------
     def check_training_config(self) -> None:
@@ -71,9 +115,6 @@ class TranslationTask(Task):
             raise ConfigError(f"data.target={d.target!r} is also an input (modalities={list(self.cfg.modalities)})")
         if d.crop_size is not None and not isinstance(d.crop_size, int):
             raise ConfigError(f"data.crop_size must be one int (square crops) for translation, got {d.crop_size!r}")
-
-    def prepare_data(self) -> None:
-        prepare_data(self.cfg)
 
     def build_datasets(self, splits=("train", "val", "test")):
         from torchvision.transforms import v2
@@ -112,34 +153,21 @@ class TranslationTask(Task):
     def build_model(self) -> nn.Module:
         return MODELS.get(self.cfg.model.name)(self.cfg)
 
-    def setup(self, models: Models) -> None:
-        outputs = output_names(models["generator"], self.cfg.modalities)
-        if self.select == "auto":
-            self.select = outputs[-1]
-        if self.select not in outputs:
-            raise ConfigError(
-                f"train.select={self.select!r} is not an output of the generator; choose one of {outputs} or auto"
-            )
-
     def configure_optimizers(self, models: Models) -> dict[str, torch.optim.Optimizer]:
         o = self.cfg.optim
         if o.name != "adam":
             raise ConfigError(f"optim.name={o.name!r}: translation trains with adam (as pix2pix and the reference)")
-        betas = tuple(o.betas) if o.betas is not None else BETAS
         lr = o.stages[0].decoder_lr
         return {
-            name: torch.optim.Adam(
-                with_gamma_group(
-                    [{"params": list(model.parameters()), "lr": lr, "name": DECODER}], model, gamma_lr_scale(self.cfg)
-                ),
-                lr=lr,
-                betas=betas,
-                weight_decay=o.weight_decay,
+            name: build_optimizer(
+                model, o, groups=[{"params": list(model.parameters()), "lr": lr, "name": DECODER}], betas=BETAS
             )
             for name, model in models.items()
         }
 
     def meta(self) -> dict:
+        from cen.tasks.fusion_models import fusion_meta
+
         c = self.cfg
         return {
             "task": self.name,
@@ -147,7 +175,7 @@ class TranslationTask(Task):
             "modalities": list(c.modalities),
             "target": c.data.target,
             "head": str(c.model.head),
-            **fusion_kwargs(c),
+            **fusion_meta(c, TRANSLATION_THRESHOLD),
         }
 
     # -- training -------------------------------------------------------------------------
@@ -156,10 +184,9 @@ class TranslationTask(Task):
     ) -> dict[str, Tensor]:
         c = self.cfg
         device = next(models["generator"].parameters()).device
-        nb = device.type == "cuda"
         names = list(c.modalities)
-        inputs = {m: batch[m].to(device, non_blocking=nb) for m in names}
-        real = batch[TARGET_KEY].to(device, non_blocking=nb)
+        inputs = self.to_device(batch, device, names)
+        real = self.to_device(batch, device, [TARGET_KEY])[TARGET_KEY]
         outputs = nets["generator"](inputs)
         fakes = torch.stack([outputs[m] for m in names])  # (M, B, 3, H, W)
         x = torch.stack([inputs[m] for m in names])
@@ -189,102 +216,91 @@ class TranslationTask(Task):
             ens = (outputs[ENSEMBLE_KEY] - real).abs().mean()
             loss = loss + c.loss.ensemble_weight * ens
             parts[f"l1/{ENSEMBLE_KEY}"] = ens.detach()
-        penalise = c.loss.sparsity_mode != "none" and c.loss.sparsity_weight > 0
-        if penalise:
-            gamma = sparsity_loss(models["generator"], c.loss.sparsity_mode)
-            parts["l1_gamma"] = gamma.detach()
-            if c.loss.sparsity_solver == "gradient":
-                loss = loss + c.loss.sparsity_weight * gamma
+        term, gamma_l1 = self.penalty.loss(models["generator"])
+        if gamma_l1 is not None:
+            parts["l1_gamma"] = gamma_l1
+        if term is not None:
+            loss = loss + term
         g_opt = optimizers["generator"]
         self.optimize(loss, g_opt)  # zero_grad, backward, step (loss scaling in fp16)
-        if penalise and c.loss.sparsity_solver == "proximal":
-            sparsity_shrink_(
-                models["generator"], group_lr(g_opt, DECODER) * c.loss.sparsity_weight, c.loss.sparsity_mode
-            )
+        self.penalty.after_step(models["generator"], g_opt)
         for i, m in enumerate(names):
             parts[f"gan/{m}"] = gan[i].detach()
             parts[f"l1/{m}"] = l1[i].detach()
         return {"loss": loss.detach(), "d_loss": d_loss.detach(), **parts}
 
     # -- evaluation ---------------------------------------------------------------------------
-    def _metric(self, branches, device):
+    @contextlib.contextmanager
+    def eval_modes(self, models: Models):
+        """The generator in ``eval.generator_mode``; train-mode dropout draws from a forked RNG, so evaluating
+        never moves the training's random stream."""
+        generator = models[self.primary]
+        modes = [(m, m.training) for m in generator.modules()]
+        generator.train(self.cfg.eval.generator_mode == "train")
+        device = next(generator.parameters()).device
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def make_metrics(self, branches, device):
         from cen.tasks.translation.metrics import TranslationMetrics
 
         e = self.cfg.eval
         if self._metrics is None or self._metrics.branches != tuple(branches):
             self._metrics = TranslationMetrics(branches, features=e.features, weights=e.feature_weights, device=device)
+        self.feature_name = self._metrics.feature_name
         self._metrics.to(device).reset()
         return self._metrics
 
-    @torch.no_grad()
-    def evaluate(
-        self, models: Models, loader, *, device, progress: bool = True, image_dir=None, num_images: int = 0, **options
-    ) -> dict[str, dict]:
-        if options:
-            raise TypeError(f"unknown translation evaluation options {sorted(options)}")
-        from tqdm.auto import tqdm
-
-        generator = models[self.primary].to(device)
-        modes = [(m, m.training) for m in generator.modules()]
-        generator.train(self.cfg.eval.generator_mode == "train")
-        names = list(self.cfg.modalities)
-        metrics, saved = None, 0
-        devices = [device] if device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):  # train-mode dropout must not move the training RNG
-                for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-                    inputs = {m: batch[m].to(device) for m in names}
-                    real = batch[TARGET_KEY].to(device)
-                    outputs = {k: v for k, v in generator(inputs).items() if isinstance(v, Tensor) and v.ndim == 4}
-                    if metrics is None:
-                        metrics = self._metric(list(outputs), device)
-                    for branch, fake in outputs.items():
-                        metrics.update(branch, fake, real)
-                    if image_dir is not None and saved < num_images and is_main_process():
-                        saved += _save_images(Path(image_dir), inputs, outputs, real, num_images - saved, saved)
-        finally:
-            for module, mode in modes:
-                module.training = mode
-        if metrics is None:
-            raise ValueError("the loader yielded no batches; nothing to evaluate")
-        self.feature_name = metrics.feature_name
-        return metrics.compute()
-
-    @property
-    def score_label(self) -> str:
-        return f"{self.select} {SCORES[self.score_name][0]}"
+    def save_images(self, folder, batch, outputs, start, limit) -> int:
+        inputs = {m: batch[m] for m in self.cfg.modalities if m in batch}
+        return _save_images(Path(folder), inputs, outputs, batch[TARGET_KEY], limit, start)
 
     def describe_options(self, options) -> str:
         return f", generator in {self.cfg.eval.generator_mode} mode"
 
-    def format_table(self, results, *, title=None) -> str:
-        return format_table(results, title=title, features=getattr(self, "feature_name", None))
+    def table_notes(self) -> list[str]:
+        return [f"FID/KID features: {self.feature_name}"] if self.feature_name else []
+
+    # -- prediction ---------------------------------------------------------------------------
+    def read_inputs(self, paths, **options):
+        """Each ``--input`` decoded as its Taskonomy domain (``data.decode``), then the evaluation transform."""
+        from cen.data.images import read_image
+        from cen.data.taskonomy import domain_decoder
+        from cen.data.tvtensors import unwrap_sample, wrap
+
+        sample, sizes = {}, {}
+        for name, path in paths.items():
+            try:
+                decoder = domain_decoder(name, 3, decode=self.cfg.data.decode)
+                arr = read_image(path)
+                sample[name] = wrap(decoder(arr, Path(path)), decoder.kind)
+            except ValueError as err:
+                raise PredictError(f"--input {name}={path}: {err}") from None
+            sizes[name] = tuple(arr.shape[:2])
+        if len(set(sizes.values())) > 1:
+            raise PredictError(f"the inputs differ in size (height, width): {sizes}; they must be pixel-aligned")
+        sample = unwrap_sample(self.eval_transform()(sample))
+        return {k: v.float().unsqueeze(0) for k, v in sample.items()}
+
+    def write_prediction(self, outputs, out: Path, **options) -> str:
+        """Every branch's generated image as ``OUT/<branch>.png`` (OUT a folder)."""
+        from PIL import Image
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for branch, image in outputs.items():
+            Image.fromarray(image_array(image[0])).save(out / f"{branch}.png")
+        return f"{', '.join(outputs)} images written to {out}/"
 
 
 def _bce_per_branch(logits: Tensor, target: float) -> Tensor:
     """Mean BCE of ``logits (M, B, 1, h, w)`` against a constant label, per branch: ``(M,)``."""
     labels = torch.full_like(logits, target)
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").flatten(1).mean(1)
-
-
-def format_table(
-    results: Mapping[str, Mapping[str, float]], *, title: str | None = None, features: str | None = None
-) -> str:
-    """Rows: branches; columns: L1, RMSE (on [-1, 1] images), FID, KID x100 (named features)."""
-    cols = [("l1", "L1"), ("rmse", "RMSE"), ("fid", "FID"), ("kid", "KID x100")]
-    width = max([len("branch")] + [len(b) for b in results])
-    head = f"{'branch':<{width}}" + "".join(f"  {label:>9}" for _, label in cols)
-    lines = [title] if title else []
-    if features:
-        lines.append(f"FID/KID features: {features}")
-    lines += [head, "-" * len(head)]
-    for branch, scores in results.items():
-        cells = []
-        for key, _ in cols:
-            v = scores.get(key, math.nan)
-            cells.append(f"  {'-':>9}" if v is None or not math.isfinite(v) else f"  {v:>9.4f}")
-        lines.append(f"{branch:<{width}}" + "".join(cells))
-    return "\n".join(lines)
 
 
 def image_array(x: Tensor) -> object:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cen.analysis.sweep import (
+from cen.cli import sweep as sweep_cli
+from cen.cli import table as table_cli
+from cen.train.interrupt import TrainingInterrupted
+from cen.train.sweep import (
     SweepError,
     SweepLog,
     collect_configs,
@@ -23,9 +26,6 @@ from cen.analysis.sweep import (
     run_sweep,
     split_arguments,
 )
-from cen.cli import sweep as sweep_cli
-from cen.cli import table as table_cli
-from cen.train.interrupt import TrainingInterrupted
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -314,11 +314,11 @@ def test_cli_takes_overrides_before_and_after_options(tmp_path, monkeypatch):
 
     def fake_sweep(configs, parent, overrides, **kw):
         seen.update(configs=configs, parent=parent, overrides=overrides)
-        from cen.analysis.sweep import SweepResult
+        from cen.train.sweep import SweepResult
 
         return SweepResult(failed=[("a", "boom")])
 
-    monkeypatch.setattr("cen.analysis.sweep.run_sweep", fake_sweep)
+    monkeypatch.setattr("cen.train.sweep.run_sweep", fake_sweep)
     assert args.func(args) == 1
     assert [p.name for p in seen["configs"]] == ["a.yaml"] and seen["overrides"] == ["x.y=1", "z=2"]
     assert seen["parent"] == str(tmp_path / "runs")

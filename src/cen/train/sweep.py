@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cen.atomic import atomic_write_json
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 SWEEP_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"

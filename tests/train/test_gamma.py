@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from cen.analysis.gamma import GammaTracker, summarize_state
 from cen.core.norms import ModalityBatchNorm2d
 from cen.core.sparsity import sparsity_shrink_
+from cen.train.gamma import GammaTracker, summarize_state
 
 THETA = 0.1
 
