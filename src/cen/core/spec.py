@@ -155,5 +155,7 @@ def as_spec(
             )
         return spec
     if fusion_options is not None and not isinstance(fusion_options, Mapping):
-        raise TypeError(f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}")
+        raise TypeError(
+            f"fusion_options must be a mapping of option names to values, got {type(fusion_options).__name__}"
+        )
     return FusionSpec(**given)
