@@ -31,8 +31,12 @@ How each runs, and what it costs against the plain norm on the ``B*M`` batch
   plain norm's cost.
 * ``ModalityLayerNorm`` / ``ModalityLayerNorm2d``: ``layer_norm`` without affine on the
   stacked batch (channels-last; ``LayerNorm2d`` permutes as torchvision's does), then
-  ``beta + gamma * x_hat`` per modality on the ``(B, M, ..., C)`` view: one more
-  elementwise pass than the plain norm's fused affine.
+  ``beta + gamma * x_hat`` with each modality's ``gamma``, ``beta`` (one ``addcmul``):
+  one more elementwise pass forward, and a multiply and two reductions backward, which
+  the plain norm fuses into its kernel. LayerNorm is memory-bound, so on its own this
+  costs a few times the plain norm in eager mode on a CPU (more temporaries); in a
+  transformer block, whose matrix products dominate, the difference is small (the
+  benchmark measures both); under ``torch.compile`` the compiler fuses the affine.
 
 Fusion strategies (:mod:`cen.core.fusions`) see the usual ``(B, K, C, *S)`` view: for
 the channels-last ``ModalityLayerNorm`` it is a non-contiguous ``movedim`` of the
@@ -117,6 +121,23 @@ class ModalityGroupNorm(_ModalityPerSampleNorm):
         return f"{self.num_groups}, {super().extra_repr()}"
 
 
+def _row_affine(x_hat: Tensor, weight: Tensor, bias: Tensor | None, batch: int, num: int) -> Tensor:
+    """``beta[m] + gamma[m] * x_hat`` on ``Tensor(B*K, *S, C)``, with ``gamma``, ``beta`` ``(K*C,)`` gathered per row.
+
+    Expanding the scale and shift to one row per sample and modality, ``(B*K, 1, ..., C)``
+    (a copy of ``B*K*C`` values), makes the backward's reductions for ``gamma`` and ``beta``
+    run over the contiguous token dimensions; broadcasting ``(1, K, 1, ..., C)`` against
+    the ``(B, K, *S, C)`` view instead was slower on the CPU (``benchmarks/bench_norms.py``).
+    """
+    channels = x_hat.shape[-1]
+    shape = (batch, num) + (1,) * (x_hat.dim() - 2) + (channels,)
+    rows = (batch * num,) + shape[2:]
+    scale = weight.view(1, num, *shape[2:]).expand(shape).reshape(rows)
+    if bias is None:
+        return x_hat * scale
+    return torch.addcmul(bias.view(1, num, *shape[2:]).expand(shape).reshape(rows), x_hat, scale)
+
+
 class ModalityLayerNorm(_ModalityPerSampleNorm):
     """``M`` private ``LayerNorm(C)`` for stacked channels-last features ``(B*M, ..., C)``.
 
@@ -159,18 +180,11 @@ class ModalityLayerNorm(_ModalityPerSampleNorm):
         channels = self.num_features
         weight, bias = self._select(self.weight, idx), self._select(self.bias, idx)
         tokens = self._to_channels_last(x)  # (B*K, *S, C)
-        x_hat = F.layer_norm(tokens, (channels,), None, None, self.eps)
-        split = x_hat.unflatten(0, (batch, num))  # (B, K, *S, C)
+        y = F.layer_norm(tokens, (channels,), None, None, self.eps)
         fusion = self.fusion
         if weight is not None and (fusion is None or not fusion.takes_affine):
-            shape = (1, num) + (1,) * (split.dim() - 3) + (channels,)
-            y = (
-                split * weight.view(shape)
-                if bias is None
-                else torch.addcmul(bias.view(shape), split, weight.view(shape))
-            )
-        else:
-            y = split
+            y = _row_affine(y, weight, bias, batch, num)
+        y = y.unflatten(0, (batch, num))  # (B, K, *S, C)
         if fusion is not None:
             inputs = tokens.unflatten(0, (batch, num)).movedim(-1, 2)
             gamma = weight.view(num, channels)
