@@ -130,6 +130,12 @@ def test_auto_without_known_blocks_lists_the_families():
         assert family in message
 
 
+def test_a_network_without_norms_says_so_and_lists_the_families():
+    with pytest.raises(ValueError, match="has no BatchNorm1d/2d") as info:
+        cen.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), 2)
+    assert "\n" not in str(info.value) and "ConvNeXt" in str(info.value) and "PVT v2" in str(info.value)
+
+
 def test_timm_is_never_imported_by_cen():
     code = (
         "import sys, torchvision, cen; "

@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection
 from torch import nn
 
 from cen.core.exchange_points import (
+    FAMILIES,
     auto_exchange_names,
     exchange_point,
     exchange_points,
@@ -146,10 +147,10 @@ def convert(
             candidates.append(name)
     wants_exchange = not (exchange is None or exchange is False)
     if not candidates and wants_exchange and not any(isinstance(m, _ModalityNorm) for m in module.modules()):
+        known = f" (exchange='auto' knows the blocks of: {FAMILIES})" if exchange == "auto" else ""
         raise ValueError(
             f"{type(module).__name__} has no BatchNorm1d/2d, SyncBatchNorm, InstanceNorm2d, GroupNorm or LayerNorm to "
-            "convert, "
-            f"so exchange={exchange!r} cannot be applied; pass exchange=False to only check, or add norms"
+            f"convert, so exchange={exchange!r} cannot be applied{known}; pass exchange=False to only check, or add norms"
         )
     should_exchange = _exchange_predicate(module, exchange, candidates, num_modalities)
 
