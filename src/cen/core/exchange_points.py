@@ -18,45 +18,45 @@ before its activation (paper Sec. 3.3, ResNet ``bn2``), the place where a block'
 features are richest and still inside its residual branch. For a transformer block:
 after its **first** norm, the one whose output every token mixer of the block reads.
 
-=========================== ========================== ===============================================
-family                      block                      norm (why)
-=========================== ========================== ===============================================
-torchvision ResNet          ``Bottleneck``             ``bn2``: the 3x3 conv's norm (the paper)
-                            ``BasicBlock``             ``bn1``: both convs are 3x3; ``bn1`` is the one
-                                                       inside the branch before a ReLU (``bn2`` ends
-                                                       the branch, summed with the identity)
-torchvision MobileNetV2     ``InvertedResidual``       the depthwise conv's norm (``conv.1.1``, or
-                                                       ``conv.0.1`` without expansion), before ReLU6
-torchvision MobileNetV3     ``InvertedResidual``       the depthwise conv's norm (``block.1.1`` /
-                                                       ``block.0.1``), before its activation
-torchvision EfficientNet    ``MBConv``                 the depthwise conv's norm, before SiLU
-                            ``FusedMBConv``            ``block.0.1``: the fused 3x3 conv's norm
-torchvision RegNet          ``ResBottleneckBlock``     ``f.b.1``: the grouped 3x3 conv's norm
-torchvision ConvNeXt        ``CNBlock``                ``block.2``: the block's one norm, after the
-                                                       7x7 depthwise conv, before the MLP
-torchvision Swin (V1, V2)   ``SwinTransformerBlock``   ``norm1``: the first norm (V1: before window
-                                                       attention; V2, post-norm: on its output)
-torchvision ViT             ``EncoderBlock``           ``ln_1``: the first norm, before attention
-torchvision DenseNet        ``_DenseLayer``            ``norm2``: between the 1x1 and the 3x3 conv
-                                                       (pre-activation), the bottleneck's middle norm
-torchvision ShuffleNetV2    ``InvertedResidual``       ``branch2.4``: the depthwise conv's norm
-torchvision VGG (``_bn``)   ``VGG``                    every norm of ``features`` but the first (the
-                                                       stem): VGG has no blocks, each conv is a stage
-timm ResNet                 ``Bottleneck``,            ``bn2``, ``bn1`` (as torchvision's)
-                            ``BasicBlock``
-timm ConvNeXt               ``ConvNeXtBlock``          ``norm``: after the depthwise conv
-timm EfficientNet,          ``DepthwiseSeparableConv`` ``bn1``: the depthwise conv's norm + act
-MobileNetV3 (and V4)        ``InvertedResidual``       ``bn2``: the depthwise conv's norm + act
-                            ``EdgeResidual``           ``bn1``: the fused 3x3 conv's norm + act
-                            ``ConvBnAct``              ``bn1``: its spatial conv's norm + act
-                            ``UniversalInvertedResidual`` the first spatial (depthwise) conv's norm
-timm RegNet                 ``Bottleneck``             ``conv2.bn``: the grouped 3x3 conv's norm + act
-                            ``PreBottleneck``          ``norm2``: before the 3x3 conv (pre-activation)
-timm Swin, Swin V2          ``SwinTransformerBlock``,  ``norm1``: the first norm
-                            ``SwinTransformerV2Block``
-timm ViT                    ``Block``, ``ResPostBlock`` ``norm1``: the first norm
-timm PVT v2 (MiT's relative) ``Block``                 ``norm1``: the first norm
-=========================== ========================== ===============================================
+============================== =============================== ===============================================
+family                         block                           norm (why)
+============================== =============================== ===============================================
+torchvision ResNet             ``Bottleneck``                  ``bn2``: the 3x3 conv's norm (the paper)
+                               ``BasicBlock``                  ``bn1``: both convs are 3x3; ``bn1`` is the one
+                                                               inside the branch before a ReLU (``bn2`` ends
+                                                               the branch, summed with the identity)
+torchvision MobileNetV2        ``InvertedResidual``            the depthwise conv's norm (``conv.1.1``, or
+                                                               ``conv.0.1`` without expansion), before ReLU6
+torchvision MobileNetV3        ``InvertedResidual``            the depthwise conv's norm (``block.1.1`` /
+                                                               ``block.0.1``), before its activation
+torchvision EfficientNet       ``MBConv``                      the depthwise conv's norm, before SiLU
+                               ``FusedMBConv``                 ``block.0.1``: the fused 3x3 conv's norm
+torchvision RegNet             ``ResBottleneckBlock``          ``f.b.1``: the grouped 3x3 conv's norm
+torchvision ConvNeXt           ``CNBlock``                     ``block.2``: the block's one norm, after the
+                                                               7x7 depthwise conv, before the MLP
+torchvision Swin (V1, V2)      ``SwinTransformerBlock``        ``norm1``: the first norm (V1: before window
+                                                               attention; V2, post-norm: on its output)
+torchvision ViT                ``EncoderBlock``                ``ln_1``: the first norm, before attention
+torchvision DenseNet           ``_DenseLayer``                 ``norm2``: between the 1x1 and the 3x3 conv
+                                                               (pre-activation), the bottleneck's middle norm
+torchvision ShuffleNetV2       ``InvertedResidual``            ``branch2.4``: the depthwise conv's norm
+torchvision VGG (``_bn``)      ``VGG``                         every norm of ``features`` but the first (the
+                                                               stem): VGG has no blocks, each conv is a stage
+timm ResNet                    ``Bottleneck``,                 ``bn2``, ``bn1`` (as torchvision's)
+                               ``BasicBlock``
+timm ConvNeXt                  ``ConvNeXtBlock``               ``norm``: after the depthwise conv
+timm EfficientNet,             ``DepthwiseSeparableConv``      ``bn1``: the depthwise conv's norm + act
+MobileNetV3 (and V4)           ``InvertedResidual``            ``bn2``: the depthwise conv's norm + act
+                               ``EdgeResidual``                ``bn1``: the fused 3x3 conv's norm + act
+                               ``ConvBnAct``                   ``bn1``: its spatial conv's norm + act
+                               ``UniversalInvertedResidual``   the first spatial (depthwise) conv's norm
+timm RegNet                    ``Bottleneck``                  ``conv2.bn``: the grouped 3x3 conv's norm + act
+                               ``PreBottleneck``               ``norm2``: before the 3x3 conv (pre-activation)
+timm Swin, Swin V2             ``SwinTransformerBlock``,       ``norm1``: the first norm
+                               ``SwinTransformerV2Block``
+timm ViT                       ``Block``, ``ResPostBlock``     ``norm1``: the first norm
+timm PVT v2 (MiT's relative)   ``Block``                       ``norm1``: the first norm
+============================== =============================== ===============================================
 
 timm is optional: its entries are registered lazily, the first time a model holding a
 timm module is converted (or :func:`exchange_points` is asked while timm is imported),
@@ -287,7 +287,7 @@ def _load_timm() -> None:
 
 
 def known_blocks() -> str:
-    """The families with built-in rules and the registered entries, for an error message."""
-    extra = [r.describe() for t, r in _RULES.items() if t.__module__.split(".")[0] not in ("torchvision",)]
-    known = "; ".join(r.describe() for t, r in _RULES.items() if t.__module__.startswith("torchvision.models.resnet"))
-    return f"{FAMILIES} ({known}{'; yours: ' + ', '.join(extra) if extra else ''})"
+    """One line for an error message: the families with built-in rules, ResNet's rules, and yours."""
+    resnet = ", ".join(r.describe() for t, r in _RULES.items() if t.__module__ == "torchvision.models.resnet")
+    yours = ", ".join(r.describe() for t, r in _RULES.items() if not t.__module__.startswith("torchvision."))
+    return f"{FAMILIES}; ResNet: {resnet}" + (f"; registered: {yours}" if yours else "")

@@ -4,8 +4,8 @@ A fusion strategy (:mod:`cen.core.fusions`, name ``"token"``) that decides per *
 rather than per channel. On the ``(B, K, C, *S)`` view a token is one sample, modality
 and position of ``*S`` (a ViT token, a Swin / ConvNeXt position, a pixel of a CNN map),
 with its ``C`` features ``y[b, m, :, s]`` (the norm's output). The paper's steps, as
-this module computes them (equation numbers of the paper, arXiv 2204.08721, as we read
-it: check them against the paper):
+this module computes them (equation numbers of arXiv 2204.08721 as recalled: the paper's
+full text was not at hand when this module was written, so check them against it):
 
 * **score** (Sec. 3.2): ``s[m] = sigmoid(w2 . gelu(W1 y[m] + b1) + b2)`` in (0, 1), one per
   token, from each modality's normalised token ``y[m]``; one small MLP shared by the
