@@ -167,3 +167,20 @@ def test_torchvision_convnext_is_converted_with_both_layer_norm_layouts():
     kinds = {type(m) for m in net.modules() if isinstance(m, cen.core.norms._ModalityNorm)}
     assert kinds == {ModalityLayerNorm, ModalityLayerNorm2d}
     assert {n for n, _ in fusion_points(net)} == {"features.1.0.block.2", "features.3.0.block.2"}
+
+
+def test_torch_transformer_layers_fuse_at_norm1_and_stay_off_their_fused_inference_kernel():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    plain = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    import copy
+
+    net = cen.convert(copy.deepcopy(plain), 2).eval()
+    assert {n for n, _ in fusion_points(net)} == {"layers.0.norm1", "layers.1.norm1"}
+    with torch.no_grad():
+        for _, norm in fusion_points(net):
+            norm.threshold = 0.0  # no exchange: each modality must be the plain network
+        x, y = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+        out = net(cen.stack([x, y])).view(3, 2, 5, 16)  # eval + no_grad: torch's fused path would read gamma as (C,)
+    torch.testing.assert_close(out[:, 0], plain(x))
+    torch.testing.assert_close(out[:, 1], plain(y))

@@ -49,6 +49,26 @@ __all__ = [
 ]
 
 
+def _no_fused_path(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that changes nothing (see :func:`keep_transformer_layers_unfused`)."""
+    return None
+
+
+def keep_transformer_layers_unfused(module: nn.Module) -> None:
+    """Keep torch's ``nn.TransformerEncoderLayer`` off its fused inference kernel where its norms are modality twins.
+
+    At inference (eval mode, no gradients) that layer calls one fused kernel that reads
+    ``norm1.weight`` and ``norm2.weight`` as ``(C,)`` vectors, bypassing the norm modules;
+    it skips the kernel when any of its submodules has a forward hook, so each converted
+    norm of such a layer gets a hook that does nothing.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.TransformerEncoderLayer):
+            for norm in (layer.norm1, layer.norm2):
+                if isinstance(norm, _ModalityNorm) and _no_fused_path not in norm._forward_pre_hooks.values():
+                    norm.register_forward_pre_hook(_no_fused_path)
+
+
 def _exchange_predicate(
     module: nn.Module, exchange: ExchangeSpec, candidates: list[str], num_modalities: int
 ) -> Callable[[str, nn.Module], bool]:
@@ -167,6 +187,7 @@ def convert(
     for name, twin in twins.items():
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, twin)
+    keep_transformer_layers_unfused(module)
     if not spec.shared_convs:
         module = unshare(module, num_modalities)
     return module

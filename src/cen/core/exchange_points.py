@@ -42,6 +42,8 @@ torchvision DenseNet           ``_DenseLayer``                 ``norm2``: betwee
 torchvision ShuffleNetV2       ``InvertedResidual``            ``branch2.4``: the depthwise conv's norm
 torchvision VGG (``_bn``)      ``VGG``                         every norm of ``features`` but the first (the
                                                                stem): VGG has no blocks, each conv is a stage
+torch ``nn.Transformer``       ``TransformerEncoderLayer``,    ``norm1``: the first norm
+                               ``TransformerDecoderLayer``
 timm ResNet                    ``Bottleneck``,                 ``bn2``, ``bn1`` (as torchvision's)
                                ``BasicBlock``
 timm ConvNeXt                  ``ConvNeXtBlock``               ``norm``: after the depthwise conv
@@ -236,6 +238,8 @@ def _register_torchvision() -> None:
         (densenet._DenseLayer, "norm2"),
         (shufflenetv2.InvertedResidual, "branch2.4"),
         (vgg.VGG, norms_after_stem),
+        (nn.TransformerEncoderLayer, "norm1"),
+        (nn.TransformerDecoderLayer, "norm1"),
     ):
         register_exchange_point(block, norm)
 
@@ -263,7 +267,8 @@ TIMM_RULES: dict[str, dict[str, NormRule]] = {
 #: The families with built-in rules, for error messages.
 FAMILIES = (
     "torchvision ResNet, MobileNetV2/V3, EfficientNet (V1, V2), RegNet, ConvNeXt, Swin (V1, V2), ViT, DenseNet, "
-    "ShuffleNetV2, VGG-BN; timm ResNet, ConvNeXt, EfficientNet/MobileNetV3, RegNet, Swin (V1, V2), ViT, PVT v2"
+    "ShuffleNetV2, VGG-BN, torch nn.TransformerEncoder/DecoderLayer; "
+    "timm ResNet, ConvNeXt, EfficientNet/MobileNetV3, RegNet, Swin (V1, V2), ViT, PVT v2"
 )
 
 
