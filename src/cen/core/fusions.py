@@ -458,6 +458,11 @@ class Discard(Fusion):
         return gamma.detach().abs() < threshold
 
 
+# Registers "token": its module imports the names above, so it comes after them ("none" stays last in
+# cen.fusion_names(), the order configs list the strategies in).
+from cen.core import token_fusion as _token_fusion  # noqa: E402, F401
+
+
 @register_fusion("none")
 class NoFusion(Fusion):
     """No interaction, ``out = y``: late fusion through the ensemble only (with l1 on: "l1 alone")."""
@@ -466,7 +471,3 @@ class NoFusion(Fusion):
 
     def forward(self, y, x, gamma, beta, threshold, present, flat=False):
         return y
-
-
-# Registers "token" (its module imports this one, so it comes last).
-from cen.core import token_fusion as _token_fusion  # noqa: E402, F401
