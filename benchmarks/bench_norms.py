@@ -69,21 +69,28 @@ def _converted(plain: nn.Module, num: int) -> dict[str, nn.Module]:
     }
 
 
-def cases(batch: int, num: int, theta: float = 0.02) -> dict[str, tuple[tuple[int, ...], dict[str, nn.Module]]]:
-    """``{case: (input shape, {variant: module})}`` for ``batch`` samples of ``num`` modalities."""
+def cases(batch: int, num: int, theta: float = 0.02, toy: bool = False) -> dict[str, tuple[tuple[int, ...], dict]]:
+    """``{case: (input shape, {variant: module})}`` for ``batch`` samples of ``num`` modalities.
+
+    ``toy``: tiny widths and sizes (a smoke test of the script, not a measurement).
+    """
     rows = batch * num
+    tokens, wide, side, width, heads = (5, 16, 4, 8, 2) if toy else (197, 384, 56, 96, 6)
     norm = partial(nn.LayerNorm, eps=1e-6)
     found = {
-        "vit_tokens": ((rows, 197, 384), _twins(nn.LayerNorm(384), cen.nn.ModalityLayerNorm,
-                                                {"num_features": 384}, num, theta)),
-        "convnext_layernorm2d": ((rows, 96, 56, 56), _twins(LayerNorm2d(96), cen.nn.ModalityLayerNorm2d,
-                                                            {"num_features": 96}, num, theta)),
-        "convnext_block_norm": ((rows, 56, 56, 96), _twins(nn.LayerNorm(96), cen.nn.ModalityLayerNorm,
-                                                           {"num_features": 96}, num, theta)),
-        "group_norm": ((rows, 128, 56, 56), _twins(nn.GroupNorm(32, 128), cen.nn.ModalityGroupNorm,
-                                                   {"num_groups": 32, "num_features": 128}, num, theta)),
-        "vit_encoder_block": ((rows, 197, 384), _converted(EncoderBlock(6, 384, 1536, 0.0, 0.0, norm), num)),
-        "convnext_cnblock": ((rows, 96, 56, 56), _converted(CNBlock(96, 1e-6, 0.0, norm), num)),
+        "vit_tokens": ((rows, tokens, wide), _twins(nn.LayerNorm(wide), cen.nn.ModalityLayerNorm,
+                                                    {"num_features": wide}, num, theta)),
+        "convnext_layernorm2d": ((rows, width, side, side), _twins(LayerNorm2d(width), cen.nn.ModalityLayerNorm2d,
+                                                                   {"num_features": width}, num, theta)),
+        "convnext_block_norm": ((rows, side, side, width), _twins(nn.LayerNorm(width), cen.nn.ModalityLayerNorm,
+                                                                  {"num_features": width}, num, theta)),
+        "group_norm": ((rows, 4 * width // 3, side, side), _twins(nn.GroupNorm(2 if toy else 32, 4 * width // 3),
+                                                                  cen.nn.ModalityGroupNorm,
+                                                                  {"num_groups": 2 if toy else 32,
+                                                                   "num_features": 4 * width // 3}, num, theta)),
+        "vit_encoder_block": ((rows, tokens, wide), _converted(EncoderBlock(heads, wide, 4 * wide, 0.0, 0.0, norm),
+                                                               num)),
+        "convnext_cnblock": ((rows, width, side, side), _converted(CNBlock(width, 1e-6, 0.0, norm), num)),
     }  # fmt: skip
     for _, modules in found.values():  # 30 % of each fusion point's gamma under theta: channels really move
         for m in modules["modality+exchange"].modules():
@@ -123,12 +130,12 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     results = {
         "config": {"batch": args.batch, "modalities": args.modalities, "repeats": args.repeats, "warmup": args.warmup,
-                   "device": str(device), "threads": torch.get_num_threads(), "dtype": "float32"},
+                   "device": str(device), "threads": torch.get_num_threads(), "dtype": "float32", "toy": args.toy},
         "machine": machine(),
         "torch": torch.__version__,
         "cases": {},
     }  # fmt: skip
-    for case, (shape, modules) in cases(args.batch, args.modalities).items():
+    for case, (shape, modules) in cases(args.batch, args.modalities, toy=args.toy).items():
         modules = {k: m.to(device) for k, m in modules.items()}
         x = torch.randn(shape, device=device, requires_grad=True)
         times = time_case(modules, x, args.repeats, args.warmup)
@@ -170,6 +177,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (default 2)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
+    p.add_argument("--toy", action="store_true", help="tiny shapes: checks the script, measures nothing")
     return p.parse_args(argv)
 
 
