@@ -101,7 +101,7 @@ def test_bad_arguments():
         cen.convert(torchvision.models.resnet18(), 0)
     with pytest.raises(ValueError, match="threshold must be >= 0"):
         cen.convert(torchvision.models.resnet18(), 2, threshold=-1.0)
-    with pytest.raises(ValueError, match="no BatchNorm1d/2d, SyncBatchNorm or InstanceNorm2d"):
+    with pytest.raises(ValueError, match="no BatchNorm1d/2d, SyncBatchNorm, InstanceNorm2d, GroupNorm or LayerNorm"):
         cen.convert(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), 2)
     with pytest.raises(ValueError, match=r"exchange names \['layer9.bn'\] are not norms"):
         cen.convert(torchvision.models.resnet18(), 2, exchange=["layer9.bn"])

@@ -9,6 +9,7 @@ from torch import nn
 
 import cen
 import cen.core.convert
+import cen.core.exchange_points
 from cen.core.sparsity import exchanging_norms, fusion_points
 from tests.core.test_fusions import VARIANTS
 
@@ -41,7 +42,7 @@ class MyBlock(nn.Module):
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the exchange-point registry for the test."""
-    monkeypatch.setattr(cen.core.convert, "_EXCHANGE_POINTS", dict(cen.core.convert._EXCHANGE_POINTS))
+    monkeypatch.setattr(cen.core.exchange_points, "_RULES", dict(cen.core.exchange_points._RULES))
 
 
 def test_auto_on_a_network_without_known_blocks_is_a_clear_error():

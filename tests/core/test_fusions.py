@@ -21,6 +21,7 @@ VARIANTS = {
     "random": ("random", {"fraction": 0.3, "seed": 3}),
     "discard": ("discard", {}),
     "none": ("none", {}),
+    "token": ("token", {"reduction": 2}),
 }
 
 
@@ -58,6 +59,23 @@ def _exchange_loop(ys, replaced, weights=None):
     return out
 
 
+def _token_loop(ys, params, idx, training, theta=THETA):
+    """TokenFusion per modality: score each token, replace those under theta by the projected mean of the others."""
+    num = len(ys)
+    if num == 1:
+        return ys
+    out = []
+    for m, p in enumerate(idx):
+        tokens = ys[m].movedim(1, -1)  # (B, *S, C)
+        hidden = F.gelu(F.linear(tokens, params["fusion.score_hidden.weight"], params["fusion.score_hidden.bias"]))
+        score = torch.sigmoid(F.linear(hidden, params["fusion.score_out.weight"], params["fusion.score_out.bias"]))
+        others = sum(ys[k].movedim(1, -1) for k in range(num) if k != m) / (num - 1)
+        projected = F.linear(others, params["fusion.proj_weight"][p], params["fusion.proj_bias"][p])
+        kept = tokens * score if training else tokens
+        out.append(torch.where(score < theta, projected, kept).movedim(-1, 1))
+    return out
+
+
 def _fixed_sets(num, channels, fraction):
     """Modality m replaces the first round(fraction*C) channels c with floor(c*M/C) == m."""
     count = round(fraction * channels)
@@ -92,13 +110,20 @@ def _normalise(xs, norm, idx, kind, training):
     return out
 
 
-def reference(variant, norm, params, x, idx, kind, training, scores=None):
-    """The fused output for stacked x of the present modalities idx, from leaf copies params of the parameters."""
+def reference(variant, norm, params, x, idx, kind, training, scores=None, *, channels_last=False, normalise=None):
+    """The fused output for stacked x of the present modalities idx, from leaf copies params of the parameters.
+
+    ``channels_last``: x is ``(B*K, *S, C)`` (a LayerNorm's tokens); the formulas run on it moved channels first.
+    ``normalise(xs, norm, idx, kind, training)``: the per-modality normalisation (default: batch/instance norms).
+    """
+    if channels_last:
+        out = reference(variant, norm, params, x.movedim(-1, 1), idx, kind, training, scores, normalise=normalise)
+        return out.movedim(1, -1)
     name, opts = VARIANTS[variant]
     xs = split(x, len(idx))
     gamma = params["weight"].view(norm.num_modalities, -1)[idx]
     beta = params["bias"].view(norm.num_modalities, -1)[idx]
-    hats = _normalise(xs, norm, idx, kind, training)
+    hats = (normalise or _normalise)(xs, norm, idx, kind, training)
     ys = [_bcast(g, h) * h + _bcast(b, h) for g, b, h in zip(gamma, beta, hats)]
     num = len(idx)
     if name == "exchange":
@@ -139,6 +164,8 @@ def reference(variant, norm, params, x, idx, kind, training, scores=None):
     if name == "discard":
         return join([torch.where(_bcast(gamma[m].detach().abs() >= THETA, y), y, torch.zeros_like(y))
                      for m, y in enumerate(ys)])  # fmt: skip
+    if name == "token":
+        return join(_token_loop(ys, params, idx, training))
     assert name == "none"
     return join(ys)
 
@@ -158,6 +185,8 @@ def _make(variant, cls, num):
             norm.running_var.uniform_(0.5, 2.0)
         for p in norm.fusion.parameters():  # away from the identity initialisations
             p.normal_(0, 0.5)
+        if name == "token":  # scores around theta: some tokens are replaced, others kept
+            norm.fusion.score_out.bias.fill_(-3.0)
     return norm.double()
 
 

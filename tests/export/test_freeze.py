@@ -10,13 +10,14 @@ from cen.models import RefineNetCEN
 
 from .helpers import inputs, randomise_norms, small_cnn
 
-FUSIONS = ["exchange", "sum", "gated_sum", "conditional_norm", "fixed", "discard", "none"]
+FUSIONS = ["exchange", "sum", "gated_sum", "conditional_norm", "fixed", "discard", "none", "token"]
 EXPECTED_FUSE = {  # how each strategy is lowered, for 2 and 3 modalities
     ("exchange", 2): ChannelGather, ("exchange", 3): ChannelMix, ("fixed", 2): ChannelGather,
     ("fixed", 3): ChannelMix, ("discard", 2): ChannelGather, ("discard", 3): ChannelGather,
     ("sum", 2): ChannelMix, ("sum", 3): ChannelMix, ("none", 2): Identity, ("none", 3): Identity,
     ("gated_sum", 2): LiveFusion, ("gated_sum", 3): LiveFusion,
     ("conditional_norm", 2): LiveFusion, ("conditional_norm", 3): LiveFusion,
+    ("token", 2): LiveFusion, ("token", 3): LiveFusion,
 }  # fmt: skip
 
 
@@ -44,7 +45,7 @@ def test_frozen_equals_eval_model(fusion, num):
         torch.testing.assert_close(value, expected[key], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fusion", ["exchange", "sum", "conditional_norm", "fixed", "discard", "none"])
+@pytest.mark.parametrize("fusion", ["exchange", "sum", "conditional_norm", "fixed", "discard", "none", "token"])
 def test_frozen_subset_equals_missing_modality_inference(fusion):
     names = ["rgb", "depth", "normal"]
     model = small_cnn(names, fusion)

@@ -22,6 +22,8 @@ only one modality is present), ``theta`` the norm's threshold.
 ``random``          Eq. 6 with a replaced set drawn at random every training step
 ``discard``         ``out[m, c] = y[m, c]`` if ``|gamma[m, c]| >= theta`` else ``0``
 ``none``            ``out = y``
+``token``           TokenFusion (:mod:`cen.core.token_fusion`): per token (position), a learnt
+                    score ``s``; where ``s[m] < theta`` the token becomes ``Proj_m(others(y))``
 =================== ===============================================================
 
 Register a new strategy with ``@register_fusion("name")`` on a :class:`Fusion`
@@ -106,6 +108,10 @@ class Fusion(nn.Module):
       (default False).
     * ``deterministic``: at inference its output is a function of the weights and the
       input alone (default True; ``random`` draws its channels).
+
+    Hooks a strategy may override: :meth:`replaced` / :meth:`replaced_share` (what
+    :func:`cen.exchange_stats` reports) and :meth:`sparsity_term` (what it adds to
+    :func:`cen.sparsity_loss`).
     """
 
     name = ""
@@ -148,6 +154,29 @@ class Fusion(nn.Module):
 
     def replaced(self, gamma: Tensor, threshold: float) -> Tensor | None:
         """Bool ``(M, C)``: the channels each modality gives up now, or None if the notion does not apply."""
+        return None
+
+    def replaced_share(self, gamma: Tensor, threshold: float) -> Tensor | None:
+        """Float ``(M,)``: the share of its features each modality gives up now (:func:`cen.exchange_stats`).
+
+        By default the share of channels of :meth:`replaced` (None where that is None);
+        a strategy that replaces something other than whole channels (``token``: tokens)
+        overrides it.
+        """
+        replaced = self.replaced(gamma, threshold)
+        return None if replaced is None else replaced.float().mean(dim=1)
+
+    def sparsity_term(self) -> Tensor | None:
+        """A scalar the strategy adds to :func:`cen.sparsity_loss`, or None (the default).
+
+        For a strategy whose sparsity is on something it computes in ``forward`` (the
+        token scores of ``token``) rather than on ``gamma``: it returns the term of its
+        latest call, with its graph, so that ``loss + lam * cen.sparsity_loss(model)``
+        after a forward trains it. Such a strategy sets ``penalised = False`` when
+        ``gamma`` is not to be penalised as well. The term is unaffected by
+        ``sparsity_loss``'s ``mode`` (the disjoint split is about channels), and has no
+        proximal step (:func:`cen.sparsity_shrink_` acts on parameters only).
+        """
         return None
 
     def _rows(self, t: Tensor, present: tuple[int, ...] | None) -> Tensor:
@@ -427,6 +456,11 @@ class Discard(Fusion):
 
     def replaced(self, gamma, threshold):
         return gamma.detach().abs() < threshold
+
+
+# Registers "token": its module imports the names above, so it comes after them ("none" stays last in
+# cen.fusion_names(), the order configs list the strategies in).
+from cen.core import token_fusion as _token_fusion  # noqa: E402, F401
 
 
 @register_fusion("none")

@@ -114,6 +114,7 @@ class _ModalityNorm(nn.Module):
         track_running_stats: bool = True,
         fusion: str | Fusion | None = None,
         fusion_options: dict | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
@@ -138,7 +139,10 @@ class _ModalityNorm(nn.Module):
         total = num_modalities * num_features
         if affine:
             self.weight = nn.Parameter(torch.ones(total))
-            self.bias = nn.Parameter(torch.zeros(total))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(total))
+            else:  # a scale without shift (nn.LayerNorm(bias=False)); beta reads as zeros
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -182,6 +186,10 @@ class _ModalityNorm(nn.Module):
         if self.weight is None:
             raise AttributeError(f"{type(self).__name__} has affine=False and no gamma")
         return self.weight.view(self.num_modalities, self.num_features)
+
+    def _beta(self, bias: Tensor | None, weight: Tensor, num: int) -> Tensor:
+        """``(K, C)`` shift of the present modalities for a strategy (zeros for a norm without shift)."""
+        return torch.zeros_like(weight).view(num, -1) if bias is None else bias.view(num, -1)
 
     def exchange_mask(self) -> Tensor:
         """Bool ``(M, C)``: where ``|gamma| < threshold`` now (the channels Eq. 6 replaces)."""
@@ -261,14 +269,16 @@ class _ModalityNorm(nn.Module):
                 x.view(split_shape), norm_weight, norm_bias, running_mean, running_var, update_stats
             )
             if fusion is not None:
-                y = fusion(y, x.view(split_shape), weight.view(num, -1), bias.view(num, -1), self.threshold, idx)
+                y = fusion(
+                    y, x.view(split_shape), weight.view(num, -1), self._beta(bias, weight, num), self.threshold, idx
+                )
             return y.view(x.shape)
         y = self._normalize(x.reshape(batch, num * self.num_features, *x.shape[2:]), norm_weight, norm_bias,
                             running_mean, running_var, update_stats)  # fmt: skip
         if fusion is not None:
             y = fusion(
-                y.view(split_shape), x.view(split_shape), weight.view(num, -1), bias.view(num, -1), self.threshold, idx,
-                flat=True,
+                y.view(split_shape), x.view(split_shape), weight.view(num, -1), self._beta(bias, weight, num),
+                self.threshold, idx, flat=True,
             )  # fmt: skip
         # A plain reshape would return a view of y; the in-place ReLU or residual
         # add that usually follows a norm would then make autograd copy the whole
@@ -402,3 +412,4 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
 
 
 MODALITY_NORMS = (ModalityBatchNorm1d, ModalityBatchNorm2d, ModalityInstanceNorm2d)
+"""The batch and instance norms; the layer and group norms are in :mod:`cen.core.layer_norms`."""

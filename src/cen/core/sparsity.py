@@ -13,6 +13,16 @@ split into ``M`` contiguous groups and modality ``m`` is penalised on group
 (with ``M = 2``: modality 0 on the first half, modality 1 on the second, as the
 reference code). ``mode="all"`` penalises every channel of every modality (an
 ablation of the paper).
+
+A strategy may also contribute a term of its own through
+:meth:`cen.core.fusions.Fusion.sparsity_term`: the ``token`` strategy adds the l1 of its
+token scores from the latest forward pass (TokenFusion's sparsity; its ``gamma`` is not
+penalised). That term is not affected by ``mode`` and has no proximal step: with the
+``token`` strategy, train with the l1 in the loss (``sparsity_solver: gradient``), since
+:func:`sparsity_shrink_` only moves parameters.
+
+The norms may be any modality norm (batch, instance, layer or group norm): the penalty
+reads only the per-channel scale ``gamma``, which they all have.
 """
 
 from __future__ import annotations
@@ -61,7 +71,9 @@ def _penalised(norm: _ModalityNorm, mode: str) -> Tensor | None:
 def sparsity_loss(model: nn.Module, mode: str = "disjoint") -> Tensor:
     """``sum |gamma|`` over the penalised norms of ``model`` (:func:`exchanging_norms`; multiply by lambda yourself).
 
-    Returns a scalar tensor (zero, on the model's device, if nothing exchanges).
+    Plus the strategies' own terms (:meth:`cen.core.fusions.Fusion.sparsity_term`, e.g.
+    the token scores of ``token`` from the latest forward). Returns a scalar tensor
+    (zero, on the model's device, if nothing exchanges).
     """
     _check_mode(mode)
     total = None
@@ -72,6 +84,10 @@ def sparsity_loss(model: nn.Module, mode: str = "disjoint") -> Tensor:
             magnitude = magnitude * penalised
         term = magnitude.sum()
         total = term if total is None else total + term
+    for _, norm in fusion_points(model):
+        term = norm.fusion.sparsity_term() if norm.num_modalities > 1 else None
+        if term is not None:
+            total = term if total is None else total + term
     if total is None:
         ref = next(iter(model.parameters()), None)
         return torch.zeros((), device=ref.device if ref is not None else None)

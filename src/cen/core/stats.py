@@ -12,13 +12,14 @@ def exchange_stats(model: nn.Module) -> dict[str, list[float]]:
 
     Returns ``{name: [fraction of modality 0, ..., fraction of modality M-1]}``,
     fractions in ``[0, 1]``: the channels replaced now (``exchange``: ``|gamma| < theta``;
-    ``fixed``; ``random``: the evaluation set) or zeroed (``discard``). Strategies
-    without such channels (``sum``, ``gated_sum``, ``conditional_norm``, ``none``) and
-    norms of a single modality are not listed.
+    ``fixed``; ``random``: the evaluation set) or zeroed (``discard``); for ``token``, the
+    share of the modality's tokens replaced in the latest forward pass (over the batch
+    and the positions). Strategies that give nothing up (``sum``, ``gated_sum``,
+    ``conditional_norm``, ``none``) and norms of a single modality are not listed.
     """
     stats = {}
     for name, norm in fusion_points(model):
-        replaced = norm.fusion.replaced(norm.gamma, norm.threshold)
-        if replaced is not None and norm.num_modalities > 1:
-            stats[name] = replaced.float().mean(dim=1).tolist()
+        share = norm.fusion.replaced_share(norm.gamma, norm.threshold)
+        if share is not None and norm.num_modalities > 1:
+            stats[name] = share.tolist()
     return stats

@@ -7,8 +7,15 @@ once, on a deep copy of the model, and replaces each norm by a
 :class:`FrozenNorm` holding constants:
 
 * the normalisation folded into one per-channel scale and shift,
-  ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``
-  (instance norms without running statistics stay an ``instance_norm`` call);
+  ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``;
+  norms whose statistics come from each sample, which cannot fold (instance norms
+  without running statistics, group norms, layer norms), keep their normalisation op
+  without affine (``instance_norm``, ``group_norm`` over the ``K*G`` groups of the
+  free view, ``layer_norm`` over ``C``) followed by the per-modality ``gamma``,
+  ``beta`` as constants; the channels-last layer norm (:class:`FrozenTokenNorm`) keeps
+  its ``(B*K, ..., C)`` layout and moves channels first only around a fusion that
+  mixes modalities;
+* timm's norm + activation twins keep their ``drop`` and ``act`` after the fusion;
 * the fusion, for the strategies whose output is a fixed linear mix of the
   modalities' normalised channels (``exchange``, ``fixed``, ``discard``, ``sum``,
   ``none``), as the constant mix ``w[m, k, c]``, ``out[m, c] = sum_k w[m, k, c] y[k, c]``,
@@ -16,8 +23,8 @@ once, on a deep copy of the model, and replaces each norm by a
   lowered to the cheapest op: nothing (``none``), a constant channel gather
   (``exchange`` and ``fixed`` with two modalities), a constant 0/1 channel mask
   (``discard``), or a weighted sum over the modalities (more modalities, ``sum``);
-* ``gated_sum`` and ``conditional_norm``, which depend on the input, run as they
-  are, with ``gamma`` and ``beta`` as constants;
+* ``gated_sum``, ``conditional_norm`` and ``token``, which depend on the input, run as
+  they are, with ``gamma`` and ``beta`` as constants (``token`` without its statistics);
 * ``random`` is refused: its channel selection is not a function of the weights.
 
 Nothing reads :func:`cen.present_modalities` any more: a frozen graph is built
@@ -30,13 +37,16 @@ import copy
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cen.core.fusions import Fusion
+from cen.core.layer_norms import ModalityGroupNorm, ModalityLayerNorm, ModalityLayerNorm2d
 from cen.core.multimodal import MultiModal
 from cen.core.norms import ModalityInstanceNorm2d, _ModalityNorm
+from cen.core.twins import _NormAct
 from cen.core.unshared import ModalityConv2d, ModalityLinear
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 
 class FreezeError(ValueError, UserError):
@@ -98,13 +108,16 @@ class ChannelMix(nn.Module):
 
 
 class LiveFusion(nn.Module):
-    """A strategy that depends on the input (``gated_sum``, ``conditional_norm``), run as it is.
+    """A strategy that depends on the input (``gated_sum``, ``conditional_norm``, ``token``), run as it is.
 
-    ``gamma`` and ``beta`` are the present modalities' constants, ``(K, C)``.
+    ``gamma`` and ``beta`` are the present modalities' constants, ``(K, C)``. A strategy that
+    records statistics (``token``) stops recording: a frozen graph holds no state.
     """
 
     def __init__(self, fusion: Fusion, gamma: Tensor, beta: Tensor, threshold: float, present) -> None:
         super().__init__()
+        if hasattr(fusion, "record_stats"):
+            fusion.record_stats = False
         self.fusion = fusion
         self.register_buffer("gamma", gamma)
         self.register_buffer("beta", beta)
@@ -117,35 +130,110 @@ class LiveFusion(nn.Module):
         return out.flatten(1, 2)
 
 
+class InstanceNormalize(nn.Module):
+    """``instance_norm`` without affine on the free view ``Tensor(B, K*C, *S)``."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return F.instance_norm(flat, eps=self.eps)
+
+
+class GroupNormalize(nn.Module):
+    """``group_norm`` without affine over ``groups = K*G`` groups of the free view ``Tensor(B, K*C, *S)``."""
+
+    def __init__(self, groups: int, eps: float) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return F.group_norm(flat, self.groups, eps=self.eps)
+
+
+class LayerNormalize2d(nn.Module):
+    """``layer_norm`` over the ``C`` channels of each modality at each position of ``Tensor(B, K*C, *S)``."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__()
+        self.channels, self.eps = channels, eps
+
+    def forward(self, flat: Tensor) -> Tensor:
+        tokens = flat.unflatten(1, (-1, self.channels)).movedim(2, -1)  # (B, K, *S, C)
+        y = F.layer_norm(tokens, (self.channels,), eps=self.eps)
+        return y.movedim(-1, 2).flatten(1, 2)
+
+
+def _post(norm: _ModalityNorm) -> nn.Module | None:
+    """``drop`` then ``act`` of a norm + activation twin (eval mode), None for a plain modality norm."""
+    return nn.Sequential(norm.drop, norm.act).eval() if isinstance(norm, _NormAct) else None
+
+
 class FrozenNorm(nn.Module):
     """An inference-only modality norm with constants: ``Tensor(B*K, C, *S)`` -> same.
 
-    On the free view ``(B, K*C, *S)``: ``y = x * scale + shift`` (or an instance norm
-    when ``instance`` is set: the norm has no running statistics), then ``fuse(y, x)``.
+    On the free view ``(B, K*C, *S)``: ``y = normalize(x)`` (nothing for folded batch
+    norms), ``y = y * scale + shift`` (where given), then ``fuse(y, x)``, then ``post``
+    (a timm norm's activation) if any.
     """
 
     def __init__(
         self, num: int, scale: Tensor | None, shift: Tensor | None, fuse: nn.Module, *,
-        instance: tuple[Tensor | None, Tensor | None, float] | None = None,
+        normalize: nn.Module | None = None, post: nn.Module | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.num = num
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
         self.fuse = fuse
-        self.instance = instance is not None
-        if instance is not None:
-            weight, bias, self.eps = instance
-            self.register_buffer("weight", weight)
-            self.register_buffer("bias", bias)
+        self.normalize = normalize
+        self.post = post
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.unflatten(0, (-1, self.num)).flatten(1, 2)
-        if self.instance:
-            y = torch.nn.functional.instance_norm(flat, weight=self.weight, bias=self.bias, eps=self.eps)
-        else:
-            y = flat * _channel_view(self.scale, flat) + _channel_view(self.shift, flat)
-        return self.fuse(y, flat).unflatten(1, (self.num, -1)).flatten(0, 1)
+        y = flat if self.normalize is None else self.normalize(flat)
+        if self.scale is not None:
+            y = y * _channel_view(self.scale, y)
+        if self.shift is not None:
+            y = y + _channel_view(self.shift, y)
+        out = self.fuse(y, flat).unflatten(1, (self.num, -1)).flatten(0, 1)
+        return out if self.post is None else self.post(out)
+
+
+class FrozenTokenNorm(nn.Module):
+    """A frozen channels-last :class:`cen.nn.ModalityLayerNorm`: ``Tensor(B*K, ..., C)`` -> same.
+
+    ``layer_norm`` over ``C`` without affine, ``scale`` and ``shift`` (``(K*C,)`` constants)
+    on the ``(B, K, ..., C)`` view, then the fusion on the channels-first ``(B, K*C, ...)``
+    view (skipped, with its two transposes, when it is the identity), then ``post``.
+    """
+
+    def __init__(
+        self, num: int, channels: int, eps: float, scale: Tensor | None, shift: Tensor | None, fuse: nn.Module,
+        post: nn.Module | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.num, self.channels, self.eps = num, channels, eps
+        self.register_buffer("scale", None if scale is None else scale.view(num, channels))
+        self.register_buffer("shift", None if shift is None else shift.view(num, channels))
+        self.fuse = fuse
+        self.post = post
+
+    def forward(self, x: Tensor) -> Tensor:
+        split = F.layer_norm(x, (self.channels,), eps=self.eps).unflatten(0, (-1, self.num))  # (B, K, *S, C)
+        shape = (1, self.num) + (1,) * (split.dim() - 3) + (self.channels,)
+        if self.scale is not None:
+            split = split * self.scale.view(shape)
+        if self.shift is not None:
+            split = split + self.shift.view(shape)
+        if not isinstance(self.fuse, Identity):
+            flat = split.movedim(-1, 2).flatten(1, 2)  # (B, K*C, *S)
+            inputs = x.unflatten(0, (-1, self.num)).movedim(-1, 2).flatten(1, 2) if isinstance(self.fuse, LiveFusion) \
+                else flat  # fmt: skip
+            split = self.fuse(flat, inputs).unflatten(1, (self.num, -1)).movedim(2, -1)
+        out = split.flatten(0, 1)
+        return out if self.post is None else self.post(out)
 
 
 def _fusion_mix(fusion: Fusion, gamma: Tensor, beta: Tensor, threshold: float, present) -> Tensor:
@@ -205,25 +293,33 @@ def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None)
     channels = norm.num_features
     live = fusion is not None and not fusion.linear  # the strategy's own flag (cen.core.fusions.Fusion)
     affine_in_fusion = fusion is not None and fusion.takes_affine
+    beta = None if weight is None else torch.zeros_like(weight) if bias is None else bias  # a strategy's shift
     if fusion is None:
         fuse: nn.Module = Identity()
     elif live:
-        fuse = LiveFusion(fusion, weight.float().view(num, channels), bias.float().view(num, channels),
+        fuse = LiveFusion(fusion, weight.float().view(num, channels), beta.float().view(num, channels),
                           norm.threshold, present)  # fmt: skip
     else:
         fuse = _lower_mix(
-            _fusion_mix(fusion, weight.view(num, channels), bias.view(num, channels), norm.threshold, present)
+            _fusion_mix(fusion, weight.view(num, channels), beta.view(num, channels), norm.threshold, present)
         )
     norm_weight, norm_bias = (None, None) if affine_in_fusion else (weight, bias)
+    scale, shift = (None if t is None else t.float() for t in (norm_weight, norm_bias))
+    post = _post(norm)
+    if isinstance(norm, ModalityLayerNorm2d):
+        return FrozenNorm(num, scale, shift, fuse, normalize=LayerNormalize2d(channels, norm.eps), post=post)
+    if isinstance(norm, ModalityLayerNorm):
+        return FrozenTokenNorm(num, channels, norm.eps, scale, shift, fuse, post)
+    if isinstance(norm, ModalityGroupNorm):
+        normalize = GroupNormalize(num * norm.num_groups, norm.eps)
+        return FrozenNorm(num, scale, shift, fuse, normalize=normalize, post=post)
     if norm.running_mean is None:
         if not isinstance(norm, ModalityInstanceNorm2d):
             raise FreezeError(
                 f"cannot export: norm {name!r} has no running statistics (track_running_stats=False), so it would "
                 "normalise with the statistics of each inference batch; train it with running statistics"
             )
-        instance = (None if norm_weight is None else norm_weight.float(),
-                    None if norm_bias is None else norm_bias.float(), norm.eps)  # fmt: skip
-        return FrozenNorm(num, None, None, fuse, instance=instance)
+        return FrozenNorm(num, scale, shift, fuse, normalize=InstanceNormalize(norm.eps), post=post)
     mean, var = (
         _rows(norm.running_mean, norm.num_modalities, present),
         _rows(norm.running_var, norm.num_modalities, present),
@@ -234,7 +330,7 @@ def freeze_norm(norm: _ModalityNorm, name: str, present: tuple[int, ...] | None)
     shift = -mean * scale
     if norm_bias is not None:
         shift = shift + norm_bias
-    return FrozenNorm(num, scale.float(), shift.float(), fuse)
+    return FrozenNorm(num, scale.float(), shift.float(), fuse, post=post)
 
 
 class FrozenModel(nn.Module):
