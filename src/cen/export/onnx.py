@@ -36,8 +36,8 @@ from torch import Tensor
 
 from cen.core.defaults import ENSEMBLE_KEY
 from cen.core.multimodal import MultiModal
-from cen.export.freeze import FreezeError, FrozenModel, freeze
 from cen.errors import UserError
+from cen.export.freeze import FreezeError, FrozenModel, freeze
 
 #: Suffix of a modality's output name: the input ``"rgb"`` gives the output ``"rgb_out"`` (ONNX names must differ).
 OUTPUT_SUFFIX = "_out"
