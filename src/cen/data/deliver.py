@@ -149,6 +149,7 @@ class DELIVER(RawDecodingDataset):
         cache_dir: decoded-pixel cache folder, or None.
         image_size: (H, W) every file must have (:data:`DELIVER_SIZE`), or None; the event
             frames of ``eventlowres`` scenes are compared after their upsampling.
+        missing_ok: do not check that every listed file exists (``cen data check`` reads each sample).
 
     A sample: ``{"rgb": (3, H, W) [0, 1], "depth": (3, H, W), "event": (3, H, W) [0, 1],
     "lidar": (3, H, W) [0, 1], "mask": (H, W) int64 0..24 or 255}`` before the transform.
@@ -171,6 +172,8 @@ class DELIVER(RawDecodingDataset):
         depth_scale: float = DELIVER_DEPTH_SCALE,
         cache_dir: str | os.PathLike | None = None,
         image_size: tuple[int, int] | None = None,
+        *,
+        missing_ok: bool = False,
     ) -> None:
         modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
         if not modalities or len(set(modalities)) != len(modalities):
@@ -183,7 +186,8 @@ class DELIVER(RawDecodingDataset):
         entries = deliver_entries(root, split, modalities, conditions, cases)
         self.modalities = modalities
         self.kinds = {m: KINDS[m] for m in modalities}
-        raise_if_missing(entries)
+        if not missing_ok:  # cen data check reports every missing file instead
+            raise_if_missing(entries)
         # event frames of the event-low-resolution case -> the RGB frame they are upsampled to
         self.upsample_to = {
             str(e.files["event"]): Path(root) / e.text  # the entry's text is its RGB file

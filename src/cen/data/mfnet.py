@@ -64,6 +64,7 @@ class MFNet(RawDecodingDataset):
         num_classes: must be 9 (MFNet's classes, unlabelled included).
         cache_dir: decoded-pixel cache folder (it keeps all four channels), or None.
         image_size: (H, W) every file must have (:data:`MFNET_SIZE`), or None.
+        missing_ok: do not check that every listed file exists (``cen data check`` reads each sample).
 
     A sample: ``{"rgb": (3, H, W) in [0, 1], "thermal": (3, H, W) in [0, 1] (the 8-bit thermal
     channel / 255, replicated), "mask": (H, W) int64 0..8 or 255}`` before the transform.
@@ -86,6 +87,8 @@ class MFNet(RawDecodingDataset):
         num_classes: int = MFNET_NUM_CLASSES,
         cache_dir: str | os.PathLike | None = None,
         image_size: tuple[int, int] | None = None,
+        *,
+        missing_ok: bool = False,
     ) -> None:
         modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
         if not modalities or len(set(modalities)) != len(modalities) or set(modalities) - set(MFNET_MODALITIES):
@@ -100,7 +103,8 @@ class MFNet(RawDecodingDataset):
         self.kinds = {"rgb": "image", "thermal": "thermal"}
         self.kinds = {m: self.kinds[m] for m in modalities}
         entries = mfnet_entries(root, list_file, modalities)
-        raise_if_missing(entries)
+        if not missing_ok:  # cen data check reports every missing file instead
+            raise_if_missing(entries)
         parts = {
             "rgb": ChannelsOf(ImageDecoder(channels=3), 0, 3, 4, _CHANNELS),
             "thermal": ChannelsOf(UnitDecoder("thermal", (1,), 8), 3, 4, 4, _CHANNELS),

@@ -84,6 +84,9 @@ class RawDecodingDataset(MultiModalDataset):
     file_reader = staticmethod(read_image_tensor)
     #: Names ``file_reader`` in the cache's keys when it is not the default.
     cache_tag = ""
+    #: The class of the error a bad file raises when a sample is read (a ValueError subclass):
+    #: the command line sets :class:`cen.tasks.errors.DataError` so it prints one line.
+    data_error: type[ValueError] = ValueError
 
     def __init__(
         self,
@@ -110,7 +113,12 @@ class RawDecodingDataset(MultiModalDataset):
                 read_once[key] = self.read_file(path)
             return read_once[key]
 
-        raw = load_raw_entry(self.entries[index], self.decoders, read=read, expected_size=self.image_size)
+        try:
+            raw = load_raw_entry(self.entries[index], self.decoders, read=read, expected_size=self.image_size)
+        except ValueError as err:
+            if isinstance(err, self.data_error):
+                raise
+            raise self.data_error(str(err)) from err
         keys = {role: self.roles.get(role, role) for role in raw}
         from_raw = getattr(self.transform, "from_raw", None)
         if from_raw is not None:

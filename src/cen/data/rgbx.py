@@ -139,6 +139,7 @@ class RGBXPack(RawDecodingDataset):
         labels: the label folder; default ``Label/`` or else ``labels/``, whichever exists.
         cache_dir: decoded-pixel cache folder (:class:`~cen.data.decoded_cache.DecodedCache`), or None.
         image_size: (H, W) every file must have (NYUDv2: 480x640), or None.
+        missing_ok: do not check that every listed file exists (``cen data check`` reads each sample).
 
     A sample: ``{"rgb": (3, H, W) in [0, 1], "depth": (3, H, W) (8-bit: [0, 1]; 16-bit: metres),
     "mask": (H, W) int64 0..C-1 or 255}`` before the transform.
@@ -160,6 +161,8 @@ class RGBXPack(RawDecodingDataset):
         labels: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         image_size: tuple[int, int] | None = None,
+        *,
+        missing_ok: bool = False,
     ) -> None:
         modalities = _check_modalities(modalities)
         if not 1 <= int(num_classes) <= 254:
@@ -171,7 +174,8 @@ class RGBXPack(RawDecodingDataset):
         self.classes = info.classes if info else None
         self.palette = info.palette if info else None
         entries = rgbx_entries(root, list_file, modalities, labels)
-        raise_if_missing(entries)
+        if not missing_ok:  # cen data check reports every missing file instead
+            raise_if_missing(entries)
         decoders = rgbx_decoders(modalities, self.kinds, self.num_classes, depth_scale)
         super().__init__(entries, decoders, transform, cache_dir=cache_dir, image_size=image_size)
 

@@ -215,9 +215,12 @@ def build_splits(
         elif not list_file.is_file():
             raise FileNotFoundError(f"data.{key}: {list_file} does not exist")
         try:
-            return read_one(root, list_file, cfg, transform)
+            dataset = read_one(root, list_file, cfg, transform)
         except ValueError as err:  # malformed list files, unknown modalities ...: the data, not a bug
             raise DataError(f"data.{key} ({list_file}): {err}") from None
+        if hasattr(dataset, "data_error"):  # a bad file found while reading a sample: one line too
+            dataset.data_error = DataError
+        return dataset
 
     out = {}
     held_out = d.val_list is None
