@@ -164,7 +164,7 @@ class UnitDecoder(_TwoStep):
         if img.shape[0] not in self.accepts or (self.bits is not None and got_bits != self.bits):
             bits = f"{self.bits}-bit" if self.bits else "8- or 16-bit"
             chans = " or ".join({1: "single-channel", 3: "RGB", 4: "4-channel"}[c] for c in self.accepts)
-            raise ValueError(f"{path}: {self.kind} image is {_describe(img)}; expected a {bits} {chans} PNG")
+            raise ValueError(f"{path}: {self.kind} image is {_describe(img)}; expected an {bits} {chans} PNG")
         return img
 
     def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
