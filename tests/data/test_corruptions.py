@@ -241,3 +241,20 @@ def test_thermal_takes_dead_sensor_only_in_a_dataset(tmp_path):
     assert not bool(dead["thermal"].any()) and bool(dead["rgb"].any())
     with pytest.raises(ValueError, match="'image_noise' is not defined for modality 'thermal' of kind 'thermal'"):
         MFNet(root, "val.txt", transform=with_corruption(CorruptModality("thermal", "image_noise", 1)))[0]
+
+
+def test_random_corruption_in_the_training_pipeline(tmp_path):
+    from cen.data.transforms import segmentation_train
+
+    root = make_rgbx(tmp_path / "pack")
+    crop = segmentation_train(24, scale_range=None)  # no rescale: the crop never pads
+    train = with_corruption(RandomCorruption(p=1.0, corruptions=["dead_sensor"]), crop)
+    ds = RGBXPack(root, "train.txt", transform=train)
+    for i in range(3):
+        s = ds[i]
+        assert {k: tuple(v.shape) for k, v in s.items()} == {"rgb": (3, 24, 24), "depth": (3, 24, 24), "mask": (24, 24)}
+        dead_depth = not bool(s["depth"].any())  # depth is not normalised: a dead sensor stays all zeros
+        dead_rgb = bool(
+            torch.allclose(s["rgb"], s["rgb"][:, :1, :1].expand_as(s["rgb"]))
+        )  # one colour: black, normalised
+        assert dead_depth != dead_rgb  # exactly one modality died

@@ -386,15 +386,13 @@ class RandomCorruption:
         out = dict(sample)
         if float(torch.rand((), generator=self.generator)) >= self.p:
             return out
-        keys = self.modalities if self.modalities is not None else [k for k in sample if k != "mask"]
-        pairs = [
-            (key, name, kind)
-            for key in keys
-            if key in sample and key != "mask"
-            for kind in (_kind(key, sample[key], self.kinds),)
-            for name in self.corruptions
-            if kind in CORRUPTIONS[name].kinds
-        ]
+        keys = self.modalities if self.modalities is not None else list(sample)
+        pairs = []  # (modality, corruption, kind) that apply
+        for key in keys:
+            if key == "mask" or key not in sample:
+                continue
+            kind = _kind(key, sample[key], self.kinds)
+            pairs += [(key, name, kind) for name in self.corruptions if kind in CORRUPTIONS[name].kinds]
         if not pairs:
             return out
         key, name, kind = pairs[self._draw(len(pairs))]
