@@ -101,8 +101,8 @@ def test_taskonomy_missing_domain_file(taskonomy_root):
 def test_folder_bad_arguments(folder_root):
     with pytest.raises(ValueError, match="num_classes is required"):
         FolderDataset(folder_root, ["rgb"], "split.txt")
-    with pytest.raises(ValueError, match="kind 'lidar'"):
-        FolderDataset(folder_root, ["rgb"], "split.txt", mask=None, kinds={"rgb": "lidar"})
+    with pytest.raises(ValueError, match="kind 'radar'"):
+        FolderDataset(folder_root, ["rgb"], "split.txt", mask=None, kinds={"rgb": "radar"})
     (folder_root / "bad.txt").write_text("rgb/a\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1: malformed line 'rgb/a': expected one file stem"):
         FolderDataset(folder_root, ["rgb"], "bad.txt", mask=None)

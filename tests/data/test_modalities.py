@@ -121,8 +121,8 @@ def test_default_normalisation_is_per_kind(scenes):
     assert torch.allclose(got["shading"], (x - 0.5) / 0.25) and torch.allclose(got["rgb"], (x - mean) / std)
     assert isinstance(got["depth"], Depth) and torch.equal(got["depth"].as_subclass(torch.Tensor), x)
     assert isinstance(NormalizeModalities({})({"n": wrap(x, "normal")})["n"], NormalMap)
-    with pytest.raises(ValueError, match="'@lidar' names no modality kind"):
-        NormalizeModalities({"@lidar": (0.0, 1.0)})
+    with pytest.raises(ValueError, match="'@radar' names no modality kind"):
+        NormalizeModalities({"@radar": (0.0, 1.0)})
 
 
 def test_check_reads_every_modality_folder_by_kind(scenes, tmp_path, capsys):

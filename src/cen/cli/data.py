@@ -47,6 +47,12 @@ def _synth(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from cen.data.check import check_dataset
 
+    image_size = None
+    if args.image_size:
+        h, x, w = args.image_size.lower().partition("x")
+        if not (x and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise DataArgumentError(f"--image-size {args.image_size!r}: expected HxW in pixels, e.g. 480x640")
+        image_size = (int(h), int(w))
     problems = check_dataset(
         args.root,
         args.layout,
@@ -56,6 +62,7 @@ def _check(args: argparse.Namespace) -> int:
         modalities=args.modalities.split(",") if args.modalities else None,
         mask=None if args.mask == "none" else args.mask,
         progress=not args.quiet,
+        image_size=image_size,
     )
     for line in problems:
         print(line)
@@ -129,27 +136,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--layout",
         required=True,
-        choices=("nyudv2", "taskonomy", "folder"),
-        help="on-disk layout (nyudv2 also covers SUN RGB-D)",
+        choices=("nyudv2", "taskonomy", "folder", "rgbx", "mfnet", "deliver"),
+        help="on-disk layout: nyudv2 (the reference's, also SUN RGB-D), taskonomy, folder, or the RGB-X "
+        "methods' rgbx (NYUDv2 / SUN RGB-D packs), mfnet, deliver (docs/data.md)",
     )
     check.add_argument(
         "--list",
         action="append",
         metavar="FILE",
-        help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT",
+        help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT; "
+        "deliver: split names (default every split folder found)",
     )
     check.add_argument(
         "--num-classes",
         type=int,
         default=None,
-        help="label values must be below this or 255 (default: ROOT/classes.json, else 40)",
+        help="label values must be below this or 255 (default: ROOT/classes.json, else the layout's: 40; "
+        "rgbx 37 with a labels/ folder; mfnet 9; deliver 25)",
+    )
+    check.add_argument(
+        "--image-size",
+        default=None,
+        metavar="HxW",
+        help="rgbx, mfnet, deliver: the size every file must have, e.g. 480x640 (default: not checked)",
     )
     check.add_argument("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)")
     check.add_argument(
         "--modalities",
         default=None,
         help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
-        "list columns' rgb and depth (default: every modality folder found, e.g. hha)",
+        "list columns' rgb and depth (default: every modality folder found, e.g. hha); rgbx, mfnet, "
+        "deliver: the modalities to read (default: every one the layout has on disk)",
     )
     check.add_argument("--mask", default="masks", help="folder: label folder, or 'none' (default masks)")
     check.add_argument("--json", action="store_true", help="also print a JSON summary line")

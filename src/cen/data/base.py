@@ -22,14 +22,17 @@ def load_entry(
     read: Callable[[Any], Any] = read_image,
     size_of: Callable[[Any], tuple[int, int]] = image_size,
     decode: Callable[[Any, Any, Any], torch.Tensor] = lambda decoder, pixels, path: decoder(pixels, path),
+    expected_size: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read and decode every file of ``entry`` (plain tensors, masks uint8).
 
     ``read(path)`` gives a file's pixels (default: numpy arrays), ``size_of(pixels)`` their
-    (H, W) and ``decode(decoder, pixels, path)`` the role's tensor.
+    (H, W) and ``decode(decoder, pixels, path)`` the role's tensor. ``expected_size``: the
+    (H, W) every file must have (``data.image_size``), or None.
 
     Raises FileNotFoundError / ValueError naming the file and the list line, including
-    when two files of the sample differ in size (names both and their sizes)."""
+    when two files of the sample differ in size (names both and their sizes) or a file is not
+    ``expected_size`` (names it, its size and the expected one)."""
     sample: dict[str, torch.Tensor] = {}
     first: tuple[str, tuple[int, int]] | None = None
     for role, decoder in decoders.items():
@@ -37,6 +40,11 @@ def load_entry(
         try:
             arr = read(path)
             size = size_of(arr)
+            if expected_size is not None and tuple(size) != tuple(expected_size):
+                raise ValueError(
+                    f"{path} is {size[0]}x{size[1]} (HxW); expected {expected_size[0]}x{expected_size[1]} "
+                    "(data.image_size); images are not resized on loading"
+                )
             if first is None:
                 first = (str(path), size)
             elif size != first[1]:

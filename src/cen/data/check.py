@@ -25,7 +25,9 @@ from cen.data.kinds import KIND_BITS, infer_kind
 from cen.data.lists import Entry, folder_entries, nyudv2_entries, taskonomy_entries
 from cen.data.taskonomy import TASKONOMY_DOMAINS, check_domain, domain_decoder
 
-LAYOUTS: tuple[str, ...] = ("nyudv2", "taskonomy", "folder")
+LAYOUTS: tuple[str, ...] = ("nyudv2", "taskonomy", "folder", "rgbx", "mfnet", "deliver")
+#: Layouts read by their data set class sample by sample (:func:`check_layout_samples`).
+SAMPLE_LAYOUTS: tuple[str, ...] = ("rgbx", "mfnet", "deliver")
 DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
 
 
@@ -114,12 +116,14 @@ def check_dataset(
     modalities: Sequence[str] | None = None,
     mask: str | None = "masks",
     progress: bool = True,
+    image_size: tuple[int, int] | None = None,
 ) -> list[str]:
     """All problems of a data set on disk, one message per problem (empty: valid).
 
     Args:
         root: data set root.
-        layout: ``"nyudv2"`` (also SUN RGB-D), ``"taskonomy"`` or ``"folder"``.
+        layout: ``"nyudv2"`` (also SUN RGB-D), ``"taskonomy"``, ``"folder"``, or a layout of the
+            RGB-X methods, ``"rgbx"``, ``"mfnet"``, ``"deliver"`` (:func:`check_layout_samples`).
         list_files: list / split files; default ``train.txt``, ``val.txt``, ``test.txt``
             found in ``root`` (required for ``folder``).
         num_classes: label range; default from ``root/classes.json`` if present, else 40
@@ -130,12 +134,15 @@ def check_dataset(
             default every modality folder holding the first sample's file.
         mask: folder layout: label folder (None: no labels).
         progress: show a progress bar.
+        image_size: rgbx, mfnet, deliver: the (H, W) every file must have, or None.
     """
     root = Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if not root.is_dir():
         return [f"{root}: data set root is not a directory"]
+    if layout in SAMPLE_LAYOUTS:
+        return check_layout_samples(root, layout, list_files, num_classes, modalities, image_size, progress)
     problems: list[str] = []
     groups = []
     if layout == "folder" and not list_files:
@@ -204,3 +211,83 @@ def check_dataset(
             continue
         groups.append((entries, *decoders_of(entries)))
     return _run(groups, problems, progress)
+
+
+def _layout_modalities(root: Path, layout: str) -> list[str]:
+    """The modalities a data set of ``layout`` has on disk (its folders)."""
+    if layout == "mfnet":
+        return ["rgb", "thermal"]
+    if layout == "rgbx":
+        from cen.data.rgbx import RGBX_FOLDERS
+
+        return ["rgb", *(m for m in ("depth", "hha") if (root / RGBX_FOLDERS[m]).is_dir())]
+    from cen.data.deliver import DELIVER_FILES
+
+    return ["rgb", *(m for m in ("depth", "hha", "event", "lidar") if (root / DELIVER_FILES[m][0]).is_dir())]
+
+
+def _layout_dataset(root: Path, layout: str, list_file, num_classes: int | None, modalities, image_size):
+    """The data set class of ``layout`` on one list file (DELIVER: split), not checking files."""
+    mods = tuple(modalities) if modalities else tuple(_layout_modalities(root, layout))
+    if layout == "rgbx":
+        from cen.data.constants import SUNRGBD_NUM_CLASSES
+        from cen.data.rgbx import RGBXPack, label_folder
+
+        default = SUNRGBD_NUM_CLASSES if label_folder(root) == "labels" else NYUDV2_NUM_CLASSES
+        k = _num_classes(root, num_classes, default)
+        return RGBXPack(root, list_file, mods, num_classes=k, image_size=image_size, missing_ok=True)
+    if layout == "mfnet":
+        from cen.data.mfnet import MFNET_NUM_CLASSES, MFNet
+
+        k = MFNET_NUM_CLASSES if num_classes is None else num_classes
+        return MFNet(root, list_file, mods, num_classes=k, image_size=image_size, missing_ok=True)
+    from cen.data.deliver import DELIVER, DELIVER_NUM_CLASSES
+
+    k = DELIVER_NUM_CLASSES if num_classes is None else num_classes
+    return DELIVER(root, str(list_file), mods, num_classes=k, image_size=image_size, missing_ok=True)
+
+
+def check_layout_samples(
+    root: str | os.PathLike,
+    layout: str,
+    list_files: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    modalities: Sequence[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Problems of a data set in an RGB-X layout (``rgbx``, ``mfnet``, ``deliver``): every sample
+    is read as training reads it, by the layout's data set class, and its first problem is
+    reported (a missing or malformed file, a label above the class count, a size that differs),
+    naming the file and the list line (DELIVER: the split and the RGB frame).
+
+    ``list_files``: list files (DELIVER: split names); default ``train.txt``, ``val.txt``,
+    ``test.txt`` found in ``root`` (DELIVER: the splits whose ``img/<condition>/<split>`` exists).
+    ``num_classes``: default ``classes.json``, else the layout's (rgbx: 37 with a ``labels/``
+    folder, SUN RGB-D's packs, else 40). ``modalities``: default every modality folder found."""
+    root = Path(root)
+    if layout == "deliver":
+        from cen.data.deliver import DELIVER_SPLITS
+
+        lists = list(list_files) if list_files else [s for s in DELIVER_SPLITS if any(root.glob(f"img/*/{s}"))]
+        if not lists:
+            return [f"{root}: no DELIVER split folder img/<condition>/<train|val|test>/ found"]
+        problems: list[str] = []
+    else:
+        lists, problems = _list_files(root, list_files)
+    datasets = []
+    for lf in lists:
+        try:
+            datasets.append(_layout_dataset(root, layout, lf, num_classes, modalities, image_size))
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+    total = sum(len(ds) for ds in datasets)
+    with tqdm(total=total, desc="check", unit="sample", disable=not progress) as bar:
+        for ds in datasets:
+            for i in range(len(ds)):
+                try:
+                    ds[i]
+                except (FileNotFoundError, ValueError) as err:
+                    problems.append(str(err))
+                bar.update()
+    return problems

@@ -1,7 +1,7 @@
 """Turning decoded images into the tensors of a sample.
 
-A decoder has a ``kind`` attribute (``"image"``, ``"depth"``, ``"normal"``, ``"hha"`` or
-``"mask"``; see :mod:`cen.data.kinds`) that tells the joint transforms how to treat the
+A decoder has a ``kind`` attribute (one of :data:`cen.data.kinds.KINDS` or ``"mask"``;
+see :mod:`cen.data.kinds`) that tells the joint transforms how to treat the
 tensor, and is a callable ``(array, path) -> Tensor`` on the arrays of
 :func:`cen.data.images.read_image`. :func:`decoder_for_kind` gives the decoder of an input
 modality's kind. Float outputs are (C, H, W) float32; masks are (H, W) uint8 (the datasets
@@ -118,6 +118,138 @@ class DepthDecoder(_TwoStep):
 
 
 @dataclass(frozen=True)
+class PackDepthDecoder(_TwoStep):
+    """Single-channel depth of the RGB-X packs and DELIVER, 8- or 16-bit, -> (C, H, W) float32,
+    replicated to ``channels``; 0 stays 0 (a hole) at both bit depths.
+
+    * 16-bit: raw x ``scale`` (1/1000: millimetres -> metres);
+    * 8-bit: raw / 255 in [0, 1]: the packs' 8-bit depth is depth rescaled to 0-255 with a
+      scale they do not state, so it is a relative depth, not metres.
+
+    (:class:`DepthDecoder` is the reference layout's, which takes 16-bit only.)"""
+
+    scale: float = 1e-3
+    channels: int = 3
+    kind: str = "depth"
+    layout: str = "RGB-X pack"
+
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.shape[0] != 1:
+            raise ValueError(
+                f"{path}: depth image is {_describe(img)}; expected a single-channel 8- or 16-bit PNG "
+                f"({self.layout}: 0 = hole)"
+            )
+        return img
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        scale = self.scale if raw.dtype == torch.uint16 else 1.0 / 255.0
+        return _float(raw, self.channels, out).mul_(scale)
+
+
+@dataclass(frozen=True)
+class UnitDecoder(_TwoStep):
+    """A sensor image of ``kind`` (``thermal``, ``event``, ``lidar``) -> [0, 1]: 8-bit / 255,
+    16-bit / 65535; (C, H, W) float32, one channel replicated to ``channels``.
+
+    ``accepts``: the channel counts a file may have (thermal: grey only; event and LiDAR
+    frames: grey or RGB). ``bits``: 8 or 16 if only that bit depth is accepted, else None."""
+
+    kind: str = "thermal"
+    accepts: tuple[int, ...] = (1,)
+    bits: int | None = None
+    channels: int = 3
+
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        got_bits = 16 if img.dtype == torch.uint16 else 8
+        if img.shape[0] not in self.accepts or (self.bits is not None and got_bits != self.bits):
+            bits = f"{self.bits}-bit" if self.bits else "8- or 16-bit"
+            chans = " or ".join({1: "single-channel", 3: "RGB", 4: "4-channel"}[c] for c in self.accepts)
+            raise ValueError(f"{path}: {self.kind} image is {_describe(img)}; expected an {bits} {chans} PNG")
+        return img
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        scale = 1.0 / 65535.0 if raw.dtype == torch.uint16 else 1.0 / 255.0
+        c = self.channels if raw.shape[0] == 1 else raw.shape[0]
+        return _float(raw, c, out).mul_(scale)
+
+
+@dataclass(frozen=True)
+class ChannelsOf(_TwoStep):
+    """Some channels of a file that packs several modalities (MFNet: R, G, B, thermal in one
+    PNG), decoded by ``decoder``: ``raw`` checks that the file has ``total`` channels and hands
+    channels ``start:stop`` to ``decoder.raw``; ``finish`` is the decoder's. ``what`` names the
+    file's channels for the error."""
+
+    decoder: object
+    start: int
+    stop: int
+    total: int
+    what: str
+
+    @property
+    def kind(self) -> str:
+        return self.decoder.kind
+
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.shape[0] != self.total:
+            raise ValueError(f"{path}: image is {_describe(img)}; expected a {self.total}-channel PNG ({self.what})")
+        return self.decoder.raw(img[self.start : self.stop], path)
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder.finish(raw, out)
+
+
+@dataclass(frozen=True)
+class LabelMapDecoder(_TwoStep):
+    """Label image -> (H, W) uint8 class ids through a table of the stored values.
+
+    ``table`` maps each stored value to a class id (0..``num_classes``-1) or ``ignore_index``;
+    values it does not name are errors that name the file, the values and ``expected``. E.g.
+    the RGB-X packs store 1..C with 0 = unlabelled: ``{0: 255, 1: 0, ..., C: C - 1}``.
+    ``first_channel``: an RGB label file gives its first channel (DELIVER's semantic PNGs, as
+    CMNeXt reads them); otherwise the file must have one channel."""
+
+    num_classes: int
+    table: tuple[tuple[int, int], ...]
+    expected: str
+    first_channel: bool = False
+    ignore_index: int = IGNORE_INDEX
+    kind: str = "mask"
+
+    def _lut(self) -> torch.Tensor:
+        lut = torch.full((65536,), -1, dtype=torch.int32)
+        for stored, cls in self.table:
+            lut[stored] = cls
+        return lut
+
+    def raw(self, img: torch.Tensor, path: Path) -> torch.Tensor:
+        if img.shape[0] != 1 and not (self.first_channel and img.shape[0] == 3):
+            want = "a single-channel (or RGB, first channel read) PNG" if self.first_channel else "a single-channel PNG"
+            raise ValueError(f"{path}: label image has shape {_hwc_shape(img)}; expected {want} of class ids")
+        lut = getattr(self, "_cached_lut", None)
+        if lut is None:
+            lut = self._lut()
+            object.__setattr__(self, "_cached_lut", lut)
+        mapped = lut[img[0].to(torch.int64)]
+        if bool((mapped < 0).any()):
+            bad = torch.unique(img[0][mapped < 0].to(torch.int64)).tolist()
+            shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            raise ValueError(f"{path}: label value(s) {shown} out of range; expected {self.expected}")
+        return mapped.to(torch.uint8)
+
+    def finish(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return raw if out is None else out.copy_(raw)
+
+
+def shifted_labels(num_classes: int, *, also_ignored: tuple[int, ...] = (), ignore_index: int = IGNORE_INDEX):
+    """Table of labels stored as 1..``num_classes`` with 0 = unlabelled (the RGB-X packs,
+    DELIVER): stored k -> class k - 1, 0 (and ``also_ignored``) -> ``ignore_index``."""
+    table = [(0, ignore_index), *((k, k - 1) for k in range(1, num_classes + 1))]
+    table += [(v, ignore_index) for v in also_ignored]
+    return tuple(table)
+
+
+@dataclass(frozen=True)
 class TaskonomyDepthDecoder:
     """Taskonomy depth (uint16 in 1/512 m, 65535 = invalid) -> metres / ``max_m``
     clipped to [0, 1]; invalid pixels are 0 (like NYUDv2 holes). (C, H, W) float32."""
@@ -223,7 +355,8 @@ class TaskonomyReferenceDecoder:
 def decoder_for_kind(kind: str, *, depth_scale: float = REFERENCE_DEPTH_SCALE, channels: int = 3):
     """The decoder of an input modality of ``kind`` (:data:`cen.data.kinds.KINDS`):
     images and HHA -> :class:`ImageDecoder`, depth -> :class:`DepthDecoder` (x ``depth_scale``),
-    normals -> :class:`NormalDecoder`. Grey images and depth are replicated to ``channels``."""
+    normals -> :class:`NormalDecoder`, thermal (grey), event and LiDAR (grey or RGB) ->
+    :class:`UnitDecoder`. Grey images, depth and the grey sensors are replicated to ``channels``."""
     if kind == "image":
         return ImageDecoder(channels=channels)
     if kind == "hha":
@@ -232,7 +365,11 @@ def decoder_for_kind(kind: str, *, depth_scale: float = REFERENCE_DEPTH_SCALE, c
         return DepthDecoder(scale=depth_scale, channels=channels)
     if kind == "normal":
         return NormalDecoder()
-    raise ValueError(f"unknown modality kind {kind!r}; expected image, depth, normal or hha")
+    if kind == "thermal":
+        return UnitDecoder("thermal", (1,), channels=channels)
+    if kind in ("event", "lidar"):
+        return UnitDecoder(kind, (1, 3), 8 if kind == "event" else None, channels=channels)
+    raise ValueError(f"unknown modality kind {kind!r}; expected image, depth, normal, hha, thermal, event or lidar")
 
 
 def reference_quantise(raw: np.ndarray, domain: str, maximum: float) -> np.ndarray:

@@ -37,7 +37,7 @@ from cen.data.tensor_images import read_image_tensor
 #: Part of every key: bump it when the stored format changes, so old entries are ignored.
 FORMAT = "cen-decoded-v1"
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-_CHANNELS = (1, 3)
+_CHANNELS = (1, 3)  # read_image_tensor's; a reader of its own (read=) may give 4 (MFNet's RGB-T PNGs)
 
 
 class CacheDirError(NotADirectoryError):
@@ -59,13 +59,20 @@ class DecodedCache:
     Args:
         directory: the cache folder; relative paths are relative to the working directory.
             It may be shared by several data sets, workers and runs.
+        read: the reader whose pixels are kept (None:
+            :func:`~cen.data.tensor_images.read_image_tensor`).
+        tag: part of every key, naming ``read`` when it is not the default: readers that give a
+            file different pixels (e.g. :func:`~cen.data.tensor_images.read_all_channels`, which
+            keeps alpha) must not share entries.
 
     Raises:
         CacheDirError: ``directory`` cannot be created or written (names it and ``data.cache_dir``).
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, read=None, tag: str = "") -> None:
         self.directory = Path(directory).absolute()
+        self._reader = read  # None: this module's read_image_tensor, looked up at each call
+        self.tag = tag
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.directory):
@@ -76,7 +83,7 @@ class DecodedCache:
     def entry(self, path: str | os.PathLike, st: os.stat_result | None = None) -> Path:
         """The cache file of ``path`` in its present state (``st``: its ``os.stat``, if known)."""
         st = os.stat(path) if st is None else st
-        key = f"{FORMAT}\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+        key = f"{FORMAT}{self.tag}\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
         return self.directory / digest[:2] / f"{digest[2:]}.npy"
 
@@ -89,14 +96,14 @@ class DecodedCache:
         try:
             st = os.stat(path)
         except OSError:
-            return read_image_tensor(path)  # its error names the file
+            return self._read(path)  # its error names the file
         if not stat.S_ISREG(st.st_mode):
-            return read_image_tensor(path)
+            return self._read(path)
         file = self.entry(path, st)
-        cached = _load(file)
+        cached = _load(file, _CHANNELS if self._reader is None else (*_CHANNELS, 4))
         if cached is not None:
             return cached
-        img = read_image_tensor(path)
+        img = self._read(path)
         self._store(file, img)
         return img
 
@@ -108,18 +115,22 @@ class DecodedCache:
         except OSError as err:
             raise _unusable(self.directory, err) from err
 
+    def _read(self, path: str | os.PathLike) -> torch.Tensor:
+        return (self._reader or read_image_tensor)(path)
+
     def __repr__(self) -> str:
         return f"DecodedCache({str(self.directory)!r})"
 
 
-def _load(file: Path) -> torch.Tensor | None:
-    """The (C, H, W) view of a stored (H, W, C) array; None if missing or damaged."""
+def _load(file: Path, channels: tuple[int, ...] = _CHANNELS) -> torch.Tensor | None:
+    """The (C, H, W) view of a stored (H, W, C) array; None if missing or damaged (or its channel
+    count is not one of ``channels``)."""
     try:
         arr = np.load(file, allow_pickle=False)  # not memory-mapped: torch needs a writable array
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError):  # truncated, not a .npy: decoded again and rewritten
         return None
-    if not isinstance(arr, np.ndarray) or arr.ndim != 3 or arr.dtype not in _DTYPES or arr.shape[2] not in _CHANNELS:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 3 or arr.dtype not in _DTYPES or arr.shape[2] not in channels:
         return None
     return torch.from_numpy(arr).permute(2, 0, 1)

@@ -26,8 +26,9 @@ class FolderDataset(RawDecodingDataset):
         mask: folder of the 8-bit label images (sample key ``"mask"``), or None.
         num_classes: required when ``mask`` is set: labels must be < this or ``ignore_index``.
         ext: file extension, one for all folders or a mapping folder -> extension.
-        kinds: optional mapping modality -> ``"image" | "depth" | "normal" | "hha"``; by default
-            inferred from the name (:func:`infer_kind`).
+        kinds: optional mapping modality -> a kind of :data:`~cen.data.kinds.KINDS` (``"image"``,
+            ``"depth"``, ``"normal"``, ``"hha"``, ``"thermal"``, ``"event"``, ``"lidar"``); by
+            default inferred from the name (:func:`infer_kind`).
         depth_scale: multiplies 16-bit depth (reference 1/5000: metres from NYUDv2's units of 1/5000 m;
             use 1e-3 for millimetres).
         channels: grey images and depth are replicated to this many channels.

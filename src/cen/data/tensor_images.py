@@ -90,3 +90,35 @@ def read_image_tensor(path: str | os.PathLike) -> torch.Tensor:
         reason = " ".join(str(err).split())  # torchvision's message may span lines
         raise ValueError(f"{path}: cannot decode image ({reason}); expected a readable PNG/JPEG") from err
     return img[: _COLOUR_TYPES_8BIT.get(colour, 1)]
+
+
+def read_all_channels(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file into a (C, H, W) tensor keeping every channel, the fourth too.
+
+    :func:`read_image_tensor` drops alpha, as PIL's RGB conversion does; a file that packs four
+    modalities' channels into RGBA (MFNet: R, G, B, thermal) needs them all. 8-bit grey, RGB and
+    4-channel PNGs keep their channels; other files give what :func:`read_image_tensor` gives,
+    and its errors (naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if decode_png is not None:
+        try:
+            data = read_file(str(path))
+        except RuntimeError:
+            return read_image_tensor(path)
+        layout = _png_layout(data.numpy())
+        if layout is not None and layout[2] == 8 and layout[3] == 6:  # 8-bit RGBA: libpng keeps all four
+            try:
+                return decode_png(data, ImageReadMode.UNCHANGED)
+            except RuntimeError as err:
+                reason = " ".join(str(err).split())
+                raise ValueError(f"{path}: cannot decode image ({reason}); expected a readable PNG") from err
+        return read_image_tensor(path)
+    try:  # pragma: no cover -- a torchvision without decode_png
+        with Image.open(path) as img:
+            if img.mode == "RGBA":
+                return chw(np.array(img))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: cannot decode image ({err}); expected a readable PNG") from err
+    return read_image_tensor(path)  # pragma: no cover

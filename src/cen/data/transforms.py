@@ -32,6 +32,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cen.data.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from cen.data.kinds import NEAREST_KINDS as KIND_NEAREST
+from cen.data.kinds import PHOTOMETRIC_KINDS
 
 Stats = tuple[Sequence[float], Sequence[float]]
 
@@ -158,6 +160,48 @@ class ToSignedUnit:
         return out
 
 
+class ColorJitterImages:
+    """Colour jitter (brightness, contrast, saturation, hue as ``v2.ColorJitter``) of every
+    modality whose kind is photometric (:data:`cen.data.kinds.PHOTOMETRIC_KINDS`: ``image``),
+    one draw per call shared by them; depth, HHA, normals, thermal, event and LiDAR values and the
+    mask are never touched. Put it before normalisation: it acts on values in [0, 1].
+
+    ``p``: probability of jittering a sample at all. Random numbers come from torch's global
+    generator, as every torchvision v2 transform."""
+
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0, p: float = 1.0
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        self.jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+        self.p = float(p)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        from cen.data.kinds import infer_kind
+        from cen.data.tvtensors import kind_of
+
+        def kind(key: str, x: Any) -> str | None:
+            if key == "mask" or not isinstance(x, torch.Tensor):
+                return None
+            return kind_of(x) if isinstance(x, tv_tensors.TVTensor) else infer_kind(key)
+
+        keys = [k for k, x in sample.items() if kind(k, x) in PHOTOMETRIC_KINDS]
+        if not keys or float(torch.rand(())) >= self.p:
+            return dict(sample)
+        params = self.jitter.make_params([])
+        out = dict(sample)
+        for key in keys:
+            x = sample[key]
+            plain = x.as_subclass(torch.Tensor) if isinstance(x, tv_tensors.TVTensor) else x
+            y = self.jitter.transform(tv_tensors.Image(plain), params).as_subclass(torch.Tensor)
+            out[key] = tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.jitter!r}, p={self.p})"
+
+
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -165,9 +209,10 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-#: Kinds resized with nearest neighbours (depth by :class:`~cen.data.tvtensors.Depth`'s kernel,
-#: masks by torchvision's); every other kind is resized bilinearly with antialiasing.
-NEAREST_KINDS = frozenset({"depth", "mask"})
+#: Kinds resized with nearest neighbours (depth, event and LiDAR by the kernel of
+#: :mod:`cen.data.tvtensors`, masks by torchvision's); every other kind is resized bilinearly
+#: with antialiasing.
+NEAREST_KINDS = KIND_NEAREST | {"mask"}
 
 
 def _size_probe(height: int, width: int) -> tv_tensors.BoundingBoxes:
@@ -400,6 +445,7 @@ def translation_reference_eval(size: int = 256) -> v2.Compose:
 
 
 __all__ = [
+    "ColorJitterImages",
     "NormalizeModalities",
     "PILBilinearResize",
     "RandomScale",

@@ -8,6 +8,10 @@
 * :class:`HHAMap` — an HHA encoding: transformed like an image (its disparity, height
   and angle channels do not change under a horizontal flip); the class only keeps its
   kind, so the default normalisation and the prediction images can tell it apart.
+* :class:`ThermalMap` — a thermal image: resized bilinearly like an image; its own class so
+  that normalisation, colour jitter and corruptions can tell it from RGB.
+* :class:`EventFrame` and :class:`LidarMap` — sparse sensors (event frames, projected LiDAR
+  returns, 0 = nothing measured): resized with nearest neighbours, as depth.
 
 Everything else about them is :class:`torchvision.tv_tensors.Image` behaviour. RGB and
 other images are plain ``tv_tensors.Image``; labels are ``tv_tensors.Mask``.
@@ -36,10 +40,20 @@ class HHAMap(tv_tensors.Image):
     """HHA encoding (3, H, W) in [0, 1]: disparity, height above the floor, angle with gravity."""
 
 
-@F.register_kernel(functional=F.resize, tv_tensor_cls=Depth)
-def _resize_depth(
-    inpt: Depth, size: Any, interpolation: Any = None, max_size: Any = None, antialias: Any = True
-) -> Depth:
+class ThermalMap(tv_tensors.Image):
+    """Thermal image (3, H, W) in [0, 1] (one channel replicated)."""
+
+
+class EventFrame(tv_tensors.Image):
+    """Event frame (3, H, W) in [0, 1]; resized with nearest-neighbour interpolation."""
+
+
+class LidarMap(tv_tensors.Image):
+    """LiDAR points projected to the image (3, H, W) in [0, 1], 0 = no return; resized with
+    nearest-neighbour interpolation."""
+
+
+def _resize_nearest(inpt: Any, size: Any, interpolation: Any = None, max_size: Any = None, antialias: Any = True):
     out = F.resize_image(
         inpt.as_subclass(torch.Tensor),
         size,
@@ -50,6 +64,10 @@ def _resize_depth(
     return tv_tensors.wrap(out, like=inpt)
 
 
+for _cls in (Depth, EventFrame, LidarMap):  # cen.data.kinds.NEAREST_KINDS
+    F.register_kernel(functional=F.resize, tv_tensor_cls=_cls)(_resize_nearest)
+
+
 @F.register_kernel(functional=F.horizontal_flip, tv_tensor_cls=NormalMap)
 def _hflip_normals(inpt: NormalMap) -> NormalMap:
     out = F.horizontal_flip_image(inpt.as_subclass(torch.Tensor)).clone()
@@ -57,26 +75,30 @@ def _hflip_normals(inpt: NormalMap) -> NormalMap:
     return tv_tensors.wrap(out, like=inpt)
 
 
-_WRAPPERS = {"image": tv_tensors.Image, "depth": Depth, "normal": NormalMap, "hha": HHAMap, "mask": tv_tensors.Mask}
+_WRAPPERS = {
+    "image": tv_tensors.Image,
+    "depth": Depth,
+    "normal": NormalMap,
+    "hha": HHAMap,
+    "thermal": ThermalMap,
+    "event": EventFrame,
+    "lidar": LidarMap,
+    "mask": tv_tensors.Mask,
+}
 
 
 def kind_of(value: Any) -> str | None:
     """The kind of a sample value from its tv_tensor class (``"image"``, ``"depth"``,
-    ``"normal"``, ``"hha"``, ``"mask"``), or None for a plain tensor."""
-    for kind, cls in (
-        ("depth", Depth),
-        ("normal", NormalMap),
-        ("hha", HHAMap),
-        ("mask", tv_tensors.Mask),
-        ("image", tv_tensors.Image),
-    ):
-        if isinstance(value, cls):
+    ``"normal"``, ``"hha"``, ``"thermal"``, ``"event"``, ``"lidar"``, ``"mask"``), or None for a
+    plain tensor."""
+    for kind, cls in _WRAPPERS.items():
+        if kind != "image" and isinstance(value, cls):
             return kind
-    return None
+    return "image" if isinstance(value, tv_tensors.Image) else None
 
 
 def wrap(tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    """Wrap a plain tensor as the tv_tensor of its kind (image, depth, normal, mask)."""
+    """Wrap a plain tensor as the tv_tensor of its kind (:data:`cen.data.kinds.KINDS` or ``"mask"``)."""
     try:
         return _WRAPPERS[kind](tensor)
     except KeyError:

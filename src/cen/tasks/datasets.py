@@ -13,7 +13,13 @@ nyudv2     NYUDv2 as distributed with the ref.    segmentation
 sunrgbd    SUN RGB-D, same layout                 segmentation
 taskonomy  ``<root>/<domain>/point_..._<domain>`` translation
 folder     ``<root>/<modality>/<stem>.<ext>``     segmentation
+rgbx       NYUDv2 / SUN RGB-D as the RGB-X packs  segmentation
+mfnet      MFNet (RGB-thermal, 4-channel PNGs)    segmentation
+deliver    DELIVER (RGB, depth, event, LiDAR)     segmentation
 ========== ====================================== ===========================
+
+DELIVER has no list files: its ``data.train_list`` / ``val_list`` / ``test_list`` name the split
+folders (``train``, ``val``, ``test``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class DatasetEntry:
     readers: Mapping[str, Reader]
     prepare: Callable | None = None  # (cfg) -> None: e.g. generate the scenes once
     subdir: Mapping[str, str] = field(default_factory=dict)  # task -> folder under data.root
+    split_folders: bool = False  # True: the data.*_list keys name split folders, not list files (DELIVER)
 
     def reader(self, name: str, task: str) -> Reader:
         if task not in self.readers:
@@ -96,6 +103,62 @@ def _taskonomy(root, list_file, cfg, transform):
     )
 
 
+def _image_size(cfg):
+    size = cfg.data.image_size
+    return None if size is None else tuple(size)
+
+
+def _depth_scale(cfg, default: float) -> float:
+    return default if cfg.data.depth_scale is None else float(cfg.data.depth_scale)
+
+
+def _rgbx(root, list_file, cfg, transform):
+    from cen.data.rgbx import RGBX_DEPTH_SCALE, RGBXPack
+
+    return RGBXPack(
+        root,
+        list_file,
+        modalities=tuple(cfg.modalities),
+        transform=transform,
+        num_classes=int(cfg.data.num_classes),
+        depth_scale=_depth_scale(cfg, RGBX_DEPTH_SCALE),
+        cache_dir=cfg.data.cache_dir,
+        image_size=_image_size(cfg),
+    )
+
+
+def _mfnet(root, list_file, cfg, transform):
+    from cen.data.mfnet import MFNet
+
+    return MFNet(
+        root,
+        list_file,
+        modalities=tuple(cfg.modalities),
+        transform=transform,
+        num_classes=int(cfg.data.num_classes),
+        cache_dir=cfg.data.cache_dir,
+        image_size=_image_size(cfg),
+    )
+
+
+def _deliver(root, split, cfg, transform):
+    from cen.data.deliver import DELIVER, DELIVER_DEPTH_SCALE
+
+    d = cfg.data
+    return DELIVER(
+        root,
+        str(split),
+        modalities=tuple(cfg.modalities),
+        transform=transform,
+        conditions=None if d.deliver_conditions is None else tuple(d.deliver_conditions),
+        cases=None if d.deliver_cases is None else tuple(d.deliver_cases),
+        num_classes=int(d.num_classes),
+        depth_scale=_depth_scale(cfg, DELIVER_DEPTH_SCALE),
+        cache_dir=d.cache_dir,
+        image_size=_image_size(cfg),
+    )
+
+
 def _generate_scenes(cfg) -> None:
     from cen.data import synth
 
@@ -109,6 +172,9 @@ DATASETS.register("nyudv2")(DatasetEntry({"segmentation": _nyudv2}))
 DATASETS.register("sunrgbd")(DatasetEntry({"segmentation": _sunrgbd}))
 DATASETS.register("folder")(DatasetEntry({"segmentation": _folder}))
 DATASETS.register("taskonomy")(DatasetEntry({"translation": _taskonomy}))
+DATASETS.register("rgbx")(DatasetEntry({"segmentation": _rgbx}))
+DATASETS.register("mfnet")(DatasetEntry({"segmentation": _mfnet}))
+DATASETS.register("deliver")(DatasetEntry({"segmentation": _deliver}, split_folders=True))
 DATASETS.register("scenes")(
     DatasetEntry(
         {"segmentation": _nyudv2, "translation": _taskonomy},
@@ -144,12 +210,17 @@ def build_splits(
 
     def read(list_name: str, key: str, transform):
         list_file = root / list_name
-        if not list_file.is_file():
+        if entry.split_folders:
+            list_file = list_name  # a split folder's name, which the reader checks
+        elif not list_file.is_file():
             raise FileNotFoundError(f"data.{key}: {list_file} does not exist")
         try:
-            return read_one(root, list_file, cfg, transform)
+            dataset = read_one(root, list_file, cfg, transform)
         except ValueError as err:  # malformed list files, unknown modalities ...: the data, not a bug
             raise DataError(f"data.{key} ({list_file}): {err}") from None
+        if hasattr(dataset, "data_error"):  # a bad file found while reading a sample: one line too
+            dataset.data_error = DataError
+        return dataset
 
     out = {}
     held_out = d.val_list is None

@@ -12,6 +12,11 @@ from cen.errors import ConfigError
 class SegmentationData:
     num_classes: int = 40
     cache_dir: str | None = None  # folder keeping decoded pixels (each PNG decoded once); null: none
+    # RGB-X layouts (rgbx, mfnet, deliver; docs/data.md)
+    image_size: list[int] | None = None  # [H, W] every file must have (MFNet [480, 640]); null: not checked
+    depth_scale: float | None = None  # rgbx, deliver: 16-bit depth x this = metres; null: 1/1000 (mm)
+    deliver_conditions: list[str] | None = None  # deliver: cloud fog night rain sun to read; null: all
+    deliver_cases: list[str] | None = None  # deliver: normal and sensor failures (motionblur ...) to read; null: all
 
 
 @dataclass

@@ -123,14 +123,18 @@ def input_panel(
     """One input ``(C, H, W)`` as it is fed to the model -> ``(H, W, 3)`` uint8, by its kind:
     ``image`` / ``hha`` un-normalised with ``mean``/``std`` (grey images are 3 equal channels),
     ``depth`` through ``depth_cmap`` stretched over the valid range (holes black),
-    ``normal`` as ``(n + 1) / 2``."""
-    if kind in ("image", "hha"):
+    ``normal`` as ``(n + 1) / 2``; the other kinds as :func:`cen.data.kinds.panel_of` says
+    (thermal and event as their [0, 1] values, LiDAR like depth)."""
+    from cen.data.kinds import panel_of
+
+    panel = panel_of(kind)
+    if panel == "picture":
         return _rgb_panel(x, mean, std)
-    if kind == "depth":
+    if panel == "unit":
+        return _rgb_panel(x, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    if panel == "range":
         return _depth_panel(x, depth_cmap)
-    if kind == "normal":
-        return _normal_panel(x)
-    raise ValueError(f"no panel for modality kind {kind!r}; expected image, depth, normal or hha")
+    return _normal_panel(x)
 
 
 def prediction_grid(
