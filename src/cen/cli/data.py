@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from cen.tasks.errors import UserError
+from cen.errors import UserError
 
 
 class DataArgumentError(UserError, ValueError):

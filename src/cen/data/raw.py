@@ -85,7 +85,7 @@ class RawDecodingDataset(MultiModalDataset):
     #: Names ``file_reader`` in the cache's keys when it is not the default.
     cache_tag = ""
     #: The class of the error a bad file raises when a sample is read (a ValueError subclass):
-    #: the command line sets :class:`cen.tasks.errors.DataError` so it prints one line.
+    #: the command line sets :class:`cen.errors.DataError` so it prints one line.
     data_error: type[ValueError] = ValueError
 
     def __init__(

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from cen.tasks.errors import DataError
+from cen.errors import DataError
 from cen.tasks.registry import DATASETS
 
 #: ``(root, list_file, cfg, transform) -> Dataset``
