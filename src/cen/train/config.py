@@ -78,6 +78,8 @@ class ModelConfig:
     fusion_options: dict[str, Any] = field(default_factory=dict)  # its keyword options, e.g. {fraction: 0.3}
     shared_convs: bool = True  # false: private convolutions per modality (one grouped convolution)
     decoder_widths: list[int] | None = None  # RefineNet stage widths, deepest first; null = the reference's
+    decoder: str = "refinenet"  # refinenet (the reference's, any backbone) | mlp (SegFormer's all-MLP decoder)
+    decoder_dim: int | None = None  # mlp decoder: its common width; null = 256 (SegFormer B0/B1; B2-B5 use 768)
     bn_stats: str = "train"  # train | frozen (reference: norms in eval mode, gamma/beta still train)
     ngf: int = 64  # translation: generator width (pix2pix U-Net)
     num_downs: int = 8  # translation: U-Net levels (input sides must be divisible by 2**num_downs)
