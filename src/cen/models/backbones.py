@@ -264,7 +264,7 @@ def is_backbone(name: object) -> bool:
 def unknown_backbone_error(name: object) -> ValueError:
     """The one-line error for a name no source knows, saying what is known and how to list timm's names."""
     if _timm_or_none() is None:
-        timm_part = f"timm models need timm, which is not installed ({TIMM_INSTALL})"
+        timm_part = f"or a timm model name, but timm is not installed ({TIMM_INSTALL})"
     else:
         timm_part = "or a timm model name with features_only support (list them: timm.list_models('convnext*'))"
     return ValueError(f"unknown backbone {name!r}; expected one of {list(ENCODERS.names())}, {timm_part}")

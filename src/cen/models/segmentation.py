@@ -235,17 +235,19 @@ class SegmentationCEN(HeadedMultiModal):
         check_head(head, len(names), bool(ensemble))
         options = dict(backbone_options or {})
 
-        encoder = convert(build_encoder(backbone, pretrained, **options), len(names), spec)
+        encoder = build_encoder(backbone, pretrained, **options)
         in_channels = tuple(encoder.out_channels)
+        if decoder_widths is not None and (
+            len(decoder_widths) != len(in_channels)
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
+        ):
+            raise ValueError(
+                f"decoder_widths must be {len(in_channels)} positive ints (one per stage of {backbone}, "
+                f"deepest first), got {decoder_widths!r}"
+            )
+        encoder = convert(encoder, len(names), spec)
+        # The decoder is built after the conversion (as it always was: the same random draws for a seed).
         if decoder == "refinenet":
-            if decoder_widths is not None and (
-                len(decoder_widths) != len(in_channels)
-                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in decoder_widths)
-            ):
-                raise ValueError(
-                    f"decoder_widths must be {len(in_channels)} positive ints (one per stage of {backbone}, "
-                    f"deepest first), got {decoder_widths!r}"
-                )
             dec: nn.Module = RefineNetDecoder(in_channels, num_classes, widths=decoder_widths, dropout=float(dropout))
         else:
             dim = DEFAULT_EMBED_DIM if decoder_dim is None else decoder_dim
