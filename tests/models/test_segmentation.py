@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from cen.core.norms import ModalityBatchNorm2d
 from cen.models import RefineNetCEN, SegmentationCEN, build_encoder
 from cen.tasks.registry import MODELS
 from cen.train.checkpoint import weights_checkpoint
-from cen.train.config import from_container
+from cen.train.config import from_container, load_config
 
 NAMES = ("rgb", "depth")
 
@@ -280,3 +281,31 @@ def test_a_checkpoint_of_an_mlp_model_loads(tmp_path):
     x = _inputs(b=1, size=32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["ensemble"], model.eval()(x)["ensemble"])
+
+
+RECIPES = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "backbone", "decoder", "kind"),
+    [
+        ("scenes_convnext.yaml", "convnext_atto", "refinenet", RefineNetCEN),
+        ("scenes_mit.yaml", "mit_b0", "mlp", SegmentationCEN),
+        ("nyudv2_convnext_t.yaml", "convnext_tiny", "refinenet", RefineNetCEN),
+        ("nyudv2_mit_b2.yaml", "mit_b2", "mlp", SegmentationCEN),
+    ],
+)
+def test_the_recipes_build_their_models(recipe, backbone, decoder, kind):
+    # exchange=false and no weights file: LayerNorm encoders until cen.convert converts LayerNorms
+    cfg = load_config(RECIPES / recipe, ["model.exchange=false", "model.pretrained=null"])
+    assert (cfg.model.backbone, cfg.model.decoder, cfg.model.exchange) == (backbone, decoder, False)
+    assert load_config(RECIPES / recipe).model.exchange is True
+    with torch.device("meta"):
+        model = MODELS.get("refinenet")(cfg)
+    assert type(model) is kind and model.names == ("rgb", "depth") and model.backbone == backbone
+
+
+def test_the_old_import_path_of_the_model_still_works():
+    from cen.models import refinenet
+
+    assert refinenet.RefineNetCEN is RefineNetCEN and refinenet.count_parameters is cen.models.count_parameters
