@@ -309,3 +309,14 @@ def test_the_old_import_path_of_the_model_still_works():
     from cen.models import refinenet
 
     assert refinenet.RefineNetCEN is RefineNetCEN and refinenet.count_parameters is cen.models.count_parameters
+
+
+def test_models_deep_copy_and_pickle():
+    import pickle
+
+    with torch.device("meta"):
+        model = SegmentationCEN("resnet18", 3, NAMES, spec=cen.FusionSpec(strategy="sum", options={}))
+    twin = copy.deepcopy(model)
+    assert twin.spec == model.spec and twin.spec.strategy == "sum" and twin.model is not model.model
+    again = pickle.loads(pickle.dumps(model))
+    assert again.config == model.config

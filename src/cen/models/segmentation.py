@@ -265,7 +265,15 @@ class SegmentationCEN(HeadedMultiModal):
         self.backbone = backbone
         self.num_classes = num_classes
         self.threshold = spec.threshold
-        self.spec = spec
+        # The spec's fields as plain values: a FusionSpec holds a read-only mapping, which copy.deepcopy
+        # and pickle refuse, and models are deep-copied (EMA, benchmarks) and pickled.
+        self._fusion_fields = {
+            "strategy": spec.strategy,
+            "options": dict(spec.options),
+            "threshold": spec.threshold,
+            "points": spec.points,
+            "shared_convs": spec.shared_convs,
+        }
         self.decoder_name = decoder
         self.config = {
             "backbone": backbone,
@@ -284,6 +292,11 @@ class SegmentationCEN(HeadedMultiModal):
             "decoder_dim": dec.out_channels if decoder == "mlp" else None,
             "backbone_options": options,
         }
+
+    @property
+    def spec(self) -> FusionSpec:
+        """The :class:`cen.FusionSpec` the encoder was converted with."""
+        return FusionSpec(**self._fusion_fields)
 
     @property
     def encoder(self) -> nn.Module:
