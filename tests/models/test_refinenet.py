@@ -293,5 +293,10 @@ def test_modalities_as_a_string_is_refused():
 
 
 def test_decoder_alone_checks_its_input():
-    with pytest.raises(ValueError, match="4 encoder stages"):
-        RefineNetDecoder((64, 128, 256), 3)
+    with pytest.raises(ValueError, match=r"in_channels must give the channels of >= 1 encoder stages"):
+        RefineNetDecoder((), 3)
+    with pytest.raises(ValueError, match=r"widths must be 3 positive ints \(one per encoder stage, deepest first\)"):
+        RefineNetDecoder((64, 128, 256), 3, widths=(32, 16, 16, 16))
+    dec = RefineNetDecoder((64, 128, 256), 3, widths=(16, 8, 8))
+    with pytest.raises(ValueError, match="expects 3 encoder features, got 4"):
+        dec([torch.zeros(1, c, 8, 8) for c in (64, 128, 256, 512)])

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from cen.core.ensemble import Ensemble
 from cen.core.norms import _ModalityNorm
 from cen.models.backbones import BACKBONES, BASIC_BLOCK_BACKBONES
-from cen.models.refinenet import RefineNetCEN
+from cen.models.segmentation import RefineNetCEN
 
 DATA_PARALLEL_PREFIX = "module."
 WRAPPER_KEYS = ("segmenter", "state_dict", "model")

@@ -25,6 +25,8 @@ class SegmentationModel:
     pretrained: str | None = None  # None, "imagenet" (torchvision weights) or a local file
     decoder_widths: list[int] | None = None  # RefineNet stage widths, deepest first; null = the reference's
     bn_stats: str = "train"  # train | frozen (reference: norms in eval mode, gamma/beta still train)
+    decoder: str = "refinenet"  # refinenet (the reference's, any backbone) | mlp (SegFormer's all-MLP decoder)
+    decoder_dim: int | None = None  # mlp decoder: its common width; null = 256 (SegFormer B0/B1; B2-B5 use 768)
 
 
 @dataclass
@@ -44,6 +46,7 @@ PARTS = {"data": SegmentationData, "model": SegmentationModel, "loss": Segmentat
 
 CHOICES = {
     "model.bn_stats": ("train", "frozen"),
+    "model.decoder": ("refinenet", "mlp"),
     "loss.resize": ("logits", "masks"),
     "eval.upsample": ("bilinear", "bicubic"),
 }

@@ -1,4 +1,5 @@
-"""Segmentation models by name (``model.name``): ``refinenet`` (the paper's) and ``tiny`` (smoke tests)."""
+"""Segmentation models by name (``model.name``): ``refinenet`` (the paper's, on any backbone, with
+the RefineNet or the MLP decoder, ``model.decoder``) and ``tiny`` (smoke tests)."""
 
 from __future__ import annotations
 
@@ -93,19 +94,30 @@ def tiny(cfg) -> nn.Module:
 
 @MODELS.register("refinenet")
 def refinenet(cfg) -> nn.Module:
-    from cen.models import RefineNetCEN
+    """CEN segmentation on ``model.backbone`` with ``model.decoder``.
+
+    ``model.backbone``: ``resnet18`` ... ``resnet152`` (torchvision), ``mit_b0`` ... ``mit_b5``
+    (SegFormer's MiT), a timm model name (``convnext_tiny``, ...) or ``timm:NAME``.
+    ``model.decoder``: ``refinenet`` (:class:`cen.models.RefineNetCEN`, the paper's; widths
+    ``model.decoder_widths``) or ``mlp`` (:class:`cen.models.SegmentationCEN` with SegFormer's
+    all-MLP decoder of width ``model.decoder_dim``). The fusion settings are the config's
+    ``fusion`` group (:class:`cen.FusionSpec`).
+    """
+    from cen.models import RefineNetCEN, SegmentationCEN
 
     m = cfg.model
-    return build_checked(
-        cfg,
-        lambda: RefineNetCEN(
-            backbone=m.backbone,
-            num_classes=int(cfg.data.num_classes),
-            modalities=list(cfg.modalities),
-            pretrained=m.pretrained,
-            spec=fusion_spec(cfg, THRESHOLD),
-            ensemble=m.ensemble,
-            head=str(m.head),
-            **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
-        ),
+    decoder = str(m.decoder)
+    kwargs = dict(
+        backbone=str(m.backbone),
+        num_classes=int(cfg.data.num_classes),
+        modalities=list(cfg.modalities),
+        pretrained=m.pretrained,
+        spec=fusion_spec(cfg, THRESHOLD),
+        ensemble=m.ensemble,
+        head=str(m.head),
+        **({"decoder_widths": list(m.decoder_widths)} if m.decoder_widths else {}),
     )
+    if decoder == "refinenet" and m.decoder_dim is None:
+        return build_checked(cfg, lambda: RefineNetCEN(**kwargs))
+    dim = None if m.decoder_dim is None else int(m.decoder_dim)
+    return build_checked(cfg, lambda: SegmentationCEN(decoder=decoder, decoder_dim=dim, **kwargs))
