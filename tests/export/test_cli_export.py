@@ -85,7 +85,7 @@ def test_cen_export_config_with_other_modalities_is_an_error(checkpoint, tmp_pat
 
 
 def test_cen_export_unknown_subset_is_a_user_error(checkpoint, tmp_path):
-    from cen.tasks.errors import UserError
+    from cen.errors import UserError
 
     path, config, _ = checkpoint
     args = _parse(["export", str(config), "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx"),

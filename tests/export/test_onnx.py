@@ -166,8 +166,9 @@ def test_cen_predict_runs_an_onnx_file(refinenet, refinenet_file, tmp_path):
     from PIL import Image
 
     from cen.cli.main import main
-    from cen.cli.predict import read_inputs
+    from cen.tasks import build_task
     from cen.tasks.segmentation.evaluate import predict_scores
+    from cen.train.config import load_config
 
     rng = np.random.default_rng(0)
     rgb, depth = tmp_path / "rgb.png", tmp_path / "depth.png"
@@ -192,7 +193,7 @@ def test_cen_predict_runs_an_onnx_file(refinenet, refinenet_file, tmp_path):
         )
         == 0
     )
-    inputs = read_inputs({"rgb": str(rgb), "depth": str(depth)})
+    inputs = build_task(load_config(None, [])).read_inputs({"rgb": str(rgb), "depth": str(depth)})
     with torch.no_grad():
         expected = predict_scores(refinenet, inputs)["ensemble"][0].argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(labels)), expected)

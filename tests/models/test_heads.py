@@ -142,7 +142,8 @@ def test_refinenet_concat_state_dict_and_config_round_trip():
     model = _refinenet(fusion="fixed", fusion_options={"fraction": 0.25})
     cfg = model.config
     assert cfg["head"] == "concat" and cfg["ensemble"] is True
-    assert (cfg["fusion"], cfg["fusion_options"], cfg["shared_convs"]) == ("fixed", {"fraction": 0.25}, True)
+    spec = cfg["spec"]
+    assert (spec["strategy"], spec["options"], spec["shared_convs"]) == ("fixed", {"fraction": 0.25}, True)
     keys = [k for k in model.state_dict() if k.startswith("concat_head.")]
     assert "concat_head.fuse.weight" in keys and "concat_head.out.1.bias" in keys and "ensemble.alpha" not in keys
     with torch.no_grad():  # move the block's statistics and weights away from their initial values
@@ -213,7 +214,7 @@ def test_unet_fused_loss_trains_block_and_generator():
 def test_unet_concat_state_dict_config_round_trip_and_missing_input():
     model = _unet(fusion="gated_sum")
     cfg = model.config
-    assert (cfg["head"], cfg["ensemble"], cfg["fusion"]) == ("concat", True, "gated_sum")
+    assert (cfg["head"], cfg["ensemble"], cfg["spec"]["strategy"]) == ("concat", True, "gated_sum")
     again = UNetCEN(**cfg)
     again.load_state_dict(model.state_dict(), strict=True)
     x = _images(TRANSLATION, size=32)

@@ -222,10 +222,15 @@ def test_convert_checkpoint_command_writes_a_loadable_checkpoint(reference_model
         "model": {
             "name": "refinenet",
             "backbone": "resnet50",
-            "threshold": THRESHOLD,
-            "exchange": True,
             "ensemble": True,
             "decoder_widths": list(WIDTHS),
+        },
+        "fusion": {
+            "strategy": "exchange",
+            "options": {},
+            "threshold": THRESHOLD,
+            "points": "auto",
+            "shared_convs": True,
         },
     }
     model = cen.load_model(dst).eval()
@@ -239,7 +244,7 @@ def test_convert_checkpoint_command_writes_a_loadable_checkpoint(reference_model
     # A threshold other than the default comes back, in the model's norms too.
     other = tmp_path / "theta.pt"
     assert cli_main(["convert-checkpoint", str(src), str(other), "--threshold", "0.05"]) == 0
-    assert torch.load(other, weights_only=True)["config"]["model"]["threshold"] == 0.05
+    assert torch.load(other, weights_only=True)["config"]["fusion"]["threshold"] == 0.05
     reloaded = cen.load_model(other)
     assert reloaded.threshold == 0.05
     assert {m.threshold for m in reloaded.modules() if getattr(m, "exchange", False)} == {0.05}

@@ -96,9 +96,9 @@ def test_reference_key_list_converts_strictly_and_completely():
             "ngf": 64,
             "num_downs": 8,
             "ndf": 64,
-            "threshold": TRANSLATION_THRESHOLD,
             "ensemble": True,
         },
+        "fusion": {"threshold": TRANSLATION_THRESHOLD},
     }
 
 
@@ -255,9 +255,9 @@ def test_convert_checkpoint_command_writes_the_generator(reference_model, inputs
             "ngf": NGF,
             "num_downs": 8,
             "ndf": 64,
-            "threshold": TRANSLATION_THRESHOLD,
             "ensemble": True,
         },
+        "fusion": {"threshold": TRANSLATION_THRESHOLD},
     }
     section = {k: v for k, v in obj["config"]["model"].items() if k not in ("name", "ndf")}
     model = UNetCEN(obj["config"]["modalities"], **section)
@@ -302,7 +302,7 @@ def test_convert_checkpoint_command_options_and_errors(reference_model, tmp_path
     assert cli_main(["convert-checkpoint", str(src), str(dst), *args]) == 0
     config = _read_written(dst)["config"]
     assert config["modalities"] == ["normal", "reshading"] and config["data"]["target"] == "depth_zbuffer"
-    assert config["model"]["threshold"] == 0.03
+    assert config["fusion"]["threshold"] == 0.03
 
 
 @pytest.mark.parametrize("kwargs", [{"head": "concat"}, {"fusion": "sum"}])

@@ -198,7 +198,8 @@ def test_unshared_encoder_convolutions_with_a_fusion_and_the_concat_head():
 
 
 def test_default_threshold_is_the_shared_constant():
-    assert inspect.signature(RefineNetCEN).parameters["threshold"].default == THRESHOLD
+    assert inspect.signature(RefineNetCEN).parameters["threshold"].default is None  # None: the spec's default
+    assert cen.FusionSpec().threshold == THRESHOLD
     model = _meta("resnet18", 5)
     assert model.config["spec"]["threshold"] == THRESHOLD
     assert {m.threshold for m in model.encoder.modules() if isinstance(m, ModalityBatchNorm2d)} == {THRESHOLD}
@@ -207,7 +208,9 @@ def test_default_threshold_is_the_shared_constant():
 def test_config_rebuilds_the_model():
     model = RefineNetCEN("resnet18", 5, ("rgb", "depth"), decoder_widths=SMALL, fusion="discard", threshold=0.1)
     cfg = model.config
-    assert (cfg["head"], cfg["fusion"], cfg["fusion_options"], cfg["shared_convs"]) == ("ensemble", "discard", {}, True)
+    spec = cfg["spec"]
+    assert (cfg["head"], spec["strategy"], spec["options"], spec["shared_convs"]) == ("ensemble", "discard", {}, True)
+    assert spec["threshold"] == 0.1
     again = RefineNetCEN(**cfg)
     again.load_state_dict(model.state_dict(), strict=True)
     assert again.config == cfg

@@ -97,7 +97,7 @@ def test_timm_batchnorm_backbones_with_two_modalities(backbone):
     names = _norm_names(backbone)
     model = SegmentationCEN(backbone, 4, NAMES, exchange=names, decoder="mlp", decoder_dim=16)
     assert _fusion_points(model) == sorted(names)
-    assert model.config["exchange"] == "custom"
+    assert model.config["spec"]["points"] == "custom"
     assert [n for n, m in model.encoder.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)] == []
     private = [m for m in model.encoder.modules() if isinstance(m, ModalityBatchNorm2d)]
     assert len(private) > len(names) and all(m.num_modalities == 2 for m in private)
@@ -106,23 +106,9 @@ def test_timm_batchnorm_backbones_with_two_modalities(backbone):
     _check_groups(model)
 
 
-# timm's BatchNormAct2d (a BatchNorm2d with its activation inside) is swapped for a plain modality
-# norm by this cen.convert, which drops the activation: the converted network computes something else.
-_DROPS_ACTIVATION = pytest.mark.xfail(
-    strict=True,
-    reason="cen.convert replaces timm's BatchNormAct2d without its activation (the timm-aware convert fixes it)",
-)
-
-
-@pytest.mark.parametrize(
-    "backbone",
-    [
-        "timm:resnet18",
-        pytest.param("efficientnet_b0", marks=_DROPS_ACTIVATION),
-        pytest.param("mobilenetv3_small_050", marks=_DROPS_ACTIVATION),
-        pytest.param("regnety_002", marks=_DROPS_ACTIVATION),
-    ],
-)
+# timm's BatchNormAct2d (a BatchNorm2d with its activation inside) becomes a modality norm that keeps the
+# activation (cen.core.twins), so the converted network computes what the plain one does.
+@pytest.mark.parametrize("backbone", ["timm:resnet18", "efficientnet_b0", "mobilenetv3_small_050", "regnety_002"])
 def test_converting_a_timm_encoder_keeps_its_function(backbone):
     """Private norms start as copies: each modality's branch computes the unconverted encoder (eval, no fusion)."""
     torch.manual_seed(0)
@@ -202,7 +188,7 @@ def test_a_fusion_spec_or_the_keywords():
     assert a.spec == spec and b.spec == spec
     assert _fusion_points(a) == _fusion_points(b) and len(_fusion_points(a)) == 8
     assert {m.fusion.name for m in a.encoder.modules() if getattr(m, "fusion", None) is not None} == {"sum"}
-    assert (a.config["fusion"], a.config["threshold"], a.config["exchange"]) == ("sum", 0.1, True)
+    assert a.config["spec"] == spec.to_dict() and SegmentationCEN(**{**a.config, "pretrained": None}).spec == spec
     none = cen.FusionSpec(points=False)
     with torch.device("meta"):
         assert _fusion_points(SegmentationCEN("resnet18", 3, NAMES, spec=none)) == []
@@ -245,12 +231,13 @@ def test_bad_arguments(kwargs, match):
 # -- the task's builder and checkpoints -------------------------------------------------------
 
 
-def _config(**model):
+def _config(exchange=None, **model):
     return {
         "task": "segmentation",
         "modalities": ["rgb", "depth"],
         "data": {"num_classes": 3},
         "model": {"name": "refinenet", **model},
+        **({} if exchange is None else {"fusion": {"points": exchange}}),
     }
 
 
@@ -262,9 +249,11 @@ def test_the_builder_takes_any_backbone_and_the_decoder_key():
     model = MODELS.get("refinenet")(cfg)
     assert type(model) is RefineNetCEN and model.encoder.out_channels == (40, 80, 160, 320)
     assert type(MODELS.get("refinenet")(from_container(_config(decoder_widths=[32, 16, 16, 16])))) is RefineNetCEN
-    with pytest.raises(cen.tasks.errors.ConfigError, match="decoder_dim is the MLP decoder's width"):
+    with pytest.raises(cen.errors.ConfigError, match="decoder_dim is the MLP decoder's width"):
         MODELS.get("refinenet")(from_container(_config(decoder_dim=16)))
-    with pytest.raises(cen.tasks.errors.ConfigError, match="unknown decoder 'fpn'"):
+    with pytest.raises(
+        cen.errors.ConfigError, match=r"model.decoder='fpn' is not valid; expected one of \['refinenet', 'mlp'\]"
+    ):
         MODELS.get("refinenet")(from_container(_config(decoder="fpn")))
 
 
@@ -296,13 +285,12 @@ RECIPES = Path(__file__).resolve().parents[2] / "configs"
     ],
 )
 def test_the_recipes_build_their_models(recipe, backbone, decoder, kind):
-    # exchange=false and no weights file: LayerNorm encoders until cen.convert converts LayerNorms
-    cfg = load_config(RECIPES / recipe, ["model.exchange=false", "model.pretrained=null"])
-    assert (cfg.model.backbone, cfg.model.decoder, cfg.model.exchange) == (backbone, decoder, False)
-    assert load_config(RECIPES / recipe).model.exchange is True
+    cfg = load_config(RECIPES / recipe, ["model.pretrained=null"])  # no weights file here
+    assert (cfg.model.backbone, cfg.model.decoder, cfg.fusion.points) == (backbone, decoder, "auto")
     with torch.device("meta"):
         model = MODELS.get("refinenet")(cfg)
     assert type(model) is kind and model.names == ("rgb", "depth") and model.backbone == backbone
+    assert _fusion_points(model)  # the LayerNorm blocks exchange
 
 
 def test_the_old_import_path_of_the_model_still_works():

@@ -15,9 +15,9 @@ import cen
 from cen.data.constants import REFERENCE_DEPTH_SCALE
 from cen.data.hha import Intrinsics
 from cen.data.synth import ensure_generated
+from cen.errors import ConfigError, DataError
 from cen.models.hetero import CONCAT_KEY, ConcatFusion, HeteroCEN, ImageEncoder, PointNetEncoder
 from cen.tasks import build_task
-from cen.tasks.errors import ConfigError, DataError
 from cen.tasks.presence.data import (
     PRESENCE_CLASSES,
     ScenePresence,

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 import cen
 from cen.core.norms import _ModalityNorm
 from cen.core.unshared import ModalityConv2d
+from cen.errors import ConfigError
 from cen.tasks import MODELS, build_task
-from cen.tasks.errors import ConfigError
 from cen.tasks.segmentation.task import freeze_norm_stats
 from cen.train.checkpoint import CheckpointError
 from cen.train.config import load_config

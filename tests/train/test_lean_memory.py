@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from cen.tasks.errors import ConfigError
+from cen.errors import ConfigError
 from cen.train.config import load_config
 from cen.train.precision import Precision, check_memory_options
 from cen.train.trainer import Trainer

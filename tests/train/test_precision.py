@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cen.tasks.errors import ConfigError, UserError
+from cen.errors import ConfigError, UserError
 from cen.train.config import load_config
 from cen.train.precision import Precision, check_precision, compile_error
 from cen.train.trainer import Trainer

@@ -8,9 +8,9 @@ from torch.utils.data import Dataset
 
 import cen
 from cen.atomic import atomic_torch_save
+from cen.errors import ConfigError, DataError
 from cen.models import PatchDiscriminator, UNetCEN
 from cen.tasks import build_task
-from cen.tasks.errors import ConfigError, DataError
 from cen.train.checkpoint import weights_checkpoint
 from cen.train.config import load_config
 from cen.train.evaluation import evaluate

@@ -121,7 +121,7 @@ def _convert_refinenet(args, sd) -> str:
     cfg = model.config
     return (
         f"wrote {args.output}: RefineNetCEN({cfg['backbone']!r}, num_classes={cfg['num_classes']}, "
-        f"modalities={cfg['modalities']}, threshold={cfg['threshold']}, decoder_widths={cfg['decoder_widths']})"
+        f"modalities={cfg['modalities']}, threshold={cfg['spec']['threshold']}, decoder_widths={cfg['decoder_widths']})"
     )
 
 
@@ -162,7 +162,7 @@ def _convert_unet(args, sd) -> str:
     note = dropped_note(converted.dropped, sd)
     return (
         f"{note}\nwrote {args.output}: UNetCEN(modalities={converted.config['modalities']}, ngf={model['ngf']}, "
-        f"num_downs={model['num_downs']}, threshold={model['threshold']}), target {args.target!r}"
+        f"num_downs={model['num_downs']}, threshold={converted.config['fusion']['threshold']}), target {args.target!r}"
     )
 
 
