@@ -186,10 +186,10 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
         ],
     }
     if best is None and not over:
-        model = run.config.get("model") or {}
+        model, fusion = run.config.get("model") or {}, run.config.get("fusion") or {}
         why = (
             "the run was trained without fusion points (fusion.points: false)"
-            if model.get("exchange") is False
+            if fusion.get("points") is False or model.get("exchange") is False
             else "no exchanging layers found in the checkpoints or the records"
         )
         parts.append(_missing(f"No exchange to show: {why}."))

@@ -157,10 +157,12 @@ def collect_rows(parent: str | Path) -> list[Row]:
 
 
 def declared_scores(rows: Sequence[Row]) -> dict[str, Score]:
-    """``{key: Score}`` that the rows' tasks declare, in task order (a task not registered here declares none)."""
+    """``{key: Score}`` that the rows' tasks declare, tasks in registry order (a task not registered here
+    declares none)."""
     out: dict[str, Score] = {}
-    for task in dict.fromkeys(r.task for r in rows):
-        if task in TASKS:
+    present = {r.task for r in rows}
+    for task in TASKS.names():
+        if task in present:
             for score in TASKS.get(task).scores:
                 out.setdefault(score.key, score)
     return out

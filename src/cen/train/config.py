@@ -81,9 +81,10 @@ def _did_you_mean(path: str, valid: list[str], where: str) -> str:
     import difflib
 
     prefix = f"{where}." if where else ""
-    candidates = {f"{prefix}{k}": f"{prefix}{k}" for k in valid}
-    candidates.update({old: new for old, new in RENAMED.items() if old.startswith(prefix)})
-    close = difflib.get_close_matches(path, list(candidates), n=1, cutoff=0.75)
+    leaf = path[len(prefix) :]
+    candidates = {k: f"{prefix}{k}" for k in valid}  # compared by the last part only
+    candidates.update({old[len(prefix) :]: new for old, new in RENAMED.items() if old.startswith(prefix)})
+    close = difflib.get_close_matches(leaf, list(candidates), n=1, cutoff=0.75)
     return f" (did you mean {candidates[close[0]]!r}?)" if close else ""
 
 

@@ -83,6 +83,7 @@ class TranslationTask(Task):
         Score("rmse", "RMSE", higher_is_better=False),
         Score("fid", "FID", higher_is_better=False),
         Score("kid", "KID x100", higher_is_better=False),
+        Score("kid_std", "KID std x100", higher_is_better=False),
     )
     default_threshold = TRANSLATION_THRESHOLD
     predict_options = ()
