@@ -202,3 +202,6 @@ def test_convert_sync_batchnorm_marks_modality_batch_norms_and_keeps_cpu_results
     x = torch.randn(4, 4, 3, 3)
     # no process group here: the synchronised norm computes exactly the local one
     torch.testing.assert_close(model[1](x), reference(x))
+    # plain batch norms (e.g. a decoder's, a head's) become torch's SyncBatchNorm in the same call
+    mixed = cen.convert_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    assert isinstance(mixed[1], nn.SyncBatchNorm)

@@ -117,6 +117,13 @@ def read_row(name: str, path: Path | None, entry: dict | None = None) -> Row:
     records = read_records(path / "metrics.jsonl", notes) if path is not None else []
     results = _read_results(path, notes) if path is not None else None
     task = str(config.get("task") or "segmentation")
+    if task not in TASKS and config.get("plugins"):  # a user's task: its module registers it
+        from cen.train.config import import_plugins
+
+        try:
+            import_plugins(config["plugins"])
+        except UserError:
+            notes.append(f"{name}: plugins {config['plugins']} not importable; scores shown by key")
     row = Row(name=name, status=_status(path, results, records, entry), task=task, paper=paper_row(name, task))
     test = (results or {}).get("test")
     if isinstance(test, dict) and test:

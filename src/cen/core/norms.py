@@ -396,20 +396,16 @@ class ModalityInstanceNorm2d(_ModalityNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Make every modality batch norm of ``module`` synchronise its statistics across processes.
+    """Make every batch norm of ``module`` synchronise its statistics across processes: cen's modality
+    batch norms (their statistics per modality and channel over the global batch; parameters, buffers
+    and state-dict keys unchanged) and plain ``nn.BatchNorm*`` (through
+    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, which does not know the modality norms).
 
-    The twin of :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` (which does not
-    know these modules; call both if the model also holds plain batch norms). Per
-    modality and channel, the mean and variance are then taken over the global
-    batch in training. Like torch's, it needs an accelerator: on the CPU the
-    statistics stay per process. Returns ``module``.
+    Like torch's, it needs an accelerator: on the CPU the statistics stay per process. Returns the
+    converted module (a new one when ``module`` is itself a plain batch norm).
     """
     for sub in module.modules():
         if isinstance(sub, _ModalityBatchNorm):
             sub.sync = True
             sub.process_group = process_group
-    return module
-
-
-MODALITY_NORMS = (ModalityBatchNorm1d, ModalityBatchNorm2d, ModalityInstanceNorm2d)
-"""The batch and instance norms; the layer and group norms are in :mod:`cen.core.layer_norms`."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)

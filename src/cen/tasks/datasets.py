@@ -68,7 +68,7 @@ def _nyudv2_layout(class_name: str) -> Reader:
             modalities=tuple(cfg.modalities),
             transform=transform,
             num_classes=int(cfg.data.num_classes),
-            cache_dir=cfg.data.cache_dir,
+            cache_dir=cfg.data.get("cache_dir"),
         )
 
     return read
@@ -86,7 +86,7 @@ def _folder(root, list_file, cfg, transform):
         list_file,
         transform=transform,
         num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.cache_dir,
+        cache_dir=cfg.data.get("cache_dir"),
     )
 
 
@@ -104,12 +104,13 @@ def _taskonomy(root, list_file, cfg, transform):
 
 
 def _image_size(cfg):
-    size = cfg.data.image_size
+    size = cfg.data.get("image_size")
     return None if size is None else tuple(size)
 
 
 def _depth_scale(cfg, default: float) -> float:
-    return default if cfg.data.depth_scale is None else float(cfg.data.depth_scale)
+    scale = cfg.data.get("depth_scale")
+    return default if scale is None else float(scale)
 
 
 def _rgbx(root, list_file, cfg, transform):
@@ -122,7 +123,7 @@ def _rgbx(root, list_file, cfg, transform):
         transform=transform,
         num_classes=int(cfg.data.num_classes),
         depth_scale=_depth_scale(cfg, RGBX_DEPTH_SCALE),
-        cache_dir=cfg.data.cache_dir,
+        cache_dir=cfg.data.get("cache_dir"),
         image_size=_image_size(cfg),
     )
 
@@ -136,7 +137,7 @@ def _mfnet(root, list_file, cfg, transform):
         modalities=tuple(cfg.modalities),
         transform=transform,
         num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.cache_dir,
+        cache_dir=cfg.data.get("cache_dir"),
         image_size=_image_size(cfg),
     )
 
@@ -154,7 +155,7 @@ def _deliver(root, split, cfg, transform):
         cases=None if d.deliver_cases is None else tuple(d.deliver_cases),
         num_classes=int(d.num_classes),
         depth_scale=_depth_scale(cfg, DELIVER_DEPTH_SCALE),
-        cache_dir=d.cache_dir,
+        cache_dir=d.get("cache_dir"),
         image_size=_image_size(cfg),
     )
 

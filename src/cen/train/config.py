@@ -35,7 +35,7 @@ from cen.tasks.schema import RENAMED, Config, StageConfig, schema_for, task_keys
 __all__ = ["Config", "ConfigError", "StageConfig", "from_container", "load_config", "migrate", "validate"]
 
 #: Keys whose values are registry names: checked against the registry (one place to add a name).
-REGISTERED = {"task": TASKS, "data.dataset": DATASETS, "model.name": MODELS, "fusion.strategy": FUSIONS}
+REGISTERED = {"task": TASKS, "data.dataset": DATASETS, "fusion.strategy": FUSIONS}
 
 #: Shared keys with a closed set of values (a task checks its own in ``check_config``).
 CHOICES = {
@@ -303,6 +303,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not valid; expected one of {list(allowed)}")
+    task = TASKS.get(cfg.task)
+    if task.model_names and cfg.model.name not in MODELS:  # a task that builds its own model needs no name
+        raise ConfigError(f"model.name={cfg.model.name!r} is not valid; expected one of {list(MODELS.names())}")
     t = cfg.train
     if not (isinstance(t.channels_last, bool) or t.channels_last == "auto"):
         raise ConfigError(f"train.channels_last={t.channels_last!r} is not valid; expected true, false or auto")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from cen.errors import UserError
 
@@ -111,16 +110,3 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
-
-
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Synchronise every batch norm of ``model``: cen's modality norms and plain ``nn.BatchNorm*``.
-
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does not know the modality
-    norms; :func:`cen.convert_sync_batchnorm` switches their synchronisation on
-    (parameters, buffers and state-dict keys unchanged).
-    """
-    from cen.core.norms import convert_sync_batchnorm as convert_modality_norms
-
-    convert_modality_norms(model)
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cen.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from cen.core.norms import convert_sync_batchnorm
 from cen.errors import UserError
 from cen.tasks import build_task
 from cen.tasks.base import Task
@@ -183,7 +184,7 @@ class Trainer:
         }
         self.task.setup(self.models)
         if self.info.distributed and self.device.type == "cuda":
-            self.models = {k: distributed.convert_sync_batchnorm(m) for k, m in self.models.items()}
+            self.models = {k: convert_sync_batchnorm(m) for k, m in self.models.items()}
         self.optimizers = dict(self.task.configure_optimizers(self.models))
         self.precision.add_optimizers(self.optimizers)
         self.task.precision = self.precision  # Task.optimize steps through it (loss scaling in fp16)
