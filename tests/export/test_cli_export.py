@@ -33,13 +33,11 @@ def _parse(argv):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    try:
-        load_model = cen.load_model
-        from cen.tasks import build_task
-        from cen.train.checkpoint import weights_checkpoint
-        from cen.train.config import from_container
-    except (AttributeError, ImportError) as err:
-        pytest.skip(f"cen.load_model and the checkpoint helpers are not importable yet: {err}")
+    from cen.tasks import build_task
+    from cen.train.checkpoint import weights_checkpoint
+    from cen.train.config import from_container
+
+    load_model = cen.load_model
     model = randomise_norms(build_task(from_container(CONFIG)).build_model())
     path = tmp_path / "weights.pt"
     torch.save(weights_checkpoint(model.state_dict(), CONFIG), path)

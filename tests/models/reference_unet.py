@@ -1,6 +1,6 @@
 """An independent re-implementation of the reference CEN translation generator, in the reference's own style.
 
-Written for the tests from the facts about the reference (DESIGN.md, section 6),
+Written for the tests from the facts about the reference (its published architecture),
 not from our model: a Python list with one tensor per input flows through the
 network; every shared layer is wrapped so that it is called once per input
 (parameters under ``<name>.module.``); every norm is a container of per-input

@@ -121,7 +121,13 @@ def test_shape_and_class_mismatches_raise():
 
 def test_empty_scores_are_nan():
     s = SegmentationMetrics(3).compute()
-    assert s == scores_from_confusion(torch.zeros(3, 3, dtype=torch.long)) or math.isnan(s["miou"])
+    direct = scores_from_confusion(torch.zeros(3, 3, dtype=torch.long))
+    assert s.keys() == direct.keys()
+    for key, value in s.items():  # NaN != NaN: compare the NaN-ness, then the rest
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(direct[key]), key
+        else:
+            assert value == direct[key], key
     assert math.isnan(s["pixel_acc"]) and math.isnan(s["miou"]) and s["per_class_iou"] == [None] * 3
 
 

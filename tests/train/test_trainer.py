@@ -102,6 +102,7 @@ def test_frozen_statistics_keep_running_stats_while_gamma_trains(tmp_path):
     )
     trainer = Trainer(cfg, datasets=fake_datasets())
     norms = [m for m in trainer.model.modules() if isinstance(m, _ModalityNorm)]
+    assert norms
     before = [(n.running_mean.clone(), n.weight.detach().clone()) for n in norms]
     trainer.fit()
     for n, (mean, gamma) in zip(norms, before):

@@ -26,10 +26,7 @@ activation into and out of the norm.
 In eager mode the one-call route stays, in every layout: on a channels-last input
 (``train.channels_last``) the ``(B, M*C, *S)`` reshape copies the activation, but
 the fused ``batch_norm`` kernel is still faster than the split route's separate
-reductions and elementwise ops. Measured on the 2-core CPU (docs/benchmarks.md):
-one norm's forward and backward at ``(4, 256, 48, 48)``, fp32, 48 ms one-call
-(channels-last, copies included) vs 176 ms split; a RefineNet-50 training step in
-bf16 + channels-last at 2 x 2 x 128 x 128, 2.72 CPU-s one-call vs 3.29 split.
+reductions and elementwise ops (the measurements are in docs/benchmarks.md).
 Both routes keep the statistics in fp32 under bf16/fp16 autocast (the native
 kernel accumulates in fp32 with fp32 running buffers; :func:`batch_norm_split`
 computes in fp32 and returns the input's dtype).

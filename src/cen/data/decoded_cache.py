@@ -4,9 +4,9 @@
 :func:`~cen.data.tensor_images.read_image_tensor` returns for ``path`` (same dtype, shape,
 values and strides). The first read decodes the file and stores the pixels uncompressed as a
 ``.npy`` file (uint8 or uint16, (H, W, C): H*W*C bytes, twice that for 16-bit); later reads
-load that file, ~0.1 ms for 480x640 RGB against ~4-5 ms to inflate the PNG (measured with
-one thread; ``np.load`` beat ``torch.load`` by 2x and needs no memory map, which a file
-truncated while mapped would turn into a crash).
+load that file, many times faster than inflating the PNG (docs/data.md has the measurement;
+``np.load`` is used rather than ``torch.load``: it was faster and needs no memory map, which a
+file truncated while mapped would turn into a crash).
 
 * **Key**: the source's resolved absolute path, size and modification time (ns), hashed; so an
   edited or replaced image is decoded again (its old entry stays until the folder is deleted).
