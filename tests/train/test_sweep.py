@@ -345,11 +345,8 @@ def test_end_to_end_sweep_interrupt_resume_and_table(tmp_path, monkeypatch, caps
 
     folder = tmp_path / "abl"
     folder.mkdir()
-    for name in ("cen", "rgb_only"):
-        (folder / f"{name}.yaml").write_text((CONFIGS / "scenes.yaml").read_text(), encoding="utf-8")
-    text = (folder / "rgb_only.yaml").read_text()
-    assert "modalities: [rgb, depth]" in text
-    (folder / "rgb_only.yaml").write_text(text.replace("modalities: [rgb, depth]", "modalities: [rgb]"))
+    (folder / "cen.yaml").write_text(f"base: {CONFIGS / 'scenes.yaml'}\n", encoding="utf-8")
+    (folder / "rgb_only.yaml").write_text(f"base: {CONFIGS / 'scenes.yaml'}\nmodalities: [rgb]\n", encoding="utf-8")
     runs = tmp_path / "runs"
     parser = _parser()
     argv = ["sweep", str(folder), *_tiny(tmp_path), "--out", str(runs)]
