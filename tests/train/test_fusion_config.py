@@ -276,6 +276,36 @@ ROWS = {
 }
 
 
+#: The keys a row of the ablation table may set differently from the `cen` row: the knob it is about.
+KNOBS = {
+    "fusion.strategy", "fusion.options", "fusion.shared_convs", "model.head", "modalities",
+    "loss.sparsity_weight", "loss.sparsity_mode", "run.name",
+}  # fmt: skip
+
+
+def _flat(cfg, prefix=""):
+    """``{dotted key: value}`` of a config (lists kept whole)."""
+    out = {}
+    for key, value in OmegaConf.to_container(cfg, resolve=True).items() if not isinstance(cfg, dict) else cfg.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("options",):
+            out.update(_flat(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+@pytest.mark.parametrize("setting", ["nyudv2", "scenes"])
+def test_rows_differ_from_the_cen_row_only_in_their_declared_knobs(setting):
+    # every row trains alike (budget, data, optimiser, the gamma rate and solver) but for the knob it compares
+    cfgs = {p.stem: _flat(load_config(p)) for p in _recipes(setting)}
+    cen_row = cfgs["cen"]
+    assert "optim.gamma_lr_scale" in cen_row and "loss.sparsity_solver" in cen_row
+    for name, flat in cfgs.items():
+        differ = sorted(k for k in set(flat) | set(cen_row) if flat.get(k) != cen_row.get(k))
+        assert set(differ) <= KNOBS, f"{setting}/{name} differs from cen in {sorted(set(differ) - KNOBS)}"
+
+
 @pytest.mark.parametrize("setting, main", [("nyudv2", "nyudv2_r101.yaml"), ("scenes", "scenes.yaml")])
 def test_recipes_set_their_row_and_share_everything_else(setting, main):
     reference = load_config(ABLATIONS.parent / main)

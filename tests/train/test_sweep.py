@@ -23,7 +23,9 @@ from cen.train.sweep import (
     decide,
     default_parent,
     format_seconds,
+    plan_runs,
     run_sweep,
+    seed_of,
     split_arguments,
 )
 
@@ -252,8 +254,8 @@ def test_two_sweeps_into_one_parent_keep_each_others_entries(tmp_path):
     # two sweeps with disjoint configs, as two processes would run them, writing in turn
     parent = tmp_path / "runs"
     parent.mkdir()
-    first = SweepLog.open(parent, [Path("cfg/a.yaml"), Path("cfg/b.yaml")], [])
-    second = SweepLog.open(parent, [Path("cfg/c.yaml")], [])
+    first = SweepLog.open(parent, plan_runs([Path("cfg/a.yaml"), Path("cfg/b.yaml")]), [])
+    second = SweepLog.open(parent, plan_runs([Path("cfg/c.yaml")]), [])
     first.write()
     second.runs["c"].status, second.runs["c"].pid = "running", os.getpid()  # alive: this test's process
     second.write()
@@ -389,3 +391,25 @@ def test_end_to_end_sweep_interrupt_resume_and_table(tmp_path, monkeypatch, caps
     assert "| done | rgb |" in by_name["rgb_only"]  # no ensemble with one modality: the modality's scores
     params = json.loads((runs / "cen" / "metrics.jsonl").read_text().splitlines()[0])["params"]
     assert f"{params / 1e3:.1f} k" in by_name["cen"]
+
+
+def test_seeds_train_every_config_once_per_seed(tmp_path):
+    configs = collect_configs([_configs(tmp_path / "cfg", "cen.yaml", "sum.yaml")])
+    seen = []
+
+    def train(config, overrides, run_dir, resume):
+        seen.append((Path(config).stem, run_dir.name, [o for o in overrides if o.startswith("train.seed")]))
+        (run_dir / "results.json").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").write_text("{}", encoding="utf-8")
+
+    result = run_sweep(configs, tmp_path / "runs", seeds=[0, 1, 2], train=train, check=None, stream=io.StringIO())
+    assert result.exit_code == 0 and len(result.done) == 6
+    assert seen[:3] == [("cen", f"cen@{s}", [f"train.seed={s}"]) for s in range(3)]
+    assert [r["name"] for r in json.loads((tmp_path / "runs" / "sweep.json").read_text())["runs"]] == [
+        "cen@0", "cen@1", "cen@2", "sum@0", "sum@1", "sum@2",
+    ]  # fmt: skip
+    assert seed_of("cen@2") == ("cen", 2) and seed_of("cen") == ("cen", None) and seed_of("a@b") == ("a@b", None)
+    with pytest.raises(SweepError, match="the sweep sets train.seed itself"):
+        run_sweep(configs, tmp_path / "x", ["train.seed=3"], seeds=[0], train=train, check=None)
+    with pytest.raises(SweepError, match="distinct seeds"):
+        run_sweep(configs, tmp_path / "x", seeds=[1, 1], train=train, check=None)

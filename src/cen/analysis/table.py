@@ -11,6 +11,10 @@ and the paper's number of the recipe of the same name (:mod:`cen.analysis.paper`
 
 Runs that have not finished are listed with their status (unfinished, interrupted, failed,
 pending) and no scores, never left out.
+
+Runs of one config trained with several seeds (``cen sweep --seeds N``: ``<stem>@<seed>``) make
+one row: each score as mean ± sample standard deviation over the seeds that finished, with
+their number ``n``; the CSV keeps one line per seed (its ``group`` and ``seed`` columns say which).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import csv
 import io
 import itertools
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +40,7 @@ from cen.core.defaults import ENSEMBLE_KEY
 from cen.errors import UserError
 from cen.tasks import TASKS
 from cen.tasks.base import Score
-from cen.train.sweep import SWEEP_FILE, format_seconds, read_sweep
+from cen.train.sweep import SWEEP_FILE, format_seconds, read_sweep, seed_of
 
 #: ``--sort`` keys besides the score keys.
 SORT_KEYS = ("name", "status", "params", "time", "paper")
@@ -58,6 +63,51 @@ class Row:
     seconds: float | None = None
     paper: PaperRow | None = None
     order: int = 0  # position in sweep.json (runs not in it follow, by name)
+    spread: dict[str, float] = field(default_factory=dict)  # std over the seeds of a group row
+    n: int = 1  # finished seeds behind a group row
+    members: list[Row] = field(default_factory=list)  # the per-seed rows of a group row
+
+
+def group_seeds(rows: Sequence[Row]) -> list[Row]:
+    """One row per config: the rows of ``<stem>@<seed>`` runs merged (mean ± std of each score over the
+    finished seeds, ``n``), the others as they are; in the order of each group's first run."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        stem, seed = seed_of(row.name)
+        groups.setdefault(stem if seed is not None else row.name, []).append(row)
+    out = []
+    for stem, members in groups.items():
+        if len(members) == 1 and seed_of(members[0].name)[1] is None:
+            out.append(members[0])
+            continue
+        done = [m for m in members if m.scores]
+        keys = sorted({k for m in done for k in m.scores})
+        mean, std = {}, {}
+        for key in keys:
+            values = [m.scores[key] for m in done if key in m.scores]
+            mean[key] = statistics.fmean(values)
+            std[key] = statistics.stdev(values) if len(values) > 1 else 0.0
+        first = members[0]
+        finished = sum(m.status == "done" for m in members)
+        status = "done" if finished == len(members) else f"{finished}/{len(members)} done"
+        seconds = [m.seconds for m in members if m.seconds is not None]
+        out.append(
+            Row(
+                name=stem,
+                status=status,
+                task=first.task,
+                branch=first.branch,
+                scores=mean,
+                params=first.params,
+                seconds=statistics.fmean(seconds) if seconds else None,
+                paper=first.paper,
+                order=first.order,
+                spread=std,
+                n=len(done),
+                members=list(members),
+            )
+        )
+    return out
 
 
 def choose_branch(test: dict, config: dict) -> str:
@@ -124,7 +174,9 @@ def read_row(name: str, path: Path | None, entry: dict | None = None) -> Row:
             import_plugins(config["plugins"])
         except UserError:
             notes.append(f"{name}: plugins {config['plugins']} not importable; scores shown by key")
-    row = Row(name=name, status=_status(path, results, records, entry), task=task, paper=paper_row(name, task))
+    row = Row(
+        name=name, status=_status(path, results, records, entry), task=task, paper=paper_row(seed_of(name)[0], task)
+    )
     test = (results or {}).get("test")
     if isinstance(test, dict) and test:
         row.branch = choose_branch(test, config)
@@ -258,15 +310,25 @@ def _paper_cell(row: Row, with_metric: bool, declared: dict[str, Score]) -> str:
     return f"{_score_label(p.metric, declared)} {cell}" if with_metric else cell
 
 
+def _cell(row: Row, key: str, declared: dict[str, Score]) -> str:
+    """A score in its unit; ``mean ± std`` for a row of several seeds."""
+    value = _fmt(_scaled(key, row.scores.get(key), declared))
+    if value and row.members and key in row.spread:
+        return f"{value} ± {_fmt(_scaled(key, row.spread[key], declared))}"
+    return value
+
+
 def markdown(rows: Sequence[Row]) -> str:
-    """A Markdown table of ``rows`` (scores in the units their tasks declare)."""
+    """A Markdown table of ``rows`` (scores in the units their tasks declare; mean ± std over seeds)."""
     keys = score_keys(rows)
     declared = declared_scores(rows)
     paper_head, with_metric = _paper_header(rows, declared)
+    seeded = any(r.members for r in rows)
     head = [
         "run",
         "status",
         "branch",
+        *(["n"] if seeded else []),
         *(_score_label(k, declared) for k in keys),
         "params",
         "train time",
@@ -275,14 +337,15 @@ def markdown(rows: Sequence[Row]) -> str:
     ]
     lines = [
         "| " + " | ".join(head) + " |",
-        "|" + "|".join([":---", ":---", ":---"] + ["---:"] * (len(keys) + 3) + [":---"]) + "|",
+        "|" + "|".join([":---", ":---", ":---"] + ["---:"] * (len(keys) + 3 + seeded) + [":---"]) + "|",
     ]
     for r in rows:
         cells = [
             r.name,
             r.status,
             r.branch,
-            *(_fmt(_scaled(k, r.scores.get(k), declared)) for k in keys),
+            *([str(r.n)] if seeded else []),
+            *(_cell(r, k, declared) for k in keys),
             _fmt_params(r.params),
             format_seconds(r.seconds),
             _paper_cell(r, with_metric, declared),
@@ -290,6 +353,8 @@ def markdown(rows: Sequence[Row]) -> str:
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     sources = sorted({r.paper.source for r in rows if r.paper and (r.paper.value is not None or r.paper.text)})
+    if seeded:
+        lines += ["", "Scores of several seeds: mean ± sample standard deviation over the n seeds that finished."]
     if sources:
         lines += ["", "Paper numbers: " + "; ".join(sources) + " (not measured on this data)."]
     return "\n".join(lines) + "\n"
@@ -305,6 +370,8 @@ def csv_text(rows: Sequence[Row]) -> str:
     writer.writerow(
         [
             "run",
+            "group",
+            "seed",
             "status",
             "task",
             "branch",
@@ -317,11 +384,14 @@ def csv_text(rows: Sequence[Row]) -> str:
             "paper_row",
         ]
     )
-    for r in rows:
+    for r in (m for row in rows for m in (row.members or [row])):
         p = r.paper
+        group, seed = seed_of(r.name)
         writer.writerow(
             [
                 r.name,
+                group,
+                "" if seed is None else seed,
                 r.status,
                 r.task,
                 r.branch,
@@ -346,7 +416,7 @@ def write_table(
     """
     from cen.atomic import atomic_write_text
 
-    rows = sort_rows(collect_rows(parent), sort)
+    rows = sort_rows(group_seeds(collect_rows(parent)), sort)
     folder = Path(out) if out is not None else Path(parent)
     folder.mkdir(parents=True, exist_ok=True)
     text = markdown(rows)

@@ -1,4 +1,5 @@
-"""``cen sweep DIR_OR_FILES... [key=value ...] [--out RUNS_PARENT]``: train several configs in turn, resumably.
+"""``cen sweep DIR_OR_FILES... [key=value ...] [--out RUNS_PARENT] [--seeds N]``: train several configs in turn,
+resumably, each once or once per seed.
 
 A folder stands for every ``*.yaml`` in it (sorted). Each config trains into
 ``RUNS_PARENT/<config stem>/``; finished runs are skipped, interrupted ones resume, a
@@ -36,6 +37,14 @@ def register(subparsers) -> None:
         help="parent folder of the runs (default runs/sweep-<folder of the first config>)",
     )
     p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train every config with the seeds 0..N-1 (train.seed), into RUNS_PARENT/<stem>@<seed>/; "
+        "cen table then shows each config's mean ± std over its seeds",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -48,6 +57,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cen.train import distributed
     from cen.train.sweep import (
+        SweepError,
         collect_configs,
         default_parent,
         run_sweep,
@@ -58,8 +68,15 @@ def run(args: argparse.Namespace) -> int:
     configs = collect_configs(paths)
     parent = args.out if args.out is not None else default_parent(configs)
     try:
+        if args.seeds is not None and args.seeds < 1:
+            raise SweepError(f"--seeds {args.seeds}: expected a number of seeds >= 1")
         result = run_sweep(
-            configs, parent, overrides, progress=args.progress, debug=bool(getattr(args, "debug", False))
+            configs,
+            parent,
+            overrides,
+            seeds=None if args.seeds is None else list(range(args.seeds)),
+            progress=args.progress,
+            debug=bool(getattr(args, "debug", False)),
         )
     finally:
         distributed.shutdown()

@@ -1,7 +1,10 @@
 """Train several configs in turn into one parent folder (``cen sweep``), resumably.
 
 Each config ``<stem>.yaml`` trains into ``<parent>/<stem>/`` (``run.dir=<parent>``,
-``run.name=<stem>``, after the user's overrides). Before each run its folder decides:
+``run.name=<stem>``, after the user's overrides); with seeds (``cen sweep --seeds 3``) each
+config trains once per seed into ``<parent>/<stem>@<seed>/`` (``train.seed=<seed>``; the data,
+the generated scenes included, stay the same), and ``cen table`` shows each config's mean ± std
+over its seeds. Before each run its folder decides:
 
 * ``results.json`` there: the run finished; it is skipped;
 * ``last.pt`` there (no results): it was interrupted; it resumes exactly from ``last.pt``;
@@ -47,6 +50,8 @@ VERSION = 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
 #: Keys the sweep sets itself for every run (after the user's overrides).
 OWN_KEYS = ("run.dir", "run.name")
+#: The separator of a config's stem and a seed in a run's name (``cen@1``).
+SEED_SEPARATOR = "@"
 
 START, RESUME, SKIP = "start", "resume", "skip"
 
@@ -106,12 +111,42 @@ def split_arguments(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
-def check_overrides(overrides: Sequence[str]) -> None:
-    """Refuse overrides of the keys the sweep sets itself (``run.dir``, ``run.name``)."""
+def check_overrides(overrides: Sequence[str], *, seeds: bool = False) -> None:
+    """Refuse overrides of the keys the sweep sets itself (``run.dir``, ``run.name``; ``train.seed`` with seeds)."""
+    own = (*OWN_KEYS, "train.seed") if seeds else OWN_KEYS
     for item in overrides:
         key = item.split("=", 1)[0].strip().lstrip("+~")
-        if key in OWN_KEYS:
-            raise SweepError(f"{item}: the sweep sets {key} itself (run.dir = --out, run.name = the config's stem)")
+        if key in own:
+            raise SweepError(
+                f"{item}: the sweep sets {key} itself (run.dir = --out, run.name = the config's stem"
+                + (", train.seed = each of --seeds)" if seeds else ")")
+            )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its name (the folder under the parent), its config, the overrides it adds."""
+
+    name: str
+    config: Path
+    extra: tuple[str, ...] = ()
+
+
+def plan_runs(configs: Sequence[Path], seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """A run per config, or per config and seed (``<stem>@<seed>``, ``train.seed=<seed>``), configs outermost."""
+    if seeds is None:
+        return [RunSpec(p.stem, p) for p in configs]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SweepError(f"--seeds must name distinct seeds, got {list(seeds)}")
+    return [RunSpec(f"{p.stem}{SEED_SEPARATOR}{s}", p, (f"train.seed={s}",)) for p in configs for s in seeds]
+
+
+def seed_of(name: str) -> tuple[str, int | None]:
+    """``("cen", 1)`` for the run name ``cen@1``; ``("cen", None)`` for ``cen``."""
+    stem, sep, seed = name.rpartition(SEED_SEPARATOR)
+    if sep and seed.isdigit():
+        return stem, int(seed)
+    return name, None
 
 
 def default_parent(configs: Sequence[Path], runs_dir: str | Path = "runs") -> Path:
@@ -182,13 +217,13 @@ class SweepLog:
     overrides: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, parent: Path, configs: Sequence[Path], overrides: Sequence[str]) -> SweepLog:
+    def open(cls, parent: Path, runs: Sequence[RunSpec], overrides: Sequence[str]) -> SweepLog:
         log = cls(path=parent / SWEEP_FILE, overrides=list(overrides))
         earlier = read_sweep(parent)
-        for path in configs:
-            log.runs[path.stem] = RunEntry.from_dict(path.stem, earlier.get(path.stem, {}), str(path))
-            if log.runs[path.stem].status == "running":  # the sweep that ran it was killed without its handling
-                log.runs[path.stem].status = "interrupted"
+        for run in runs:
+            log.runs[run.name] = RunEntry.from_dict(run.name, earlier.get(run.name, {}), str(run.config))
+            if log.runs[run.name].status == "running":  # the sweep that ran it was killed without its handling
+                log.runs[run.name].status = "interrupted"
         return log
 
     def write(self) -> None:
@@ -304,6 +339,7 @@ def run_sweep(
     *,
     train: TrainFn = train_with_trainer,
     check: CheckFn | None = check_config,
+    seeds: Sequence[int] | None = None,
     stream=None,
     progress: bool | None = None,
     debug: bool = False,
@@ -315,6 +351,7 @@ def run_sweep(
         configs: config files (see :func:`collect_configs`).
         parent: the parent folder of the runs (created).
         overrides: ``key=value`` overrides applied to every config.
+        seeds: train every config once per seed, into ``parent/<stem>@<seed>/`` (None: once, as it is).
         train: trains one run; ``train(config, overrides, run_dir, resume)``.
         check: loads a config before anything trains, ``check(config, overrides)``: the runs whose config
             does not load are reported as failed at once and not trained; if no run to train loads (a
@@ -326,29 +363,30 @@ def run_sweep(
     """
     stream = stream or sys.stderr
     overrides = list(overrides)
-    check_overrides(overrides)
+    check_overrides(overrides, seeds=seeds is not None)
     parent = Path(parent)
-    plan = {p.stem: decide(parent / p.stem) for p in configs}
-    arguments = {p.stem: [*overrides, f"run.dir={parent}", f"run.name={p.stem}"] for p in configs}
-    invalid = _check_configs([p for p in configs if plan[p.stem] != SKIP], arguments, check)
+    runs = plan_runs(configs, seeds)
+    plan = {r.name: decide(parent / r.name) for r in runs}
+    arguments = {r.name: [*overrides, *r.extra, f"run.dir={parent}", f"run.name={r.name}"] for r in runs}
+    invalid = _check_configs([r for r in runs if plan[r.name] != SKIP], arguments, check)
     parent.mkdir(parents=True, exist_ok=True)
-    log = SweepLog.open(parent, configs, overrides)
+    log = SweepLog.open(parent, runs, overrides)
     for name, action in plan.items():
         if action == SKIP:
             log.runs[name].status = "done"
     log.write()
     counts = {a: sum(v == a for v in plan.values()) for a in (SKIP, RESUME, START)}
     show = stream.isatty() if progress is None and hasattr(stream, "isatty") else bool(progress)
-    prog = _Progress(len(configs), stream, show, clock)
+    prog = _Progress(len(runs), stream, show, clock)
     prog.say(
-        f"sweep of {len(configs)} run(s) into {parent}: {counts[START]} to start, {counts[RESUME]} to resume, "
+        f"sweep of {len(runs)} run(s) into {parent}: {counts[START]} to start, {counts[RESUME]} to resume, "
         f"{counts[SKIP]} finished already (skipped)"
     )
     result = SweepResult()
     try:
-        for i, config in enumerate(configs, 1):
-            name, entry = config.stem, log.runs[config.stem]
-            head = f"run {i} of {len(configs)}: {name}"
+        for i, run in enumerate(runs, 1):
+            name, entry, config = run.name, log.runs[run.name], run.config
+            head = f"run {i} of {len(runs)}: {name}"
             action = decide(parent / name)  # again: another process may have moved it on
             if action == SKIP or name in invalid:
                 entry.status, entry.error = ("done", "") if action == SKIP else ("failed", invalid.get(name, ""))
@@ -361,7 +399,7 @@ def run_sweep(
                     prog.say(f"{head} FAILED (its config does not load): {entry.error}")
                 prog.advance(None, left=None)
                 continue
-            left = sum(decide(parent / c.stem) != SKIP for c in configs[i - 1 :])
+            left = sum(decide(parent / r.name) != SKIP for r in runs[i - 1 :])
             verb = "resuming from last.pt" if action == RESUME else "starting"
             prog.say(f"{head} ({verb}; {prog.timing(left)})")
             prog.show_run(i, name, left)
@@ -388,7 +426,7 @@ def run_sweep(
                 continue
             result.done.append(name)
             prog.say(f"{head} done in {format_seconds(took)}")
-            prog.advance(took, left=sum(decide(parent / c.stem) != SKIP for c in configs[i:]))
+            prog.advance(took, left=sum(decide(parent / r.name) != SKIP for r in runs[i:]))
     finally:
         prog.close()
     total = format_seconds(prog.elapsed())
@@ -478,17 +516,17 @@ class _Progress:
         self.bar.close()
 
 
-def _check_configs(configs: Sequence[Path], arguments: dict[str, list[str]], check: CheckFn | None) -> dict[str, str]:
-    """``{name: one-line error}`` of the configs that do not load; raises SweepError when none does."""
+def _check_configs(runs: Sequence[RunSpec], arguments: dict[str, list[str]], check: CheckFn | None) -> dict[str, str]:
+    """``{name: one-line error}`` of the runs whose config does not load; raises SweepError when none does."""
     if check is None:
         return {}
     invalid = {}
-    for path in configs:
+    for run in runs:
         try:
-            check(path, arguments[path.stem])
+            check(run.config, arguments[run.name])
         except Exception as err:  # noqa: BLE001 -- reported as that run's failure
-            invalid[path.stem] = one_line(err)
-    if configs and len(invalid) == len(configs):
-        first = configs[0].stem
+            invalid[run.name] = one_line(err)
+    if runs and len(invalid) == len(runs):
+        first = runs[0].name
         raise SweepError(f"no config of the sweep loads (nothing was trained); {first}: {invalid[first]}")
     return invalid
