@@ -28,12 +28,16 @@ class MultiModal(nn.Module):
     :func:`cen.core.context.present_modalities`, so the norms use only the
     present modalities' slices, the fusions combine only the present ones
     (the exchange averages over them, none with one) and the ensemble
-    renormalises ``alpha`` over them. In training every modality must be given.
-    No state is stored on the modules, so calls from several threads, or
-    models sharing modules, do not interfere.
+    renormalises ``alpha`` over them. In training every modality must be given,
+    unless :attr:`train_missing` is set (modality dropout, ``train.modality_dropout``):
+    then the norms also take their batch statistics from the present modalities'
+    slices. No state is stored on the modules but that flag, so calls from several
+    threads, or models sharing modules, do not interfere.
     """
 
     ENSEMBLE_KEY = ENSEMBLE_KEY
+    #: Allow missing modalities in training mode (modality dropout); off: a missing modality is an error there.
+    train_missing: bool = False
 
     def __init__(self, model: nn.Module, names: Sequence[str], *, ensemble: bool | Ensemble = False) -> None:
         super().__init__()
@@ -69,7 +73,7 @@ class MultiModal(nn.Module):
         present = tuple(name for name in self.names if name in inputs)
         if not present:
             raise ValueError(f"no modality given; expected some of {list(self.names)}")
-        if self.training and len(present) < len(self.names):
+        if self.training and not self.train_missing and len(present) < len(self.names):
             missing = [n for n in self.names if n not in inputs]
             raise ValueError(
                 f"modalities {missing} are missing; in training every modality of {list(self.names)} is needed"
@@ -83,7 +87,8 @@ class MultiModal(nn.Module):
         if len(present) == len(self.names):  # enters no context: ContextVar.set would break a compiled graph
             out = self.model(x)
         else:
-            with present_modalities(tuple(self.names.index(n) for n in present)):
+            indices = tuple(self.names.index(n) for n in present)
+            with present_modalities(indices, training=self.training and self.train_missing):
                 out = self.model(x)
         if not isinstance(out, Tensor):
             raise TypeError(f"the wrapped model must return a Tensor(B*M, ...), got {type(out).__name__}")

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules._functions import SyncBatchNorm as _sync_batch_norm
 
-from cen.core.context import current_present
+from cen.core.context import current_present, missing_allowed_in_training
 from cen.core.defaults import THRESHOLD
 from cen.core.fusions import Fusion, build_fusion
 
@@ -218,8 +218,11 @@ class _ModalityNorm(nn.Module):
             raise ValueError(f"present modalities {idx} given, but this norm has only {self.num_modalities} modalities")
         if len(idx) == self.num_modalities:
             return None
-        if self.training:
-            raise RuntimeError("a modality may be missing only at inference; call .eval() first")
+        if self.training and not missing_allowed_in_training():
+            raise RuntimeError(
+                "a modality may be missing only at inference (or with modality dropout: "
+                "present_modalities(..., training=True)); call .eval() first"
+            )
         if self.fusion is not None and self.fusion.needs_all:
             raise ValueError(
                 f"fusion {self.fusion.name!r} reads every modality and is not defined with modalities missing "
@@ -255,6 +258,18 @@ class _ModalityNorm(nn.Module):
         weight, bias, running_mean, running_var = (
             self._select(t, idx) for t in (self.weight, self.bias, self.running_mean, self.running_var)
         )
+        if update_stats and idx is not None and running_mean is not None:
+            # the selected statistics are copies: the normalisation updates them, then they go back to their slots
+            y = self._forward_present(x, idx, num, batch, weight, bias, running_mean, running_var)
+            with torch.no_grad():
+                self.running_mean.view(self.num_modalities, -1)[list(idx)] = running_mean.view(num, -1)
+                self.running_var.view(self.num_modalities, -1)[list(idx)] = running_var.view(num, -1)
+            return y
+        return self._forward_present(x, idx, num, batch, weight, bias, running_mean, running_var)
+
+    def _forward_present(self, x, idx, num, batch, weight, bias, running_mean, running_var) -> Tensor:
+        """Normalise and fuse ``x`` of the ``num`` present modalities ``idx`` (None: all) with their slots."""
+        update_stats = self.training and self.track_running_stats
         fusion = self.fusion
         if fusion is not None and fusion.takes_affine:  # the strategy applies the scale and shift itself
             norm_weight, norm_bias = None, None

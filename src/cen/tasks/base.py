@@ -322,7 +322,8 @@ class Task:
         model, optimizer = models[self.primary], optimizers[self.primary]
         self.check_batch(batch)
         device = next(model.parameters()).device
-        inputs = self.to_device(batch, device, self.input_keys)
+        # the modalities of the batch: all of them, or those that modality dropout kept this step
+        inputs = self.to_device(batch, device, [m for m in self.input_keys if m in batch])
         target = self.to_device(batch, device, [self.target_key])[self.target_key]
         outputs = nets[self.primary](inputs)
         loss, parts = self.loss(outputs, target, batch)

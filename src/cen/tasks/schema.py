@@ -116,6 +116,9 @@ class TrainConfig:
     channels_last: Any = False  # true | false | auto: channels-last parameters and inputs (faster convolutions)
     threads: Any = "auto"  # torch threads: auto (OMP_NUM_THREADS, else this process's share of the cores) or an int
     compile: bool = False  # torch.compile (Inductor) the training forward; minutes to compile, needs a C compiler
+    # training for missing sensors: null | a probability p (a step keeps a random proper subset with probability
+    # p) | {subset: weight} such as {rgb+depth: 2, rgb: 1, depth: 1} (cen.train.modality_dropout)
+    modality_dropout: Any = None
     recast_weights: bool = False  # bf16/fp16: backward recasts the weights instead of keeping autocast's copies
     step_in_backward: bool = False  # step each parameter as soon as its gradient is complete, then free it
 

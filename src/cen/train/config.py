@@ -316,6 +316,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("modalities must name at least one modality, e.g. modalities=[rgb,depth]")
     if len(set(mods)) != len(mods):
         raise ConfigError(f"modalities {mods} name a modality more than once")
+    if t.modality_dropout is not None:
+        from cen.train.modality_dropout import parse
+
+        value = t.modality_dropout
+        parse(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, mods)
     if not cfg.optim.gamma_lr_scale > 0:
         raise ConfigError(f"optim.gamma_lr_scale={cfg.optim.gamma_lr_scale!r}: expected a learning-rate factor > 0")
     if not cfg.optim.stages:

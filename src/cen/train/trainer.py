@@ -58,6 +58,7 @@ from cen.train.checkpoint import (
 )
 from cen.train.evaluation import evaluate
 from cen.train.interrupt import StopRequest, TrainingInterrupted
+from cen.train.modality_dropout import ModalityDropout, prepare_model
 from cen.train.precision import (
     Precision,
     check_compile,
@@ -183,6 +184,12 @@ class Trainer:
             k: self.precision.prepare_model(m.to(self.device)) for k, m in models.items()
         }
         self.task.setup(self.models)
+        self.modality_dropout = None
+        if cfg.train.modality_dropout is not None:
+            value = cfg.train.modality_dropout
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            self.modality_dropout = ModalityDropout(value, cfg.modalities, cfg.train.seed)
+            prepare_model(self.models[self.task.primary], f"of task {self.task.name!r}")
         if self.info.distributed and self.device.type == "cuda":
             self.models = {k: convert_sync_batchnorm(m) for k, m in self.models.items()}
         self.optimizers = dict(self.task.configure_optimizers(self.models))
@@ -194,7 +201,11 @@ class Trainer:
         self.nets = dict(self.models)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.nets = {k: nn.parallel.DistributedDataParallel(m, device_ids=ids) for k, m in self.models.items()}
+            unused = self.modality_dropout is not None  # a dropped modality's norm slots get no gradient
+            self.nets = {
+                k: nn.parallel.DistributedDataParallel(m, device_ids=ids, find_unused_parameters=unused)
+                for k, m in self.models.items()
+            }
         # Compiled at the first step; evaluation runs the plain models (no recompiling for eval mode).
         if cfg.train.compile:
             self.nets = {k: compile_model(n, compile_backend) for k, n in self.nets.items()}
@@ -354,6 +365,8 @@ class Trainer:
 
     def train_step(self, batch: Mapping) -> tuple[torch.Tensor, dict]:
         """One step of the task under ``train.precision`` / ``train.channels_last``; ``(loss, other logged scalars)``."""
+        if self.modality_dropout is not None:
+            batch = self.modality_dropout(batch, self.global_step)
         batch = self.precision.prepare_batch(batch)
         try:
             with self.precision.autocast():

@@ -185,7 +185,7 @@ class TranslationTask(Task):
     ) -> dict[str, Tensor]:
         c = self.cfg
         device = next(models["generator"].parameters()).device
-        names = list(c.modalities)
+        names = [m for m in c.modalities if m in batch]  # modality dropout may have taken some out
         inputs = self.to_device(batch, device, names)
         real = self.to_device(batch, device, [TARGET_KEY])[TARGET_KEY]
         outputs = nets["generator"](inputs)
