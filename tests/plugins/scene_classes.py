@@ -74,11 +74,12 @@ class SceneClasses(Task):
     scores = (Score("accuracy", "accuracy", scale=100.0, unit="%"),)
     default_threshold = 2e-2
 
-    def build_datasets(self, splits=("train", "val", "test")):
+    def build_datasets(self, splits=("train", "val", "test"), *, corruption=None):
         from cen.data import transforms as T
 
         norm = T.segmentation_eval()
-        parts = build_splits(self.cfg, "segmentation", {"train": norm, "eval": norm}, splits)
+        transforms = self.corrupted({"train": norm, "eval": norm}, corruption)  # cen eval --corruptions works too
+        parts = build_splits(self.cfg, "segmentation", transforms, splits)
         return {split: LargestObject(ds) for split, ds in parts.items()}
 
     def build_models(self):

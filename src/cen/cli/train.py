@@ -74,6 +74,22 @@ def register(subparsers) -> None:
         help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
         "inference) and print the table of per-branch and ensemble scores",
     )
+    e.add_argument(
+        "--corruptions",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="score under sensor faults: every corruption (or those named: depth_holes, low_light, dead_sensor, ...) "
+        "of every modality it applies to, at each of --severities; writes corruptions.json, .md and .png into --out",
+    )
+    e.add_argument(
+        "--severities",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="S",
+        help="severities (1-5) for --corruptions (default 1 3 5)",
+    )
     e.set_defaults(func=run_eval)
     _intermixed(e)
 
@@ -212,6 +228,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.subsets:
         return _eval_subsets(args, cfg, task, model, run, info, options, out, settings)
+    if args.corruptions is not None:
+        return _eval_corruptions(args, cfg, task, model, precision, device, info, options, out, settings)
+    if args.severities is not None:
+        raise EvalArgumentError("--severities goes with --corruptions")
     results = run(image_dir=out / "images" if out and args.images else None, num_images=args.images)
     if info.is_main:
         list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
@@ -220,6 +240,51 @@ def _eval(args: argparse.Namespace) -> int:
         if out:
             record = {"checkpoint": str(args.checkpoint), "split": args.split, **options, **settings, "scores": results}
             atomic_write_json(out / "scores.json", jsonable(record))
+    return 0
+
+
+def _eval_corruptions(args, cfg, task, model, precision, device, info, options, out, settings) -> int:
+    """``cen eval --corruptions``: the task's scores under every sensor fault and severity, as one table and a plot."""
+    from cen.atomic import atomic_write_json, atomic_write_text
+    from cen.data.kinds import infer_kind
+    from cen.train import loaders
+    from cen.train.evaluation import evaluate
+    from cen.train.figures import save
+    from cen.train.robustness import DEFAULT_SEVERITIES, evaluate_corruptions, figure, format_corruptions, plan
+    from cen.train.runlog import jsonable
+
+    if args.subsets or args.images:
+        raise EvalArgumentError("--corruptions does not combine with --subsets or --images")
+    known = getattr(task, "kinds", None) or {}  # the data set's kinds (read by the evaluation above)
+    kinds = {m: known.get(m) or infer_kind(m) for m in cfg.modalities}
+    steps = plan(kinds, args.corruptions or None, args.severities or DEFAULT_SEVERITIES)
+
+    def score(fault):
+        dataset = task.build_datasets(splits=(args.split,), corruption=fault)[args.split]
+        loader = loaders.eval_loader(
+            dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
+            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", collate_fn=task.collate_fn,
+        )  # fmt: skip
+        with precision.autocast():
+            return evaluate(task, {task.primary: model}, loader, device=device, progress=False, **options)
+
+    say = (lambda text: print(f"cen eval: {text}", file=sys.stderr)) if info.is_main and cfg.train.progress else None
+    records = evaluate_corruptions(score, steps, progress=say)
+    if info.is_main:
+        list_file = cfg.data.test_list if args.split == "test" else cfg.data.val_list
+        branch, score_info = task.select, task.score_info
+        title = f"{args.checkpoint} on {list_file}: {branch} {score_info.heading} under sensor faults"
+        print(format_corruptions(records, branch, task.score_name, score_info.show, title=title), flush=True)
+        if out:
+            atomic_write_json(
+                out / "corruptions.json",
+                jsonable({"checkpoint": str(args.checkpoint), "split": args.split, "branch": branch,
+                          "metric": task.score_name, **options, **settings, "corruptions": records}),
+            )  # fmt: skip
+            md = format_corruptions(records, branch, task.score_name, score_info.show, markdown=True, title=title)
+            atomic_write_text(out / "corruptions.md", md + "\n")
+            fig = figure(records, branch, task.score_name, score_info.label, title, percent=score_info.unit == "%")
+            save(fig, out / "corruptions.png")
     return 0
 
 

@@ -224,9 +224,40 @@ class Task:
 
         prepare_data(self.cfg)
 
-    def build_datasets(self, splits=("train", "val", "test")) -> dict[str, Dataset]:
-        """``{split: Dataset}`` of dict samples with :attr:`input_keys` and :attr:`target_key` (*required*)."""
+    def build_datasets(self, splits=("train", "val", "test"), *, corruption=None) -> dict[str, Dataset]:
+        """``{split: Dataset}`` of dict samples with :attr:`input_keys` and :attr:`target_key` (*required*).
+
+        ``corruption``: a callable applied to every decoded sample before the task's pipeline (``cen eval
+        --corruptions``: :class:`cen.data.corruptions.CorruptModality`); :meth:`corrupted` wraps transforms so.
+        """
         raise NotImplementedError
+
+    def corrupted(self, transforms: Mapping[str, Any], corruption=None) -> dict[str, Any]:
+        """``{"train": ..., "eval": ...}`` transforms with the sensor corruptions applied to the decoded samples
+        first: ``corruption`` (evaluation under a fault) on both, and ``data.corruptions`` (a training
+        augmentation, :class:`cen.data.corruptions.RandomCorruption`) on the training one."""
+        from cen.data.corruptions import RandomCorruption, with_corruption
+
+        out = dict(transforms)
+        spec = self.cfg.data.get("corruptions")
+        if spec is not None:
+            spec = dict(spec)
+            unknown = sorted(set(spec) - {"p", "names", "severities"})
+            if unknown:
+                raise ConfigError(f"data.corruptions has no key {unknown}; it takes p, names, severities")
+            try:
+                augment = RandomCorruption(
+                    p=float(spec.get("p", 0.5)),
+                    corruptions=None if spec.get("names") is None else list(spec["names"]),
+                    severities=list(spec.get("severities") or (1, 2, 3, 4, 5)),
+                    modalities=list(self.input_keys),
+                )
+            except ValueError as err:
+                raise ConfigError(f"data.corruptions={spec}: {err}") from None
+            out["train"] = with_corruption(augment, out["train"])
+        if corruption is not None:
+            out = {k: with_corruption(corruption, v) for k, v in out.items()}
+        return out
 
     def data_context(self) -> str:
         """Config values worth naming when a sample cannot be read (appended to the error)."""

@@ -47,6 +47,9 @@ class DataConfig:
     scale_max: float = 2.0
     flip: bool = True
     num_workers: int = 0
+    # sensor corruptions as a training augmentation: null | {p: 0.5, names: [depth_holes, ...], severities: [1, 3]}
+    # (cen.data.corruptions; names and severities default to all)
+    corruptions: Any = None
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 

@@ -94,7 +94,9 @@ class PresenceTask(Task):
             raise ConfigError(f"model.embed_dim must be >= 1, got {cfg.model.embed_dim}")
 
     # -- data ------------------------------------------------------------------------
-    def build_datasets(self, splits=("train", "val", "test")):
+    def build_datasets(self, splits=("train", "val", "test"), *, corruption=None):
+        if corruption is not None or self.cfg.data.get("corruptions") is not None:
+            raise ConfigError("sensor corruptions are not defined for the presence task's point clouds")
         return build_splits(self.cfg, self.name, {"train": True, "eval": False}, splits)
 
     def data_context(self) -> str:

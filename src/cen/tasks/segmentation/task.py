@@ -111,12 +111,12 @@ class SegmentationTask(Task):
                 "(or a local weights file)"
             )
 
-    def build_datasets(self, splits=("train", "val", "test")):
+    def build_datasets(self, splits=("train", "val", "test"), *, corruption=None):
         from cen.data import transforms as T
 
         d = self.cfg.data
         transforms = {"train": train_transform(d), "eval": T.segmentation_eval(shorter_side=d.short_side)}
-        out = build_splits(self.cfg, self.name, transforms, splits)
+        out = build_splits(self.cfg, self.name, self.corrupted(transforms, corruption), splits)
         for ds in out.values():
             self.kinds = self.kinds or dataset_kinds(ds)
         return out

@@ -117,7 +117,7 @@ class TranslationTask(Task):
         if d.crop_size is not None and not isinstance(d.crop_size, int):
             raise ConfigError(f"data.crop_size must be one int (square crops) for translation, got {d.crop_size!r}")
 
-    def build_datasets(self, splits=("train", "val", "test")):
+    def build_datasets(self, splits=("train", "val", "test"), *, corruption=None):
         from torchvision.transforms import v2
 
         from cen.data import transforms as T
@@ -129,7 +129,8 @@ class TranslationTask(Task):
             # decode=reference: the reference's PIL bilinear resize of 8-bit images; else antialiased tensors
             make = T.translation_reference_train if d.decode == "reference" else T.translation_train
             train = make(load_size=d.load_size or d.crop_size, crop_size=d.crop_size, hflip_p=0.5 if d.flip else 0.0)
-        return build_splits(self.cfg, self.name, {"train": train, "eval": self.eval_transform()}, splits)
+        transforms = self.corrupted({"train": train, "eval": self.eval_transform()}, corruption)
+        return build_splits(self.cfg, self.name, transforms, splits)
 
     def eval_transform(self):
         """The evaluation transform: values to [-1, 1], resized to ``data.crop_size`` when it is set."""
