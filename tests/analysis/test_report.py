@@ -171,3 +171,21 @@ def test_comparison_page(make_run, tmp_path, capsys):
     assert data["runs"]["b"]["test"]["rgb"]["miou"] == pytest.approx(0.3)
     assert any("no such folder" in n for n in data["notes"])
     assert 'href="a/report.html"' in html_path.read_text()
+
+
+def test_corruption_scores_in_the_run_folder_get_a_section(make_run):
+    run = make_run("faults")
+    scores = lambda v: {"ensemble": {"miou": v}}  # noqa: E731
+    records = [
+        {"modality": None, "corruption": None, "severity": 0, "scores": scores(0.6)},
+        {"modality": "depth", "corruption": "depth_holes", "severity": 1, "scores": scores(0.55)},
+        {"modality": "depth", "corruption": "depth_holes", "severity": 5, "scores": scores(0.3)},
+    ]
+    (run / "corruptions.json").write_text(
+        json.dumps({"branch": "ensemble", "metric": "miou", "corruptions": records}), encoding="utf-8"
+    )
+    html_path, _ = write_report(run)
+    text = html_path.read_text()
+    assert "Under sensor faults" in text and "depth: depth_holes" in text and "corruptions.png" in _images(html_path)
+    data = json.loads((html_path.parent / "report.json").read_text())
+    assert data["corruptions"]["depth: depth_holes"] == [[0, 0.6], [1, 0.55], [5, 0.3]]

@@ -473,12 +473,37 @@ def _predictions_section(page: Page, run: Run, data: dict) -> None:
     )
 
 
+def _robustness_section(page: Page, run: Run, data: dict) -> None:
+    """``cen eval --corruptions --out RUN_DIR`` left ``corruptions.json`` in the run folder: its table and plot."""
+    file = run.path / "corruptions.json"
+    if not file.is_file():
+        return
+    from cen.train.robustness import curves, figure
+
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    records, branch, metric = saved["corruptions"], saved["branch"], saved["metric"]
+    parts = page.section(f"Under sensor faults ({branch} {metric}; cen eval --corruptions)")
+    series = curves(records, branch, metric)
+    data["corruptions"] = {key: points for key, points in series.items()}
+    severities = sorted({s for pts in series.values() for s, _ in pts})
+    rows = [[key, *(_fmt(metric, dict(pts).get(s)) for s in severities)] for key, pts in series.items()]
+    parts.append(_table(["modality: corruption", *(f"severity {s}" if s else "clean" for s in severities)], rows))
+    parts.append(
+        page.figure(
+            figure(records, branch, metric, metric, f"{branch} {metric} under sensor faults"),
+            "corruptions.png",
+            "score against the severity of each fault",
+        )  # fmt: skip
+    )
+
+
 SECTIONS = (
     _exchange_section,
     _theorem_section,
     _histogram_section,
     _training_section,
     _test_section,
+    _robustness_section,
     _predictions_section,
 )
 
