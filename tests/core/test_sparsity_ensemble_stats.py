@@ -117,3 +117,22 @@ def test_shrink_soft_thresholds_exactly_the_penalised_scales():
     assert any((model.get_submodule(n).gamma == 0).any() for n in before)
     with pytest.raises(ValueError, match="amount must be >= 0"):
         sparsity_shrink_(model, -1.0)
+
+
+def test_exchange_split_adds_up_to_exchange_stats():
+    from cen.core.stats import exchange_split
+
+    model = _model(2)
+    for norm in (m for m in model.modules() if getattr(m, "exchange", False)):
+        with torch.no_grad():
+            g = norm.gamma
+            g.fill_(1.0)
+            g[0, : norm.num_features // 2 + 1] = 0.0  # modality 0: its penalised half and one channel beyond
+            g[1, 0] = 0.0  # modality 1: one channel outside its penalised half (the second half)
+    stats, split = cen.exchange_stats(model), exchange_split(model)
+    assert split and set(split) == set(stats)
+    for name, parts in split.items():
+        c = next(m for n, m in model.named_modules() if n == name).num_features
+        assert parts["penalised"] == pytest.approx([(c // 2) / c, 0.0])
+        assert parts["unpenalised"] == pytest.approx([1 / c, 1 / c])
+        assert [a + b for a, b in zip(parts["penalised"], parts["unpenalised"])] == pytest.approx(stats[name])

@@ -114,16 +114,22 @@ class Page:
 
 # -- the numbers ---------------------------------------------------------------
 def checkpoint_exchange(run: Run, key: str = "best") -> dict | None:
-    """``{"checkpoint", "layers": {layer: {modality: fraction exchanged}}}`` from a checkpoint's ``|gamma| < theta``."""
+    """``{"checkpoint", "layers": {layer: {modality: fraction exchanged}}, "unpenalised": {...}}`` from a checkpoint's
+    ``|gamma| < theta`` (:mod:`cen.core.stats`: every channel under θ is exchanged; ``unpenalised`` is the part
+    outside the modality's penalised group)."""
     ckpt = run.checkpoints.get(key)
     if ckpt is None or not ckpt.gammas:
         return None
     mods = run.modalities
-    layers = {}
+    layers, outside = {}, {}
     for layer, g in ckpt.gammas.items():
-        under = (g.abs() < ckpt.thresholds[layer]).float().mean(1).tolist()
-        layers[layer] = {mods[m] if m < len(mods) else f"m{m}": v for m, v in enumerate(under)}
-    return {"checkpoint": ckpt.path.name, "step": ckpt.progress.get("global_step"), "layers": layers}
+        below = g.abs() < ckpt.thresholds[layer]
+        groups = disjoint_groups(g.shape[0], g.shape[1])
+        name = lambda m: mods[m] if m < len(mods) else f"m{m}"  # noqa: E731
+        layers[layer] = {name(m): v for m, v in enumerate(below.float().mean(1).tolist())}
+        outside[layer] = {name(m): v for m, v in enumerate((below & ~groups).float().mean(1).tolist())}
+    return {"checkpoint": ckpt.path.name, "step": ckpt.progress.get("global_step"), "layers": layers,
+            "unpenalised": outside}  # fmt: skip
 
 
 def halves(layers: Mapping[str, Mapping[str, float]]) -> dict | None:
@@ -196,7 +202,7 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
         return
     if best is not None:
         layers = list(best["layers"])
-        shares = figures.stacked_shares(layers, best["layers"], mods)
+        shares = figures.stacked_shares(layers, best["layers"], mods, best.get("unpenalised"))
         best["stacked"] = shares
         best["halves"] = halves(best["layers"])
         parts.append(
@@ -219,7 +225,10 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
     if over:
         layers = list(over[-1]["exchange"])
         frames = [
-            (f"epoch {r.get('epoch')} · step {r.get('step')}", figures.stacked_shares(layers, r["exchange"], mods))
+            (
+                f"epoch {r.get('epoch')} · step {r.get('step')}",
+                figures.stacked_shares(layers, r["exchange"], mods, r.get("exchange_unpenalised")),
+            )
             for r in _snapshots(over, _SNAPSHOTS)
         ]
         parts.append("<p>The same bars at each evaluation (from <code>metrics.jsonl</code>):</p>")

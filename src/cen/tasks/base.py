@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from cen.core.defaults import ENSEMBLE_KEY
-from cen.core.stats import exchange_stats
+from cen.core.stats import exchange_split, exchange_stats
 from cen.errors import ConfigError, DataError, UserError
 from cen.tasks.optim import DECODER, ENCODER, build_optimizer
 from cen.tasks.sparsity import SparsityPenalty
@@ -454,7 +454,9 @@ def is_main_process() -> bool:
 
 
 def model_summary(model: nn.Module) -> dict:
-    """``alpha`` (softmax weights by name) and the exchanged fraction per layer and modality of a MultiModal."""
+    """``alpha`` (softmax weights by name) and the exchanged share per layer and modality of a MultiModal
+    (:mod:`cen.core.stats`: ``exchange`` all exchanged channels, ``exchange_unpenalised`` the part of them outside
+    the modality's penalised group)."""
     out: dict = {}
     names = list(getattr(model, "names", ()))
     ens = getattr(model, "ensemble", None)
@@ -464,6 +466,9 @@ def model_summary(model: nn.Module) -> dict:
     if stats:
         out["exchange"] = {layer: dict(zip(names, fr)) for layer, fr in stats.items()}
         out["exchange_mean"] = {name: sum(fr[m] for fr in stats.values()) / len(stats) for m, name in enumerate(names)}
+    split = exchange_split(model)
+    if split:
+        out["exchange_unpenalised"] = {layer: dict(zip(names, s["unpenalised"])) for layer, s in split.items()}
     return out
 
 

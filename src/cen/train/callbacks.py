@@ -90,7 +90,8 @@ class FigureACallback(Callback):
         path = trainer.run_dir / "figure_a.png"
         tmp = path.with_name(".figure_a.tmp.png")
         title = f"epoch {trainer.epoch} (step {trainer.global_step})"
-        save(figure_a(layers, stacked_shares(layers, shares, modalities), modalities, title=title), tmp)
+        heights = stacked_shares(layers, shares, modalities, summary.get("exchange_unpenalised"))
+        save(figure_a(layers, heights, modalities, title=title), tmp)
         tmp.replace(path)  # atomic, as every file of a run
 
 

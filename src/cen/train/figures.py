@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 NOT_EXCHANGED = "not exchanged"
+#: Suffix of a modality's bar part of exchanged channels outside its penalised group.
+UNPENALISED = " (unpenalised)"
 _GREY = "#d9d9d9"
 
 
@@ -43,17 +45,31 @@ def _colours(n: int) -> list:
 
 
 def stacked_shares(
-    layers: Sequence[str], fractions: Mapping[str, Mapping[str, float]], modalities: Sequence[str]
+    layers: Sequence[str],
+    fractions: Mapping[str, Mapping[str, float]],
+    modalities: Sequence[str],
+    unpenalised: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Figure A's bar heights: of a layer's ``M*C`` (modality, channel) slots, the share each modality exchanges.
 
     ``fractions[layer][modality]`` is the fraction of that modality's ``C`` channels it
-    replaces; the share of all slots is that over ``M``, and ``not exchanged`` is the rest.
+    replaces (:func:`cen.exchange_stats`); the share of all slots is that over ``M``, and
+    ``not exchanged`` is the rest. With ``unpenalised`` (the part of each fraction outside the
+    modality's penalised group, :func:`cen.core.stats.exchange_split`) that part gets its own
+    entry ``"<modality> (unpenalised)"`` and ``"<modality>"`` keeps the penalised part.
     """
     num = max(len(modalities), 1)
     out = {}
     for layer in layers:
-        shares = {m: float(fractions.get(layer, {}).get(m, 0.0)) / num for m in modalities}
+        shares = {}
+        for m in modalities:
+            total = float(fractions.get(layer, {}).get(m, 0.0))
+            if unpenalised is None:
+                shares[m] = total / num
+                continue
+            outside = min(total, float(unpenalised.get(layer, {}).get(m, 0.0)))
+            shares[m] = (total - outside) / num
+            shares[m + UNPENALISED] = outside / num
         out[layer] = {NOT_EXCHANGED: max(0.0, 1.0 - sum(shares.values())), **shares}
     return out
 
@@ -61,10 +77,15 @@ def stacked_shares(
 def _bars(ax, layers, shares, modalities, *, labels=True) -> None:
     x = np.arange(len(layers))
     bottom = np.zeros(len(layers))
-    for key, colour in zip([NOT_EXCHANGED, *modalities], [_GREY, *_colours(len(modalities))]):
-        h = np.array([shares[layer][key] for layer in layers])
+    keys = [(NOT_EXCHANGED, _GREY, None)]
+    for m, colour in zip(modalities, _colours(len(modalities))):
+        keys.append((m, colour, None))
+        if any(m + UNPENALISED in shares[layer] for layer in layers):
+            keys.append((m + UNPENALISED, colour, "///"))
+    for key, colour, hatch in keys:
+        h = np.array([shares[layer].get(key, 0.0) for layer in layers])
         label = key if key == NOT_EXCHANGED else f"exchanged: {key}"
-        ax.bar(x, h, bottom=bottom, color=colour, width=0.85, label=label)
+        ax.bar(x, h, bottom=bottom, color=colour, width=0.85, label=label, hatch=hatch, alpha=0.55 if hatch else 1.0)
         bottom += h
     ax.set_ylim(0, 1)
     ax.set_xlim(-0.6, len(layers) - 0.4)
@@ -77,7 +98,8 @@ def _bars(ax, layers, shares, modalities, *, labels=True) -> None:
 def figure_a(
     layers: Sequence[str], shares: Mapping[str, Mapping[str, float]], modalities: Sequence[str], title: str
 ) -> Figure:
-    """Stacked bars per exchanging layer, bottom (left) to top (right): not exchanged / exchanged by each modality."""
+    """Stacked bars per exchanging layer, bottom (left) to top (right): not exchanged / exchanged by each modality
+    (hatched: channels exchanged outside the modality's penalised group, when ``shares`` has them)."""
     fig = Figure(figsize=(max(6.0, 0.28 * len(layers) + 2.5), 4.2))
     ax = fig.subplots()
     _bars(ax, layers, shares, modalities)
