@@ -97,6 +97,9 @@ class LossConfig:
     sparsity_mode: str = "disjoint"  # disjoint | all | none
     sparsity_per_output: bool = False  # reference: the l1 term once per output (M+1 times)
     sparsity_solver: str = "gradient"  # gradient: l1 in the loss (paper) | proximal: soft-threshold after each step
+    # the share of penalised channels to have exchanged at the end: lambda is steered towards it during training
+    # (loss.sparsity_weight is its start; cen.train.callbacks.SparsityTarget); null: lambda stays as given
+    sparsity_target: float | None = None
     ensemble_weight: float = 1.0
 
 

@@ -8,7 +8,11 @@ checkpoints under its :attr:`~Callback.key`. The built-in ones:
   :class:`cen.train.gamma.GammaTracker`), logged as a ``gamma`` record and TensorBoard histograms
   at each validation;
 * :class:`FigureACallback`: the paper's Figure A of the run so far, ``figure_a.png`` in the run
-  folder, rewritten at each validation.
+  folder, rewritten at each validation;
+* :class:`SparsityTarget`: λ steered towards ``loss.sparsity_target``, the share of penalised channels
+  to have exchanged at the end;
+* :class:`Regime`: warnings when the ℓ1 regime is degenerate (everything or nothing exchanged, the
+  modalities' γ moving together).
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer) -> None:
         """After every optimiser step (``trainer.global_step`` counts it)."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first step of :meth:`~cen.train.trainer.Trainer.fit` (after a resume has loaded the state)."""
+
+    def on_fit_end(self, trainer: Trainer, out: dict) -> None:
+        """After training and the test, before ``results.json``; may add entries to ``out``."""
 
     def on_validation_end(self, trainer: Trainer, results: Mapping[str, Mapping], summary: Mapping[str, Any]) -> None:
         """After each validation: the task's scores and its summary of the model (α, exchanged shares)."""
@@ -96,5 +106,143 @@ class FigureACallback(Callback):
 
 
 def default_callbacks() -> list[Callback]:
-    """What every run gets: the γ statistics and Figure A."""
-    return [GammaCallback(), FigureACallback()]
+    """What every run gets: the γ statistics, Figure A, λ steered to ``loss.sparsity_target`` (when set) and
+    the warnings of a degenerate ℓ1 regime."""
+    return [GammaCallback(), FigureACallback(), SparsityTarget(), Regime()]
+
+
+def penalised_share(model) -> tuple[float, list[tuple[str, float]]]:
+    """``(share, [(layer, share)])``: of the penalised scales of ``model`` (each modality's own group,
+    :func:`cen.core.groups.disjoint_groups`), the share under θ now, in all and per layer."""
+    from cen.core.groups import disjoint_groups
+    from cen.core.sparsity import exchanging_norms
+
+    under, total, layers = 0, 0, []
+    for name, norm in exchanging_norms(model):
+        groups = disjoint_groups(norm.num_modalities, norm.num_features, norm.weight.device)
+        below = (norm.gamma.detach().abs() < norm.threshold) & groups
+        n, k = int(groups.sum()), int(below.sum())
+        under, total = under + k, total + n
+        layers.append((name, k / n if n else 0.0))
+    return (under / total if total else 0.0), layers
+
+
+class SparsityTarget(Callback):
+    """``loss.sparsity_target``: λ steered so that this share of the penalised channels is exchanged at the end.
+
+    Every :attr:`every` steps the share ``s`` of penalised γ under θ is compared with the target of that
+    point of the run, ``target · min(1, step / (ramp · steps))`` (the full target reached at ``ramp`` of the
+    run, then held), and ``λ ← λ · exp(gain · (target_now − s) / target)``, within ``[λ0 / 1000, 1000 λ0]``
+    (``λ0`` = ``loss.sparsity_weight``), with a larger gain above the target than below it: a γ that has
+    reached θ rarely comes back (Theorem 1), so an overshoot cannot be undone and λ must back off at once,
+    while the ramp lets the share grow instead of overshooting early. λ is logged (``sparsity`` records), kept in checkpoints
+    (exact resume) and written to ``results.json`` (``sparsity_weight_final``).
+    """
+
+    key = "sparsity_target"
+    every, ramp, gain, gain_over = 10, 0.8, 0.5, 3.0
+
+    def __init__(self) -> None:
+        self.active = False
+        self.weight: float | None = None
+
+    def setup(self, trainer: Trainer) -> None:
+        target = trainer.cfg.loss.get("sparsity_target")
+        self.active = target is not None and trainer.task.penalty.active
+        if not self.active:
+            return
+        self.target, self.start = float(target), float(trainer.cfg.loss.sparsity_weight)
+        self.weight = self.start if self.weight is None else self.weight
+        # the planned schedule (train.max_steps only stops a run early: a resumed run steers alike)
+        self.steps = trainer.train_loader.sampler.batches_per_epoch() * trainer.epochs
+        self._apply(trainer)
+
+    def _apply(self, trainer: Trainer) -> None:
+        import dataclasses
+
+        trainer.task.penalty = dataclasses.replace(trainer.task.penalty, weight=self.weight)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if not self.active or trainer.global_step % self.every:
+            return
+        import math
+
+        share, _ = penalised_share(trainer.model)
+        now = self.target * min(1.0, trainer.global_step / max(1.0, self.ramp * self.steps))
+        gain = self.gain if share <= now else self.gain_over
+        factor = math.exp(gain * (now - share) / self.target)
+        self.weight = min(max(self.weight * factor, self.start / 1000), self.start * 1000)
+        self._apply(trainer)
+        trainer.log.record("sparsity", trainer.global_step, weight=self.weight, share=share, target=now)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.active:
+            self._apply(trainer)  # after a resume: the loaded lambda
+
+    def state_dict(self) -> dict | None:
+        return {"weight": self.weight} if self.active else None
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.weight = float(state["weight"])
+
+    def on_fit_end(self, trainer: Trainer, out: dict) -> None:
+        if self.active:
+            out["sparsity_weight_final"] = self.weight
+            trainer._say(
+                f"loss.sparsity_target {self.target}: lambda ends at {self.weight:.4g} (started {self.start:g})"
+            )
+
+
+class Regime(Callback):
+    """Warnings when the ℓ1 regime is degenerate: every penalised γ under θ (λ too strong for the rate), none at
+    the end of training (too weak), or the modalities' γ of a channel moving together (the disjoint penalty
+    should make them differ). Said once each, logged as ``warning`` records; ``cen report`` lists them."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+
+    def _warn(self, trainer: Trainer, kind: str, text: str) -> None:
+        if kind in self.said:
+            return
+        self.said.add(kind)
+        trainer._say(f"warning: {text}")
+        trainer.log.record("warning", trainer.global_step, warning=kind, message=text)
+
+    def on_validation_end(self, trainer: Trainer, results, summary) -> None:
+        if not trainer.task.penalty.active:
+            return
+        share, _ = penalised_share(trainer.model)
+        last = trainer.epoch >= trainer.epochs
+        if share >= 1.0:
+            self._warn(trainer, "all_exchanged", (
+                "every penalised gamma is under theta: lambda is too strong for gamma's learning rate, so the "
+                "exchange keeps no penalised channel of either modality; lower loss.sparsity_weight or "
+                "optim.gamma_lr_scale, or ask for a share with loss.sparsity_target"
+            ))  # fmt: skip
+        elif last and share == 0.0:
+            self._warn(trainer, "none_exchanged", (
+                "no penalised gamma reached theta by the end of training: nothing was exchanged; raise "
+                "loss.sparsity_weight or optim.gamma_lr_scale, or set loss.sparsity_target"
+            ))  # fmt: skip
+        together = _together(trainer.model)
+        if last and together is not None and together > 0.9:
+            self._warn(trainer, "together", (
+                f"the modalities' |gamma| move together (mean correlation over channels {together:.2f}): the "
+                "penalty does not separate them, so a channel falls for both or neither"
+            ))  # fmt: skip
+
+
+def _together(model) -> float | None:
+    """Mean over the exchanging norms of the correlation of modality 0's and 1's |γ| across channels (None when
+    no norm has spread to compare)."""
+    import torch
+
+    from cen.core.sparsity import exchanging_norms
+
+    values = []
+    for _, norm in exchanging_norms(model):
+        g = norm.gamma.detach().abs().float()
+        if g.shape[0] < 2 or float(g[0].std()) < 1e-6 or float(g[1].std()) < 1e-6:
+            continue
+        values.append(float(torch.corrcoef(g[:2])[0, 1]))
+    return sum(values) / len(values) if values else None

@@ -338,6 +338,15 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.loss.sparsity_weight < 0:
         raise ConfigError(f"loss.sparsity_weight (lambda) must be >= 0, got {cfg.loss.sparsity_weight}")
+    target = cfg.loss.sparsity_target
+    if target is not None:
+        if not 0 < target < 1:
+            raise ConfigError(f"loss.sparsity_target={target!r}: expected a share of the penalised channels in (0, 1)")
+        if cfg.loss.sparsity_mode == "none" or cfg.loss.sparsity_weight <= 0:
+            raise ConfigError(
+                "loss.sparsity_target steers lambda from loss.sparsity_weight, which must be > 0 with "
+                f"loss.sparsity_mode disjoint or all (got {cfg.loss.sparsity_weight}, {cfg.loss.sparsity_mode!r})"
+            )
     d = cfg.data
     if d.val_list is None and not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_list is null, so data.val_fraction must be in (0, 1), got {d.val_fraction}")

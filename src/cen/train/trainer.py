@@ -104,7 +104,8 @@ class Trainer:
         compile_backend: the :func:`torch.compile` backend of ``train.compile`` (default Inductor;
             the tests pass ``"aot_eager"``, which needs no C compiler).
         callbacks: what runs at the start, after each step and after each validation
-            (default :func:`cen.train.callbacks.default_callbacks`: γ statistics, Figure A).
+            (default :func:`cen.train.callbacks.default_callbacks`: γ statistics, Figure A, λ to a target,
+            warnings of a degenerate ℓ1 regime).
     """
 
     def __init__(
@@ -195,9 +196,6 @@ class Trainer:
         self.optimizers = dict(self.task.configure_optimizers(self.models))
         self.precision.add_optimizers(self.optimizers)
         self.task.precision = self.precision  # Task.optimize steps through it (loss scaling in fp16)
-        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
-        for callback in self.callbacks:
-            callback.setup(self)
         self.nets = dict(self.models)
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -238,6 +236,9 @@ class Trainer:
         self.best_score, self.best_epoch = None, None
         self.log = None
         self._stop = StopRequest(self.stream)  # catches SIGINT/SIGTERM during fit()
+        self.callbacks = list(default_callbacks() if callbacks is None else callbacks)
+        for callback in self.callbacks:
+            callback.setup(self)
 
     def _settle_hardware(self) -> None:
         """Resolve ``train.precision`` / ``train.channels_last`` (``auto``) and ``train.threads`` for this
@@ -394,6 +395,8 @@ class Trainer:
         if self.resume_from is None:
             params = sum(p.numel() for m in self.models.values() for p in m.parameters())
             self.log.record("info", 0, event="start", params=params, processes=self.info.world_size, **self.hardware)
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
         sampler = self.train_loader.sampler
         steps_per_epoch = sampler.batches_per_epoch()
         stopped = False
@@ -546,6 +549,8 @@ class Trainer:
             "steps": self.global_step,
             **{k: self.hardware[k] for k in ("device", "precision", "channels_last", "threads", "cpu")},
         }
+        for callback in self.callbacks:
+            callback.on_fit_end(self, out)
         if not (cfg.eval.test and "test" in self.eval_loaders):
             return out
         best = self.run_dir / "best.pt"
