@@ -182,3 +182,41 @@ def test_update_does_no_cuda_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert tracker.summary()["total"]["ever"] == 1
+
+
+def test_the_loss_gradient_near_zero_against_lambda_is_counted():
+    # Theorem 1's quantity: a scale under theta stays while |dL/dgamma| < lambda; here rgb c1 rises after a strong
+    # gradient and rgb c0 after a weak one (which the theorem does not expect, and the count must show).
+    model = Toy()
+    tracker = GammaTracker(model)
+    norm, lam = model.low, 0.5
+    steps = [  # (gamma of rgb c0, c1), (dL/dgamma of rgb c0, c1)
+        ((0.05, 0.05), (0.1, 0.9)),  # both under theta: c0 weak, c1 strong
+        ((0.5, 0.5), (0.0, 0.0)),  # both rise: c0 after a weak gradient, c1 after a strong one
+        ((0.0, 0.0), (0.2, 0.2)),  # both back under, weak
+    ]
+    for step, (gammas, grads) in enumerate(steps, 1):
+        with torch.no_grad():
+            norm.gamma.fill_(1.0)
+            norm.gamma[0, :2] = torch.tensor(gammas)
+        norm.weight.grad = torch.zeros_like(norm.weight)
+        norm.weight.grad.view(2, 4)[0, :2] = torch.tensor(grads)
+        tracker.update(step, lam=lam)
+    rgb = tracker.summary()["layers"]["low"]["rgb"]
+    assert (rgb["rises_after_weak_gradient"], rgb["rises_after_strong_gradient"]) == (1, 1)
+    assert rgb["under_weak_gradient"] == 2 and rgb["under"] == 2
+    # the gradient solver's l1 subgradient is taken off: at gamma > 0 the loss gradient is grad - lambda
+    tracker2 = GammaTracker(model)
+    with torch.no_grad():
+        norm.gamma.fill_(1.0)
+        norm.gamma[0, 0] = 0.05
+    norm.weight.grad = torch.zeros_like(norm.weight)
+    norm.weight.grad.view(2, 4)[0, 0] = 0.6  # 0.6 - 0.5: a weak loss gradient
+    tracker2.update(1, lam=0.5, l1_in_grad=0.5)
+    assert tracker2.summary()["layers"]["low"]["rgb"]["under_weak_gradient"] == 1
+    # a saved state of the first version (without the gradient fields) still loads
+    state = tracker.state_dict()
+    for entry in state["layers"].values():
+        for key in ("weak", "rises_weak", "rises_strong"):
+            entry.pop(key)
+    GammaTracker(model).load_state_dict(state)

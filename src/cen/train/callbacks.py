@@ -68,7 +68,12 @@ class GammaCallback(Callback):
             self.tracker = GammaTracker(trainer.model, mode=mode)
 
     def on_step_end(self, trainer: Trainer) -> None:
-        self.tracker.update(trainer.global_step)
+        penalty = trainer.task.penalty
+        if penalty.active:  # Theorem 1's quantity: the loss gradient of the scales near 0 against lambda
+            in_grad = penalty.weight if penalty.solver == "gradient" else 0.0
+            self.tracker.update(trainer.global_step, lam=penalty.weight, l1_in_grad=in_grad)
+        else:
+            self.tracker.update(trainer.global_step)
 
     def on_validation_end(self, trainer: Trainer, results, summary) -> None:
         if not self.tracker.layers:

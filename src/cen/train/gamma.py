@@ -29,18 +29,35 @@ from torch import Tensor, nn
 
 from cen.core.sparsity import SPARSITY_MODES, disjoint_groups, exchanging_norms
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 #: Per-scale state tensors, each ``(M, C)``.
 _FIELDS = ("below", "ever", "first_step", "recoveries")
+#: Theorem 1's quantity, tracked where the loss gradient is known (version 2; older states lack them):
+#: ``weak`` (at the last update while under θ, ``|dL/dgamma| < lambda``), ``rises_weak`` / ``rises_strong``
+#: (rises back above θ after a last update under θ with a weak / a strong gradient).
+_GRAD_FIELDS = ("weak", "rises_weak", "rises_strong")
 
 
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _counts(ever: int, under: int, recovered: int, back: int, rises: int, penalised: int) -> dict:
+def _counts(
+    ever: int,
+    under: int,
+    recovered: int,
+    back: int,
+    rises: int,
+    penalised: int,
+    under_weak: int = 0,
+    rises_weak: int = 0,
+    rises_strong: int = 0,
+) -> dict:
     """The record of one group of scales (a layer's modality, or all of them)."""
     return {
+        "under_weak_gradient": under_weak,
+        "rises_after_weak_gradient": rises_weak,
+        "rises_after_strong_gradient": rises_strong,
         "penalised": penalised,
         "under": under,
         "ever": ever,
@@ -66,6 +83,8 @@ def _summarize(
     for name, s in state.items():
         pen = penalised[name]
         ever = s["ever"] & pen
+        zero = torch.zeros_like(s["recoveries"])
+        weak = s.get("weak", torch.zeros_like(s["below"]))
         rows.append(
             torch.stack(
                 [
@@ -75,12 +94,15 @@ def _summarize(
                     (ever & ~s["below"]).sum(1),
                     (s["recoveries"] * pen).sum(1),
                     pen.sum(1),
+                    (s["below"] & pen & weak).sum(1),
+                    (s.get("rises_weak", zero) * pen).sum(1),
+                    (s.get("rises_strong", zero) * pen).sum(1),
                 ],
                 dim=1,
             )
-        )  # (M, 6)
+        )  # (M, 9)
     flat = torch.cat(rows).tolist() if rows else []  # the one host copy
-    layers, total, start = {}, [0] * 6, 0
+    layers, total, start = {}, [0] * 9, 0
     for name, r in zip(state, rows):
         layers[name] = {}
         for m, counts in enumerate(flat[start : start + r.shape[0]]):
@@ -159,6 +181,9 @@ class GammaTracker:
                 "ever": torch.zeros(shape, dtype=torch.bool, device=dev),
                 "first_step": torch.full(shape, -1, dtype=torch.long, device=dev),
                 "recoveries": torch.zeros(shape, dtype=torch.long, device=dev),
+                "weak": torch.ones(shape, dtype=torch.bool, device=dev),
+                "rises_weak": torch.zeros(shape, dtype=torch.long, device=dev),
+                "rises_strong": torch.zeros(shape, dtype=torch.long, device=dev),
             }
         self.updates = 0  # a Python count of update() calls (no tensor involved)
 
@@ -169,13 +194,27 @@ class GammaTracker:
 
     # -- every step ------------------------------------------------------------
     @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Read every scale after optimiser step ``step`` (an int); tensor operations only, no host sync."""
+    def update(self, step: int, *, lam: float | None = None, l1_in_grad: float = 0.0) -> None:
+        """Read every scale after optimiser step ``step`` (an int); tensor operations only, no host sync.
+
+        With ``lam`` (λ) and the scales' gradients still on the parameters, it also compares the loss gradient
+        ``|dL/dgamma|`` of each scale under θ with λ, the quantity of Theorem 1 (a scale at 0 stays when it is
+        below λ). ``l1_in_grad``: the ℓ1 coefficient the gradient holds (``λ`` with the gradient solver, 0 with
+        the proximal one), taken off to leave the loss's own gradient.
+        """
         for name, norm in self.norms.items():
             s = self.state[name]
-            below = norm.gamma.detach().abs() < self.thresholds[name]
+            gamma = norm.gamma.detach()
+            below = gamma.abs() < self.thresholds[name]
+            rise = s["below"] & ~below
+            if lam is not None and norm.weight.grad is not None:
+                grad = norm.weight.grad.detach().view_as(gamma) - l1_in_grad * gamma.sign() * self.penalised[name]
+                weak = grad.abs() < lam
+                s["rises_weak"].add_(rise & s["weak"])
+                s["rises_strong"].add_(rise & ~s["weak"])
+                s["weak"].copy_(torch.where(below, weak, s["weak"]))
             s["first_step"].copy_(torch.where(below & ~s["ever"], step, s["first_step"]))
-            s["recoveries"].add_(s["below"] & ~below)
+            s["recoveries"].add_(rise)
             s["ever"].logical_or_(below)
             s["below"].copy_(below)
         self.updates += 1
@@ -190,7 +229,10 @@ class GammaTracker:
         ``theta`` now, ``ever`` were below at some update, ``recovered`` of those rose back to
         ``>= theta`` at least once, ``back_now`` of those are above now, ``rises`` counts every rise.
         ``share_under`` and ``share_ever`` are fractions of ``penalised``, ``share_recovered`` of
-        ``ever`` (``None`` when the denominator is 0).
+        ``ever`` (``None`` when the denominator is 0). Where :meth:`update` was given λ, Theorem 1's quantity
+        too: ``under_weak_gradient`` (under θ now, with ``|dL/dgamma| < λ`` at its last update there: the
+        theorem says these stay), ``rises_after_weak_gradient`` / ``rises_after_strong_gradient`` (rises back
+        above θ after a weak / a strong gradient: the theorem expects the rises to follow strong ones).
         """
         return _summarize(self.state, self.penalised, self.names, self.thresholds, self.mode, self.updates)
 
@@ -241,6 +283,6 @@ class GammaTracker:
                         f"{tuple(entry[key].shape)}, expected {tuple(self.state[name][key].shape)}"
                     )
         for name, entry in state["layers"].items():
-            for key in _FIELDS:
+            for key in _FIELDS + tuple(k for k in _GRAD_FIELDS if k in entry):  # version 1 lacks the gradient ones
                 self.state[name][key].copy_(entry[key])
         self.updates = int(state.get("updates", 0))
