@@ -95,7 +95,11 @@ def to_uint8(images: Tensor) -> Tensor:
 def build_extractor(features: str = "auto", weights: str | None = None) -> tuple[nn.Module, str]:
     """``(module, name)`` of the feature extractor: ``"inception"`` from the local file
     ``weights``; ``"scenes"`` the shipped substitute (or the ``weights`` file given);
-    ``"auto"`` inception if ``weights`` is given, else scenes."""
+    ``"auto"`` inception if ``weights`` is given, else scenes.
+
+    The name carries the first 8 hex digits of the SHA-256 of the extractor's weights
+    (``scenes_cnn_240@1a2b3c4d``): FID and KID are comparable only between numbers computed
+    with the same weights, and a retrained feature network gets another name."""
     if features not in FEATURES:
         raise ValueError(f"features={features!r} unknown; expected one of {FEATURES}")
     if features == "auto":
@@ -103,8 +107,22 @@ def build_extractor(features: str = "auto", weights: str | None = None) -> tuple
     if features == "inception":
         if weights is None:
             raise ValueError("features='inception' needs weights=PATH of torch-fidelity's Inception v3 file")
-        return load_inception(weights), INCEPTION_FEATURE_NAME
-    return load_scenes_features(weights), SCENES_FEATURE_NAME
+        net, name = load_inception(weights), INCEPTION_FEATURE_NAME
+    else:
+        net, name = load_scenes_features(weights), SCENES_FEATURE_NAME
+    return net, f"{name}@{weights_digest(net)}"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """The first 8 hex digits of the SHA-256 of ``module``'s state dict (names, shapes and values, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 class TranslationMetrics(nn.Module):
