@@ -12,7 +12,7 @@ from cen.tasks.translation.features import (
     ScenesFeatureNet,
     load_scenes_features,
 )
-from cen.tasks.translation.metrics import TranslationMetrics, to_uint8
+from cen.tasks.translation.metrics import TranslationMetrics, to_uint8, weights_digest
 
 
 def scene_images(n: int, size: int = 32, seed: int = 7) -> torch.Tensor:
@@ -61,7 +61,12 @@ def test_fid_kid_zero_for_the_same_set_and_larger_for_a_shifted_one(real):
     darker = (real - 0.4).clamp(-1, 1)
     shuffled = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(1))]
     m = TranslationMetrics(["same", "dark", "order"], features="scenes")
-    assert m.feature_name == SCENES_FEATURE_NAME
+    name, digest = m.feature_name.split("@")
+    assert name == SCENES_FEATURE_NAME and len(digest) == 8  # the weights' hash: FIDs of other weights differ by name
+    other = load_scenes_features()
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)  # retrained weights, however slightly: another name
+    assert weights_digest(other) != digest == weights_digest(load_scenes_features())
     stream(m, {"same": real, "dark": darker, "order": shuffled}, real)
     out = m.compute()
     assert abs(out["same"]["fid"]) < 1e-4
@@ -182,7 +187,7 @@ def test_inception_from_a_local_file(tmp_path, monkeypatch):
     path = tmp_path / INCEPTION_WEIGHTS_FILE
     torch.save(state, path)
     m = TranslationMetrics(["a"], weights=str(path))
-    assert m.feature_name == "inception_v3_pool3_2048" and m.num_features == 2048
+    assert m.feature_name.startswith("inception_v3_pool3_2048@") and m.num_features == 2048
     real = scene_images(3, size=24)
     assert m.features(real).shape == (3, 2048)
     m.update("a", real.flip(-1), real)
