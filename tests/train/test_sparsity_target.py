@@ -35,12 +35,12 @@ def test_lambda_rises_below_the_target_backs_off_above_it_and_resumes_exactly(tm
     trainer = _steered(tmp_path, "full")
     out = trainer.fit()
     records = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "sparsity"]
-    assert len(records) == 24 and records[0]["target"] < records[-1]["target"] == pytest.approx(0.3)
+    assert len(records) == 24 and records[0]["path"] > records[-1]["path"] == pytest.approx(0.02)  # down to theta
     for before, after in zip(records, records[1:]):
-        if after["share"] < after["target"]:
-            assert after["weight"] > before["weight"]  # too few exchanged: lambda grows
-        elif after["share"] > after["target"]:
-            assert after["weight"] < before["weight"]  # too many: it backs off
+        if after["quantile"] > after["path"]:
+            assert after["weight"] > before["weight"]  # the scales lag the path: lambda grows
+        elif after["quantile"] < after["path"]:
+            assert after["weight"] < before["weight"]  # they run ahead: it backs off
     assert any(r["share"] > 0 for r in records)  # the push did make channels fall
     assert out["sparsity_weight_final"] == pytest.approx(records[-1]["weight"])
     assert trainer.task.penalty.weight == pytest.approx(out["sparsity_weight_final"])

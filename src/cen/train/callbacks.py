@@ -135,21 +135,24 @@ def penalised_share(model) -> tuple[float, list[tuple[str, float]]]:
 class SparsityTarget(Callback):
     """``loss.sparsity_target``: λ steered so that this share of the penalised channels is exchanged at the end.
 
-    Every :attr:`every` steps the share ``s`` of penalised γ under θ is compared with the target of that
-    point of the run, ``target · min(1, step / (ramp · steps))`` (the full target reached at ``ramp`` of the
-    run, then held), and ``λ ← λ · exp(gain · (target_now − s) / target)``, within ``[λ0 / 1000, 1000 λ0]``
-    (``λ0`` = ``loss.sparsity_weight``), with a larger gain above the target than below it: a γ that has
-    reached θ rarely comes back (Theorem 1), so an overshoot cannot be undone and λ must back off at once,
-    while the ramp lets the share grow instead of overshooting early. λ is logged (``sparsity`` records), kept in checkpoints
-    (exact resume) and written to ``results.json`` (``sparsity_weight_final``).
+    The share under θ lags λ by hundreds of steps (a γ travels from 1 towards 0 before it counts), so the
+    controller follows a quantity that moves at once: ``q``, the ``target``-quantile of the penalised
+    ``|γ|`` (``target`` of them are below it; the share reaches the target when ``q`` reaches θ). Every
+    :attr:`every` steps ``q`` is compared with a path from its first value ``q0`` down to θ at ``ramp`` of
+    the planned run, ``q_path = θ + (q0 − θ) · max(0, 1 − step / (ramp · steps))``, and
+    ``λ ← λ · exp(gain · (q − q_path) / q0)`` within ``[λ0 / 1000, 1000 λ0]`` (``λ0`` =
+    ``loss.sparsity_weight``): λ grows while the scales lag the path and shrinks when they run ahead.
+    λ is logged (``sparsity`` records: ``weight``, ``share`` under θ, ``quantile``, ``path``), kept in
+    checkpoints (exact resume) and written to ``results.json`` (``sparsity_weight_final``).
     """
 
     key = "sparsity_target"
-    every, ramp, gain, gain_over = 10, 0.8, 0.5, 3.0
+    every, ramp, gain = 10, 0.8, 2.0
 
     def __init__(self) -> None:
         self.active = False
         self.weight: float | None = None
+        self.q0: float | None = None
 
     def setup(self, trainer: Trainer) -> None:
         target = trainer.cfg.loss.get("sparsity_target")
@@ -167,34 +170,55 @@ class SparsityTarget(Callback):
 
         trainer.task.penalty = dataclasses.replace(trainer.task.penalty, weight=self.weight)
 
+    def _quantile(self, trainer: Trainer) -> tuple[float, float]:
+        """``(q, θ)``: the ``target``-quantile of the penalised |γ| and the norms' θ (their largest)."""
+        import torch
+
+        from cen.core.groups import disjoint_groups
+        from cen.core.sparsity import exchanging_norms
+
+        values, theta = [], 0.0
+        for _, norm in exchanging_norms(trainer.model):
+            groups = disjoint_groups(norm.num_modalities, norm.num_features, norm.weight.device)
+            values.append(norm.gamma.detach().abs()[groups].float())
+            theta = max(theta, norm.threshold)
+        if not values:
+            return 0.0, theta
+        return float(torch.quantile(torch.cat(values), self.target)), theta
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.active:
+            self._apply(trainer)  # after a resume: the loaded lambda
+            if self.q0 is None:
+                self.q0 = self._quantile(trainer)[0]
+
     def on_step_end(self, trainer: Trainer) -> None:
         if not self.active or trainer.global_step % self.every:
             return
         import math
 
-        share, _ = penalised_share(trainer.model)
-        now = self.target * min(1.0, trainer.global_step / max(1.0, self.ramp * self.steps))
-        gain = self.gain if share <= now else self.gain_over
-        factor = math.exp(gain * (now - share) / self.target)
+        q, theta = self._quantile(trainer)
+        progress = trainer.global_step / max(1.0, self.ramp * self.steps)
+        path = theta + (self.q0 - theta) * max(0.0, 1.0 - progress)
+        factor = math.exp(self.gain * (q - path) / max(self.q0, theta))
         self.weight = min(max(self.weight * factor, self.start / 1000), self.start * 1000)
         self._apply(trainer)
-        trainer.log.record("sparsity", trainer.global_step, weight=self.weight, share=share, target=now)
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if self.active:
-            self._apply(trainer)  # after a resume: the loaded lambda
+        share, _ = penalised_share(trainer.model)
+        trainer.log.record("sparsity", trainer.global_step, weight=self.weight, share=share, quantile=q, path=path)
 
     def state_dict(self) -> dict | None:
-        return {"weight": self.weight} if self.active else None
+        return {"weight": self.weight, "q0": self.q0} if self.active else None
 
     def load_state_dict(self, state: Mapping) -> None:
-        self.weight = float(state["weight"])
+        self.weight, self.q0 = float(state["weight"]), state.get("q0")
 
     def on_fit_end(self, trainer: Trainer, out: dict) -> None:
         if self.active:
             out["sparsity_weight_final"] = self.weight
+            share, _ = penalised_share(trainer.model)
             trainer._say(
-                f"loss.sparsity_target {self.target}: lambda ends at {self.weight:.4g} (started {self.start:g})"
+                f"loss.sparsity_target {self.target}: {share:.1%} of the penalised channels exchanged at the end; "
+                f"lambda ends at {self.weight:.4g} (started {self.start:g})"
             )
 
 
