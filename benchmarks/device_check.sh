@@ -12,8 +12,10 @@
 #      memory and host synchronisations per step;
 #   3. the same with RefineNetCEN bf16 + channels-last compiled (Inductor; minutes to compile);
 #   4. the core benchmark on CUDA (ResNet-101 stacked vs list vs plain);
-#   5. 30 steps of CEN training through the CLI in bf16 + channels-last.
-# Results land in ${OUT:-bench_out}/: one log (device_check.log) and the JSON files (at most 5 files,
+#   5. 30 steps of CEN training through the CLI with train.precision=auto (bf16 + channels-last where the GPU
+#      has bf16), and cen env's report of the device;
+#   6. host synchronisations of the per-step bookkeeping (GammaTracker, the proximal step): cuda_syncs.py.
+# Results land in ${OUT:-bench_out}/: one log (device_check.log) and the JSON files (at most 6 files,
 # as the device machine sends back at most 8).
 #   bash benchmarks/device_check.sh
 set -uo pipefail
@@ -38,6 +40,8 @@ if ! python -c "import cen" 2>/dev/null; then  # e.g. no wheel/setuptools able t
     echo "== editable install failed; using PYTHONPATH=$PWD/src" | tee -a "$log"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
+step 30 env python -m cen env --json
+python -m cen env --json > "$out/env.json" 2>/dev/null || true
 export CEN_DEBUG=1
 step 150 bench_step_cuda python benchmarks/bench_step.py --device cuda --batch 6 --size 500 --repeats 5 --warmup 2 \
     --json "$out/bench_step_cuda.json"
@@ -47,6 +51,7 @@ step 45 bench_core_cuda python benchmarks/bench_core.py --device cuda --arch res
     --repeats 10 --json "$out/bench_core_cuda.json"
 step 60 train_cuda python -m cen train configs/scenes.yaml data.generate.num=60 data.generate.workers=8 train.device=cuda \
     train.max_steps=30 train.progress=false \
-    train.precision=bf16 train.channels_last=true run.dir=/tmp/cen_device_runs run.name=scenes_cuda_bf16
-cp /tmp/cen_device_runs/scenes_cuda_bf16/metrics.jsonl "$out/train_cuda_metrics.jsonl" 2>/dev/null || true
+    train.precision=auto train.channels_last=auto run.dir=/tmp/cen_device_runs run.name=scenes_cuda_auto
+cp /tmp/cen_device_runs/scenes_cuda_auto/metrics.jsonl "$out/train_cuda_metrics.jsonl" 2>/dev/null || true
+step 60 cuda_syncs python benchmarks/cuda_syncs.py
 grep -E "^(==|\|)" "$log"
