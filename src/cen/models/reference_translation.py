@@ -77,7 +77,8 @@ def _norm_keys(prefix: str, num: int, channels: int) -> dict[str, tuple[int, tor
 
 
 def reference_generator_key_map(model: UNetCEN) -> dict[str, RefEntry]:
-    """``{reference key: RefEntry(our key, modality slot or None, reference shape)}`` for ``model`` (meta device works)."""
+    """``{reference key: RefEntry(our key, modality slot or None, reference shape)}`` for ``model`` (meta device
+    works)."""
     gen = model.generator
     state = model.state_dict(keep_vars=True)
     num = len(model.names)

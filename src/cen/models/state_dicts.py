@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 
 class KeyMismatch(NamedTuple):
-    """How a given state dict differs from a model's: key lists, and ``"<key>: <given_as> (shape) vs model (shape)"``."""
+    """How a given state dict differs from a model's: the missing and unexpected keys, and the shape mismatches as
+    ``"<key>: <given_as> (shape) vs model (shape)"``."""
 
     missing: list[str]
     unexpected: list[str]
