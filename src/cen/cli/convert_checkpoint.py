@@ -15,14 +15,33 @@ import argparse
 import os
 import sys
 
+from cen.cli.options import add_command, option
 from cen.core.defaults import THRESHOLD, TRANSLATION_THRESHOLD
 
 MODEL_KINDS = ("auto", "refinenet", "unet")  # "auto" and the keys of CONVERTERS
 
 
+OPTIONS = (
+    option("input", metavar="IN", help="reference checkpoint (.pth / .pth.tar)"),
+    option("output", metavar="OUT", help="where to write the converted checkpoint (written atomically)"),
+    option("--model", choices=MODEL_KINDS, default="auto",
+           help="which reference model IN holds: refinenet (segmentation), unet (translation generator), "
+           "or auto: detect it from the keys (default)"),
+    option("--modalities", nargs="+", default=None, metavar="NAME",
+           help="input names in the reference's input order (segmentation default: rgb depth for two modalities; "
+           "translation: required, Taskonomy domains, e.g. reshading edge_texture)"),
+    option("--threshold", type=float, default=None,
+           help=f"exchange threshold theta (default: {THRESHOLD} for segmentation, {TRANSLATION_THRESHOLD} for "
+           "translation)"),
+    option("--target", default="rgb", help="translation only: the target domain recorded in the config (default: rgb)"),
+    option("--trust", action="store_true",
+           help="allow arbitrary pickled objects in IN (torch.load weights_only=False); only for trusted files"),
+)  # fmt: skip
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "convert-checkpoint",
+    add_command(
+        subparsers, "convert-checkpoint", run, OPTIONS,
         help="convert a checkpoint of the reference CEN code (yikaiw/CEN) to a cen checkpoint",
         description=(
             "Convert a state dict saved by the reference CEN code into a cen checkpoint that cen.load_model, "
@@ -34,39 +53,7 @@ def register(subparsers) -> None:
             "listed. Strict: every other key is used once and shapes are checked; anything that does not match "
             "is listed."
         ),
-    )
-    parser.add_argument("input", metavar="IN", help="reference checkpoint (.pth / .pth.tar)")
-    parser.add_argument("output", metavar="OUT", help="where to write the converted checkpoint (written atomically)")
-    parser.add_argument(
-        "--model",
-        choices=MODEL_KINDS,
-        default="auto",
-        help="which reference model IN holds: refinenet (segmentation), unet (translation generator), "
-        "or auto: detect it from the keys (default)",
-    )
-    parser.add_argument(
-        "--modalities",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="input names in the reference's input order (segmentation default: rgb depth for two modalities; "
-        "translation: required, Taskonomy domains, e.g. reshading edge_texture)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help=f"exchange threshold theta (default: {THRESHOLD} for segmentation, {TRANSLATION_THRESHOLD} for translation)",
-    )
-    parser.add_argument(
-        "--target", default="rgb", help="translation only: the target domain recorded in the config (default: rgb)"
-    )
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="allow arbitrary pickled objects in IN (torch.load weights_only=False); only for trusted files",
-    )
-    parser.set_defaults(func=run)
+    )  # fmt: skip
 
 
 def save_weights_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict) -> None:

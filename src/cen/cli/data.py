@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from cen.cli.options import QUIET, add_command, option
 from cen.errors import UserError
 
 
@@ -95,6 +96,51 @@ def _hha(args: argparse.Namespace) -> int:
     return 0
 
 
+SYNTH_OPTIONS = (
+    option("out", metavar="OUT", help="output directory"),
+    option("--num", type=int, default=1000, help="number of scenes (default 1000)"),
+    option("--height", type=int, default=120, help="image height in pixels (default 120)"),
+    option("--width", type=int, default=160, help="image width in pixels (default 160)"),
+    option("--seed", type=int, default=0, help="random seed (default 0)"),
+    option("--splits", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"),
+    option("--workers", type=int, default=min(4, os.cpu_count() or 1),
+           help="rendering processes (default: CPU count, at most 4); the bytes do not depend on it"),
+    QUIET,
+)  # fmt: skip
+CHECK_OPTIONS = (
+    option("root", metavar="ROOT", help="data set root"),
+    option("--layout", required=True, choices=("nyudv2", "taskonomy", "folder", "rgbx", "mfnet", "deliver"),
+           help="on-disk layout: nyudv2 (the reference's, also SUN RGB-D), taskonomy, folder, or the RGB-X "
+           "methods' rgbx (NYUDv2 / SUN RGB-D packs), mfnet, deliver (docs/data.md)"),
+    option("--list", action="append", metavar="FILE",
+           help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT; "
+           "deliver: split names (default every split folder found)"),
+    option("--num-classes", type=int, default=None,
+           help="label values must be below this or 255 (default: ROOT/classes.json, else the layout's: 40; "
+           "rgbx 37 with a labels/ folder; mfnet 9; deliver 25)"),
+    option("--image-size", default=None, metavar="HxW",
+           help="rgbx, mfnet, deliver: the size every file must have, e.g. 480x640 (default: not checked)"),
+    option("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)"),
+    option("--modalities", default=None,
+           help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
+           "list columns' rgb and depth (default: every modality folder found, e.g. hha); rgbx, mfnet, "
+           "deliver: the modalities to read (default: every one the layout has on disk)"),
+    option("--mask", default="masks", help="folder: label folder, or 'none' (default masks)"),
+    option("--json", action="store_true", help="also print a JSON summary line"),
+    QUIET,
+)  # fmt: skip
+HHA_OPTIONS = (
+    option("root", metavar="ROOT", help="data set root in the NYUDv2 layout"),
+    option("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+           help="camera intrinsics in pixels (default: ROOT/camera.json, else NYUDv2's Kinect "
+           "518.857901,519.469611,325.582449,253.736166 for 640x480 images)"),
+    option("--depth-scale", type=float, default=None, metavar="S",
+           help="raw 16-bit depth x S = metres (default: ROOT/camera.json, else NYUDv2's 1/5000)"),
+    option("--overwrite", action="store_true", help="recompute images already in ROOT/hha"),
+    QUIET,
+)  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``cen data synth``, ``cen data check`` and ``cen data hha``."""
     parser = subparsers.add_parser(
@@ -104,98 +150,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-
-    synth = actions.add_parser(
-        "synth",
-        help="render procedural indoor scenes in the NYUDv2 and Taskonomy layouts",
-        description="Render procedural indoor scenes (RGB, depth, normals, shading, texture edges, labels) "
-        "into OUT (NYUDv2 layout) and OUT/taskonomy (Taskonomy layout). Same seed, same bytes.",
-    )
-    synth.add_argument("out", metavar="OUT", help="output directory")
-    synth.add_argument("--num", type=int, default=1000, help="number of scenes (default 1000)")
-    synth.add_argument("--height", type=int, default=120, help="image height in pixels (default 120)")
-    synth.add_argument("--width", type=int, default=160, help="image width in pixels (default 160)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    synth.add_argument(
-        "--workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="rendering processes (default: CPU count, at most 4); the bytes do not depend on it",
-    )
-    synth.add_argument("--quiet", action="store_true", help="no progress bar")
-    synth.set_defaults(func=_synth)
-
-    check = actions.add_parser(
-        "check",
-        help="validate a data set: files, sizes, label values, lists",
-        description="Validate a data set on disk. Prints one line per problem naming the file; "
-        "exit status 1 if there is any.",
-    )
-    check.add_argument("root", metavar="ROOT", help="data set root")
-    check.add_argument(
-        "--layout",
-        required=True,
-        choices=("nyudv2", "taskonomy", "folder", "rgbx", "mfnet", "deliver"),
-        help="on-disk layout: nyudv2 (the reference's, also SUN RGB-D), taskonomy, folder, or the RGB-X "
-        "methods' rgbx (NYUDv2 / SUN RGB-D packs), mfnet, deliver (docs/data.md)",
-    )
-    check.add_argument(
-        "--list",
-        action="append",
-        metavar="FILE",
-        help="list/split file (repeatable); default train.txt, val.txt, test.txt in ROOT; "
-        "deliver: split names (default every split folder found)",
-    )
-    check.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="label values must be below this or 255 (default: ROOT/classes.json, else the layout's: 40; "
-        "rgbx 37 with a labels/ folder; mfnet 9; deliver 25)",
-    )
-    check.add_argument(
-        "--image-size",
-        default=None,
-        metavar="HxW",
-        help="rgbx, mfnet, deliver: the size every file must have, e.g. 480x640 (default: not checked)",
-    )
-    check.add_argument("--domains", default=None, help="taskonomy: comma-separated domains (default: all found)")
-    check.add_argument(
-        "--modalities",
-        default=None,
-        help="folder: comma-separated modality folders; nyudv2: the modalities to check besides the "
-        "list columns' rgb and depth (default: every modality folder found, e.g. hha); rgbx, mfnet, "
-        "deliver: the modalities to read (default: every one the layout has on disk)",
-    )
-    check.add_argument("--mask", default="masks", help="folder: label folder, or 'none' (default masks)")
-    check.add_argument("--json", action="store_true", help="also print a JSON summary line")
-    check.add_argument("--quiet", action="store_true", help="no progress bar")
-    check.set_defaults(func=_check)
-
-    hha = actions.add_parser(
-        "hha",
-        help="compute the HHA encoding of every depth image into ROOT/hha/",
-        description="Compute HHA (horizontal disparity, height above the floor, angle with gravity; Gupta et al. "
-        "2014) from ROOT/depth/*.png into ROOT/hha/*.png (8-bit RGB). Intrinsics and depth scale: the "
-        "options, else ROOT/camera.json (generated scenes), else NYUDv2's Kinect at 640x480 and 1/5000 m. "
-        "See docs/data.md#hha.",
-    )
-    hha.add_argument("root", metavar="ROOT", help="data set root in the NYUDv2 layout")
-    hha.add_argument(
-        "--intrinsics",
-        default=None,
-        metavar="FX,FY,CX,CY",
-        help="camera intrinsics in pixels (default: ROOT/camera.json, else NYUDv2's Kinect "
-        "518.857901,519.469611,325.582449,253.736166 for 640x480 images)",
-    )
-    hha.add_argument(
-        "--depth-scale",
-        type=float,
-        default=None,
-        metavar="S",
-        help="raw 16-bit depth x S = metres (default: ROOT/camera.json, else NYUDv2's 1/5000)",
-    )
-    hha.add_argument("--overwrite", action="store_true", help="recompute images already in ROOT/hha")
-    hha.add_argument("--quiet", action="store_true", help="no progress bar")
-    hha.set_defaults(func=_hha)
+    commands = (
+        ("synth", _synth, SYNTH_OPTIONS, "render procedural indoor scenes in the NYUDv2 and Taskonomy layouts",
+         "Render procedural indoor scenes (RGB, depth, normals, shading, texture edges, labels) into OUT (NYUDv2 "
+         "layout) and OUT/taskonomy (Taskonomy layout). Same seed, same bytes."),
+        ("check", _check, CHECK_OPTIONS, "validate a data set: files, sizes, label values, lists",
+         "Validate a data set on disk. Prints one line per problem naming the file; exit status 1 if there is any."),
+        ("hha", _hha, HHA_OPTIONS, "compute the HHA encoding of every depth image into ROOT/hha/",
+         "Compute HHA (horizontal disparity, height above the floor, angle with gravity; Gupta et al. 2014) from "
+         "ROOT/depth/*.png into ROOT/hha/*.png (8-bit RGB). Intrinsics and depth scale: the options, else "
+         "ROOT/camera.json (generated scenes), else NYUDv2's Kinect at 640x480 and 1/5000 m. See docs/data.md#hha."),
+    )  # fmt: skip
+    for name, run, options, help_text, description in commands:
+        add_command(actions, name, run, options, help=help_text, description=description)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from cen.cli.options import TRAINED_WITH, add_command, config_arguments, option
 from cen.cli.train import EPILOG, _intermixed, resolve_config_path
 from cen.errors import UserError
 
@@ -23,38 +24,29 @@ class ExportCommandError(UserError, ValueError):
     """Bad input to ``cen export``: the message names the file, modality or argument."""
 
 
+OPTIONS = (
+    *config_arguments(TRAINED_WITH),
+    option("--checkpoint", required=True, metavar="PATH", help="a cen checkpoint (best.pt / last.pt / converted)"),
+    option("--out", required=True, metavar="PATH", help="the .onnx file to write"),
+    option("--modalities", nargs="+", metavar="NAME", default=None,
+           help="export for this subset of the modalities (missing-modality inference; default all)"),
+    option("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
+           help="image size of the tracing example (default 64x64, or the model's multiple); "
+           "the file accepts any size"),
+    option("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: the exporter's)"),
+    option("--no-verify", dest="verify", action="store_false",
+           help="skip running the file with onnxruntime against PyTorch after export"),
+)  # fmt: skip
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX for inference",
+    _intermixed(add_command(
+        subparsers, "export", run, OPTIONS,
+        help="export a checkpoint to ONNX for inference",
         description="Rebuild the model of a checkpoint, freeze its fusion for inference and write it as ONNX "
         "(one input per modality, outputs <modality>_out and ensemble, dynamic batch and image size).",
         epilog=EPILOG,
-    )  # fmt: skip
-    p.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a cen checkpoint (best.pt / last.pt / converted)"
-    )
-    p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
-    p.add_argument(
-        "--modalities",
-        nargs="+",
-        metavar="NAME",
-        default=None,
-        help="export for this subset of the modalities (missing-modality inference; default all)",
-    )
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                   help="image size of the tracing example (default 64x64, or the model's multiple); "
-                   "the file accepts any size")  # fmt: skip
-    p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: the exporter's)")
-    p.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip running the file with onnxruntime against PyTorch after export",
-    )
-    p.set_defaults(func=run)
-    _intermixed(p)
+    ))  # fmt: skip
 
 
 def _trained_in(checkpoint) -> str:

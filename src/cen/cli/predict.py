@@ -27,81 +27,53 @@ from pathlib import Path
 
 import torch
 
+from cen.cli.options import add_command, add_options, option
 from cen.tasks.base import PredictError
 from cen.tasks.segmentation.evaluate import UPSAMPLE_MODES
 
 INPUT_FLAGS = {"rgb": "--rgb", "depth": "--depth"}
 
 
+#: The options after the model and the inputs, in the order of ``--help``.
+OPTIONS = (
+    option("--rgb", metavar="PATH", help="8-bit RGB image"),
+    option("--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)"),
+    option("--input", action="append", metavar="NAME=PATH",
+           help="an input by modality or domain name (repeatable), e.g. --input hha=h.png, --input normal=n.png; "
+           "decoded by its kind (docs/data.md)"),
+    option("--out", required=True, metavar="PATH",
+           help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png"),
+    option("--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)"),
+    option("--grid", metavar="PATH", help="also write every input (by its kind) and the prediction side by side"),
+    option("--modalities", nargs="+", metavar="NAME",
+           help="which of the given inputs to feed the model (default: all given)"),
+    option("--branch", metavar="NAME",
+           help="output to write: 'ensemble' (default when the model has one) or a modality name"),
+    option("--scales", nargs="+", type=float, default=[1.0], metavar="S",
+           help="test-time scales; several sum the softmax probabilities (default: 1.0)"),
+    option("--flip", action="store_true", help="add horizontally flipped runs (test-time augmentation)"),
+    option("--upsample", choices=UPSAMPLE_MODES, default="bilinear",
+           help="how the logits are resized to the image (default bilinear; bicubic as the reference)"),
+    option("--depth-scale", type=float, default=None, metavar="F",
+           help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)"),
+    option("--device", default="cpu", help="cpu (default), cuda or cuda:N"),
+)  # fmt: skip
+#: The options the task reads (:attr:`~cen.tasks.base.Task.predict_options`), in the order they are checked.
+TASK_OPTIONS = ("scales", "flip", "upsample", "depth_scale", "branch", "labels", "grid")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "predict",
+    p = add_command(
+        subparsers, "predict", run,
         help="segment one multimodal image (or translate domains) with a trained checkpoint",
         description="Segment one image (any of the model's modalities: RGB, 16-bit depth, normals, HHA, ...) with a "
         "checkpoint written by `cen train` (or `cen convert-checkpoint`) and write the prediction as a colour PNG; "
         "translation checkpoints write one image per branch.",
-    )
+    )  # fmt: skip
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="best.pt / last.pt of a run, or a converted checkpoint")
     src.add_argument("--onnx", metavar="PATH", help="a segmentation model exported by cen export, run with onnxruntime")
-    p.add_argument("--rgb", metavar="PATH", help="8-bit RGB image")
-    p.add_argument(
-        "--depth", metavar="PATH", help="16-bit depth PNG in units of 1/5000 m as NYUDv2 (0 = no measurement)"
-    )
-    p.add_argument(
-        "--input",
-        action="append",
-        metavar="NAME=PATH",
-        help="an input by modality or domain name (repeatable), e.g. --input hha=h.png, "
-        "--input normal=n.png; decoded by its kind (docs/data.md)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="PATH",
-        help="segmentation: colour PNG of the predicted classes; translation: folder for <branch>.png",
-    )
-    p.add_argument(
-        "--labels", metavar="PATH", help="also write the raw class ids as a PNG (8-bit; 16-bit above 256 classes)"
-    )
-    p.add_argument(
-        "--grid", metavar="PATH", help="also write every input (by its kind) and the prediction side by side"
-    )
-    p.add_argument(
-        "--modalities",
-        nargs="+",
-        metavar="NAME",
-        help="which of the given inputs to feed the model (default: all given)",
-    )
-    p.add_argument(
-        "--branch",
-        metavar="NAME",
-        help="output to write: 'ensemble' (default when the model has one) or a modality name",
-    )
-    p.add_argument(
-        "--scales",
-        nargs="+",
-        type=float,
-        default=[1.0],
-        metavar="S",
-        help="test-time scales; several sum the softmax probabilities (default: 1.0)",
-    )
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped runs (test-time augmentation)")
-    p.add_argument(
-        "--upsample",
-        choices=UPSAMPLE_MODES,
-        default="bilinear",
-        help="how the logits are resized to the image (default bilinear; bicubic as the reference)",
-    )
-    p.add_argument(
-        "--depth-scale",
-        type=float,
-        default=None,
-        metavar="F",
-        help="multiplies the raw 16-bit depth (default: the loaders' 1/5000)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.set_defaults(func=run)
+    add_options(p, OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,15 +122,7 @@ def _given_inputs(args: argparse.Namespace) -> dict[str, str]:
 
 
 #: argparse defaults of the task options: an option left at its default was not given.
-_DEFAULTS = {
-    "scales": [1.0],
-    "flip": False,
-    "upsample": "bilinear",
-    "depth_scale": None,
-    "branch": None,
-    "labels": None,
-    "grid": None,
-}
+_DEFAULTS = {name: next(o.default for o in OPTIONS if o.dest == name) for name in TASK_OPTIONS}
 
 
 def _options(args: argparse.Namespace, task) -> dict:

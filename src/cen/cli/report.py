@@ -10,22 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cen.cli.options import add_command, option
+
+OPTIONS = (
+    option("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) (with config.yaml, metrics.jsonl, *.pt)"),
+    option("--out", default=None, metavar="DIR",
+           help="where to write (default RUN_DIR/report for one run; required for several)"),
+)  # fmt: skip
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report",
+    add_command(
+        subparsers, "report", run, OPTIONS,
         help="write an HTML report (Figure A, Theorem 1, alpha, per-class scores) of one or several runs",
         description="Read run folders written by `cen train` (finished or running) and write report.html with PNG "
         "figures and the same numbers in report.json. With several runs, also a comparison page.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) (with config.yaml, metrics.jsonl, *.pt)")
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="where to write (default RUN_DIR/report for one run; required for several)",
-    )
-    p.set_defaults(func=run)
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

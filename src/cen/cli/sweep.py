@@ -11,46 +11,33 @@ from __future__ import annotations
 
 import argparse
 
+from cen.cli.options import add_command, option
+
+OPTIONS = (
+    option("items", nargs="+", metavar="DIR_OR_FILE|key=value",
+           help="a folder of *.yaml configs, config files, and key=value overrides applied to every run"),
+    option("--out", default=None, metavar="RUNS_PARENT",
+           help="parent folder of the runs (default runs/sweep-<folder of the first config>)"),
+    option("--seeds", type=int, default=None, metavar="N",
+           help="train every config with the seeds 0..N-1 (train.seed), into RUNS_PARENT/<stem>@<seed>/; "
+           "cen table then shows each config's mean ± std over its seeds"),
+    option("--progress", action=argparse.BooleanOptionalAction, default=None,
+           help="a bar over the runs (default: on a terminal)"),
+)  # fmt: skip
+
 
 def register(subparsers) -> None:
     from cen.cli.train import _intermixed
 
-    p = subparsers.add_parser(
-        "sweep",
+    p = add_command(
+        subparsers, "sweep", run, OPTIONS,
         help="train several configs in turn into one folder (skips finished runs, resumes interrupted ones)",
         description="Train the configs in turn into RUNS_PARENT/<config stem>/ with the same overrides. A run with "
         "results.json is skipped, one with last.pt (no results) resumes exactly, the others start. Wall times and "
         "outcomes go to RUNS_PARENT/sweep.json; `cen table RUNS_PARENT` compares the runs.",
         epilog="exit status: 0 when every run finished, 1 when a run failed (the others still ran), 130 after "
         "Ctrl-C (rerun the same command to resume)",
-    )
-    p.add_argument(
-        "items",
-        nargs="+",
-        metavar="DIR_OR_FILE|key=value",
-        help="a folder of *.yaml configs, config files, and key=value overrides applied to every run",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="RUNS_PARENT",
-        help="parent folder of the runs (default runs/sweep-<folder of the first config>)",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        metavar="N",
-        help="train every config with the seeds 0..N-1 (train.seed), into RUNS_PARENT/<stem>@<seed>/; "
-        "cen table then shows each config's mean ± std over its seeds",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a bar over the runs (default: on a terminal)",
-    )
-    p.set_defaults(func=run)
+    )  # fmt: skip
     _intermixed(p)
 
 

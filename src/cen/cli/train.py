@@ -21,77 +21,50 @@ EPILOG = (
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
+    from cen.cli.options import TRAINED_WITH, add_command, config_arguments, option
+
+    train_options = (
+        *config_arguments("YAML config file, or the name of one in configs/"),
+        option("--resume", action="store_true", help="continue the run from its folder's last.pt"),
+        option("--resume-from", default=None, metavar="CHECKPOINT", help="continue the run from CHECKPOINT"),
+        option("--overwrite", action="store_true", help="start afresh in a run folder that already has checkpoints"),
+    )  # fmt: skip
+    _intermixed(add_command(
+        subparsers, "train", run_train, train_options,
         help="train a CEN model (segmentation or another task) from a config",
         description="Train (and finally test) a model from a YAML config with key=value overrides.",
         epilog=EPILOG,
-    )
-    p.add_argument("config", metavar="CONFIG", help="YAML config file, or the name of one in configs/")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--resume", action="store_true", help="continue the run from its folder's last.pt")
-    p.add_argument("--resume-from", default=None, metavar="CHECKPOINT", help="continue the run from CHECKPOINT")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already has checkpoints")
-    p.set_defaults(func=run_train)
-    _intermixed(p)
+    ))  # fmt: skip
 
-    e = subparsers.add_parser(
-        "eval",
+    eval_options = (
+        *config_arguments(TRAINED_WITH),
+        option("--checkpoint", required=True, metavar="PATH",
+               help="a cen training checkpoint (best.pt / last.pt) or one made by cen convert-checkpoint"),
+        option("--split", choices=("test", "val"), default="test", help="which list file to score (default test)"),
+        option("--scales", type=float, nargs="+", default=None, metavar="S",
+               help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)"),
+        option("--flip", action="store_true", default=None, help="also average horizontally flipped predictions"),
+        option("--images", type=int, default=0, metavar="N", help="save N prediction images into --out"),
+        option("--out", default=None, metavar="DIR",
+               help="write scores.json (and images; with --subsets subsets.json and subsets.md) here"),
+        option("--subsets", action="store_true",
+               help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
+               "inference) and print the table of per-branch and ensemble scores"),
+        option("--corruptions", nargs="*", default=None, metavar="NAME",
+               help="score under sensor faults: every corruption (or those named: depth_holes, low_light, "
+               "dead_sensor, ...) of every modality it applies to, at each of --severities; writes corruptions.json, "
+               ".md and .png into --out"),
+        option("--severities", nargs="+", type=int, default=None, metavar="S",
+               help="severities (1-5) for --corruptions (default 1 3 5)"),
+    )  # fmt: skip
+    _intermixed(add_command(
+        subparsers, "eval", run_eval, eval_options,
         help="evaluate a checkpoint on the test (or validation) split",
         description="Score every branch (modalities and ensemble) of a checkpoint with its task's metrics "
         "(segmentation: pixel acc, mean acc, mIoU). The model is rebuilt from the checkpoint (cen.load_model); "
         "the data come from CONFIG.",
         epilog=EPILOG,
-    )
-    e.add_argument("config", metavar="CONFIG", help="the config the checkpoint was trained with (file or name)")
-    e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    e.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="PATH",
-        help="a cen training checkpoint (best.pt / last.pt) or one made by cen convert-checkpoint",
-    )
-    e.add_argument("--split", choices=("test", "val"), default="test", help="which list file to score (default test)")
-    e.add_argument(
-        "--scales",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="S",
-        help="multi-scale testing, e.g. --scales 0.5 0.75 1 1.25 1.5 1.75 (default: eval.scales)",
-    )
-    e.add_argument("--flip", action="store_true", default=None, help="also average horizontally flipped predictions")
-    e.add_argument("--images", type=int, default=0, metavar="N", help="save N prediction images into --out")
-    e.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="write scores.json (and images; with --subsets subsets.json and subsets.md) here",
-    )
-    e.add_argument(
-        "--subsets",
-        action="store_true",
-        help="evaluate on every non-empty subset of the model's modalities (the others dropped at "
-        "inference) and print the table of per-branch and ensemble scores",
-    )
-    e.add_argument(
-        "--corruptions",
-        nargs="*",
-        default=None,
-        metavar="NAME",
-        help="score under sensor faults: every corruption (or those named: depth_holes, low_light, dead_sensor, ...) "
-        "of every modality it applies to, at each of --severities; writes corruptions.json, .md and .png into --out",
-    )
-    e.add_argument(
-        "--severities",
-        nargs="+",
-        type=int,
-        default=None,
-        metavar="S",
-        help="severities (1-5) for --corruptions (default 1 3 5)",
-    )
-    e.set_defaults(func=run_eval)
-    _intermixed(e)
+    ))  # fmt: skip
 
 
 class EvalArgumentError(UserError, ValueError):

@@ -69,10 +69,11 @@ you register for a timm class takes precedence over the built-in one.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Iterable
 
 from torch import nn
+
+from cen.core.timm_classes import TimmClasses
 
 #: A norm inside a block: a dotted path, or a function of the block (see the module docstring).
 NormRule = str | Callable[[nn.Module], "str | nn.Module | Iterable[str | nn.Module] | None"]
@@ -120,7 +121,6 @@ class ExchangeRule:
 
 _RULES: dict[type[nn.Module], ExchangeRule] = {}
 _TIMM_RULES: dict[type[nn.Module], ExchangeRule] = {}
-_timm_loaded = False
 
 
 def register_exchange_point(block_type: type[nn.Module], norm: NormRule) -> type[nn.Module]:
@@ -272,23 +272,14 @@ FAMILIES = (
 )
 
 
-def _load_timm() -> None:
-    """Fill the timm rules once timm is imported; never imports timm itself, never fails."""
-    global _timm_loaded
-    if _timm_loaded or "timm" not in sys.modules:
-        return
-    _timm_loaded = True
-    import importlib
+_TIMM_BLOCKS = TimmClasses(TIMM_RULES, nn.Module)
 
-    for module_name, rules in TIMM_RULES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:  # a timm without this family: its blocks get no automatic point
-            continue
-        for cls_name, norm in rules.items():
-            cls = getattr(module, cls_name, None)
-            if isinstance(cls, type) and issubclass(cls, nn.Module):
-                _TIMM_RULES[cls] = ExchangeRule(cls, norm)
+
+def _load_timm() -> None:
+    """Fill the timm rules once timm is imported; never imports timm itself, never fails (a family the
+    installed timm lacks gets no automatic point)."""
+    for cls, norm in _TIMM_BLOCKS.take():
+        _TIMM_RULES[cls] = ExchangeRule(cls, norm)
 
 
 def known_blocks() -> str:

@@ -353,9 +353,25 @@ class ConditionalNorm(Fusion):
 
 
 class _MaskedExchange(Fusion):
-    """Eq. 6 with a replaced set that does not come from ``gamma``."""
+    """Eq. 6 with a replaced set that does not come from ``gamma``: a bool ``(M, C)`` buffer named by
+    ``_set_buffer`` (the set of eval mode, which :meth:`replaced` reports), or in training the set
+    :meth:`_call_set` draws. Subclasses set ``fraction``."""
 
     penalised = False
+    _set_buffer = "replace"
+
+    def _call_set(self, y: Tensor) -> Tensor:
+        """Bool ``(M, C)``: the set the call on ``y`` replaces (here: the stored one)."""
+        return getattr(self, self._set_buffer)
+
+    def forward(self, y, x, gamma, beta, threshold, present, flat=False):
+        return self._exchange(y, self._call_set(y), present, flat)
+
+    def replaced(self, gamma, threshold):
+        return getattr(self, self._set_buffer)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fraction={self.fraction}"
 
     def _exchange(self, y: Tensor, replace: Tensor, present, flat: bool) -> Tensor:
         if y.shape[1] == 1:
@@ -393,15 +409,6 @@ class FixedExchange(_MaskedExchange):
         groups = disjoint_groups(num_modalities, num_features)
         self.register_buffer("replace", groups & (groups.cumsum(dim=1) <= count))
 
-    def forward(self, y, x, gamma, beta, threshold, present, flat=False):
-        return self._exchange(y, self.replace, present, flat)
-
-    def replaced(self, gamma, threshold):
-        return self.replace
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fraction={self.fraction}"
-
 
 @register_fusion("random")
 class RandomExchange(_MaskedExchange):
@@ -416,6 +423,7 @@ class RandomExchange(_MaskedExchange):
     """
 
     deterministic = False
+    _set_buffer = "eval_replace"
 
     def __init__(self, num_features: int, num_modalities: int, *, fraction: float = 0.3, seed: int = 0) -> None:
         super().__init__(num_features, num_modalities)
@@ -427,18 +435,13 @@ class RandomExchange(_MaskedExchange):
         scores = torch.rand(num_features, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("eval_replace", _ranked_sets(scores, num_modalities, self.count))
 
-    def forward(self, y, x, gamma, beta, threshold, present, flat=False):
+    def _call_set(self, y: Tensor) -> Tensor:
         if self.training:
-            replace = _ranked_sets(torch.rand(self.num_features, device=y.device), self.num_modalities, self.count)
-        else:
-            replace = self.eval_replace
-        return self._exchange(y, replace, present, flat)
-
-    def replaced(self, gamma, threshold):
+            return _ranked_sets(torch.rand(self.num_features, device=y.device), self.num_modalities, self.count)
         return self.eval_replace
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fraction={self.fraction}, seed={self.seed}"
+        return f"{super().extra_repr()}, seed={self.seed}"
 
 
 @register_fusion("discard")

@@ -56,31 +56,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cen.core.defaults import THRESHOLD
-from cen.core.fusions import Fusion
 from cen.core.norms import _ModalityNorm
 
 
 class _ModalityPerSampleNorm(_ModalityNorm):
     """Shared constructor and ``repr`` of the per-sample norms: no running statistics, no momentum."""
 
-    def __init__(
-        self,
-        num_features: int,
-        num_modalities: int,
-        *,
-        exchange: bool = False,
-        threshold: float = THRESHOLD,
-        eps: float = 1e-5,
-        affine: bool = True,
-        bias: bool = True,
-        fusion: str | Fusion | None = None,
-        fusion_options: dict | None = None,
-    ) -> None:
-        super().__init__(
-            num_features, num_modalities, exchange=exchange, threshold=threshold, eps=eps, momentum=None,
-            affine=affine, track_running_stats=False, fusion=fusion, fusion_options=fusion_options, bias=bias,
-        )  # fmt: skip
+    def __init__(self, num_features: int, num_modalities: int, **kwargs) -> None:
+        """``kwargs``: the keywords of the modality norms (``exchange``, ``threshold``, ``eps``, ``affine``,
+        ``bias``, ``fusion``, ``fusion_options``) but ``momentum`` and ``track_running_stats``."""
+        super().__init__(num_features, num_modalities, momentum=None, track_running_stats=False, **kwargs)
 
     def extra_repr(self) -> str:
         fusion = self.fusion.name if self.fusion is not None else None

@@ -33,7 +33,6 @@ holding them means it is); timm is optional.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 
 import torch
@@ -42,6 +41,7 @@ from torch import nn
 from cen.core.defaults import THRESHOLD
 from cen.core.layer_norms import ModalityGroupNorm, ModalityLayerNorm, ModalityLayerNorm2d
 from cen.core.norms import ModalityBatchNorm1d, ModalityBatchNorm2d, ModalityInstanceNorm2d, _ModalityNorm
+from cen.core.timm_classes import TimmClasses
 
 CHANNELS_LAST, CHANNELS_FIRST = "channels_last", "channels_first"
 
@@ -82,7 +82,7 @@ _WITH_ACT = {
 }
 
 _LAYOUTS: dict[type[nn.Module], str] = {nn.LayerNorm: CHANNELS_LAST}
-_TIMM_LAYOUTS = {
+_TIMM_LAYOUTS = TimmClasses({
     "timm.layers.norm": {
         "LayerNorm": CHANNELS_LAST, "LayerNormFp32": CHANNELS_LAST, "LayerNorm2d": CHANNELS_FIRST,
         "LayerNorm2dFp32": CHANNELS_FIRST, "LayerNormExp2d": CHANNELS_FIRST,
@@ -91,8 +91,7 @@ _TIMM_LAYOUTS = {
         "LayerNormAct": CHANNELS_LAST, "LayerNormActFp32": CHANNELS_LAST, "LayerNormAct2d": CHANNELS_FIRST,
         "LayerNormAct2dFp32": CHANNELS_FIRST,
     },
-}  # fmt: skip
-_timm_layouts_loaded = False
+}, nn.LayerNorm)  # fmt: skip
 
 
 def _torchvision_layouts() -> None:
@@ -105,20 +104,9 @@ _torchvision_layouts()
 
 
 def _load_timm_layouts() -> None:
-    """Add timm's LayerNorm classes once timm is imported (never imports it, never fails)."""
-    global _timm_layouts_loaded
-    if _timm_layouts_loaded or "timm" not in sys.modules:
-        return
-    _timm_layouts_loaded = True
-    for module_name, classes in _TIMM_LAYOUTS.items():
-        try:
-            module = __import__(module_name, fromlist=["_"])
-        except Exception:  # an incompatible timm: its layer norms stay shared
-            continue
-        for cls_name, layout in classes.items():
-            cls = getattr(module, cls_name, None)
-            if isinstance(cls, type) and issubclass(cls, nn.LayerNorm):
-                _LAYOUTS.setdefault(cls, layout)
+    """Add timm's LayerNorm classes once timm is imported (never imports it, never fails; unknown ones stay shared)."""
+    for cls, layout in _TIMM_LAYOUTS.take():
+        _LAYOUTS.setdefault(cls, layout)
 
 
 def register_layer_norm_layout(norm_type: type[nn.LayerNorm], layout: str) -> type[nn.LayerNorm]:

@@ -36,6 +36,7 @@ from torchvision.models.resnet import BasicBlock
 
 from cen.core.registry import Registry
 from cen.models.mit import MIT_VARIANTS, build_mit, load_mit_weights
+from cen.models.state_dicts import describe_key_mismatch, key_mismatch, show_keys
 
 BACKBONES: dict[str, tuple[int, ...]] = {
     "resnet18": (2, 2, 2, 2),
@@ -126,22 +127,12 @@ def _read_state_dict_file(path: str | os.PathLike, backbone: str) -> dict[str, T
 
 def _load_into(resnet: tvm.ResNet, sd: Mapping[str, Tensor], source: str, backbone: str) -> None:
     """Load a torchvision state dict into ``resnet``; the classifier (``fc``) is optional."""
-    own = resnet.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("fc.")]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-
-        def show(items):
-            return f"{items[:8]}{' ...' if len(items) > 8 else ''} ({len(items)})"
-
+    mismatch = key_mismatch(resnet.state_dict(), sd, optional=lambda key: key.startswith("fc."))
+    if mismatch:
+        missing, unexpected, wrong = (show_keys(items, 8) for items in mismatch)
         raise ValueError(
             f"{source} does not hold {backbone} weights in torchvision naming: "
-            f"missing {show(missing)}, unexpected {show(unexpected)}, shape mismatches {show(wrong)}"
+            f"missing {missing}, unexpected {unexpected}, shape mismatches {wrong}"
         )
     resnet.load_state_dict({k: v for k, v in sd.items()}, strict=False)
 
@@ -350,10 +341,6 @@ class TimmEncoder(nn.Module):
         return f"out_channels={self.out_channels}, strides={self.strides}"
 
 
-def _show_keys(items: Sequence[str], limit: int = 5) -> str:
-    return f"{list(items[:limit])}{' ...' if len(items) > limit else ''} ({len(items)})"
-
-
 def _check_timm_file(timm, name: str, path: str, options: Mapping[str, object]) -> None:
     """Raise a one-line ``ValueError`` unless ``path`` holds a state dict of timm's ``name`` in timm's names."""
     try:
@@ -367,26 +354,14 @@ def _check_timm_file(timm, name: str, path: str, options: Mapping[str, object]) 
         raise ValueError(f"{path}: expected a state dict {{name: Tensor}} of timm's {name}")
     with torch.device("meta"):  # shapes only, no memory, no weights
         full = timm.create_model(name, pretrained=False, **options)
-    own = full.state_dict()
     classifier = full.pretrained_cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     optional = {f"{c}.{p}" for c in classifier for p in ("weight", "bias")}
-    missing = [k for k in own if k not in sd and k not in optional]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {_show_keys(items)}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", wrong))
-            if items
-        ]
+    mismatch = key_mismatch(full.state_dict(), sd, optional=lambda key: key in optional)
+    if mismatch:
         raise ValueError(
             f"{path} does not hold timm {name} weights in timm's names (as timm.create_model({name!r}).state_dict() "
-            f"saves them): {', '.join(parts)}"
+            f"saves them): {describe_key_mismatch(mismatch)}"
         )
 
 

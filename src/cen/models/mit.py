@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cen.core.convert import exchange_point
+from cen.models.state_dicts import describe_key_mismatch, key_mismatch
 
 #: LayerNorm epsilon of every norm in MiT.
 EPS = 1e-6
@@ -379,21 +380,9 @@ def mit_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def load_mit_weights(model: MixTransformer, sd: Mapping[str, Tensor], source: str, name: str = "MiT") -> None:
     """Load ``sd`` (our names or the SegFormer release's) into ``model`` (a ``name``); a mismatch names ``source`` and keys."""
     sd = mit_state_dict(sd)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {items[:5]}{' ...' if len(items) > 5 else ''} ({len(items)})"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", wrong))
-            if items
-        ]
-        raise ValueError(f"{source} does not hold {name} weights: {', '.join(parts)}")
+    mismatch = key_mismatch(model.state_dict(), sd)
+    if mismatch:
+        raise ValueError(f"{source} does not hold {name} weights: {describe_key_mismatch(mismatch)}")
     with torch.no_grad():
         model.load_state_dict(sd, strict=True)
 

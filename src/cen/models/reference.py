@@ -293,6 +293,32 @@ def mismatch_error(
     return ReferenceCheckpointError("\n".join(parts))
 
 
+def check_reference_keys(
+    flat: Mapping[str, Tensor],
+    key_map: Mapping[str, object],
+    optional: Mapping[str, torch.Size],
+    *,
+    source: str,
+    what: str,
+    prefix: str = "",
+) -> None:
+    """Raise :func:`mismatch_error` unless every key of ``flat`` maps to a target of ``key_map`` (or is one of
+    ``optional``, ``{key: expected shape}``), every key of ``key_map`` is in ``flat``, and the shapes agree.
+
+    ``key_map``'s values carry the target tensor's ``shape``; ``prefix`` is the stripped DataParallel
+    prefix, put back in the messages.
+    """
+    unused = [k for k in flat if k not in key_map and k not in optional]
+    missing = [k for k in key_map if k not in flat]
+    wrong = []
+    for key, tensor in flat.items():
+        expected = key_map[key].shape if key in key_map else optional.get(key)
+        if expected is not None and tuple(tensor.shape) != tuple(expected):
+            wrong.append(f"{prefix}{key}: checkpoint {tuple(tensor.shape)}, expected {tuple(expected)}")
+    if unused or missing or wrong:
+        raise mismatch_error(source, what, prefix, unused, missing, wrong)
+
+
 def convert_reference_state_dict(
     sd: Mapping[str, Tensor] | Mapping[str, object],
     model: RefineNetCEN | None = None,
@@ -328,22 +354,23 @@ def convert_reference_state_dict(
     accepted_extra = {}
     if "alpha" not in key_map and len(model.names) == 1:
         accepted_extra["alpha"] = torch.Size([1])  # a unimodal reference model still has alpha
+    what = (
+        f"CEN RefineNet ({getattr(model, 'backbone', '?')}, {len(model.names)} modalities, "
+        f"{getattr(model, 'num_classes', '?')} classes)"
+    )
+    check_reference_keys(flat, key_map, accepted_extra, source=source, what=what, prefix=prefix)
+    return assemble_reference(flat, key_map, ours)
 
-    unused = [k for k in flat if k not in key_map and k not in accepted_extra]
-    missing = [k for k in key_map if k not in flat]
-    wrong = []
-    for key, tensor in flat.items():
-        expected = key_map[key].shape if key in key_map else accepted_extra.get(key)
-        if expected is not None and tuple(tensor.shape) != tuple(expected):
-            wrong.append(f"{prefix}{key}: checkpoint {tuple(tensor.shape)}, expected {tuple(expected)}")
-    if unused or missing or wrong:
-        what = (
-            f"CEN RefineNet ({getattr(model, 'backbone', '?')}, {len(model.names)} modalities, "
-            f"{getattr(model, 'num_classes', '?')} classes)"
-        )
-        raise mismatch_error(source, what, prefix, unused, missing, wrong)
 
-    # Gather: our key -> its parts (per-modality slices in slot order, or the tensor itself).
+def assemble_reference(
+    flat: Mapping[str, Tensor], key_map: Mapping[str, RefEntry], ours: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Our state dict from the reference's tensors ``flat``, checked by :func:`check_reference_keys`.
+
+    Each of our keys (those of ``ours``, whose dtypes and shapes the result takes) is the one
+    reference tensor mapped to it, or the per-modality tensors mapped to it concatenated in slot
+    order (``num_batches_tracked``: their maximum).
+    """
     gathered: dict[str, dict[int | None, Tensor]] = {}
     for key, entry in key_map.items():
         gathered.setdefault(entry.ours, {})[entry.modality] = flat[key]

@@ -37,7 +37,14 @@ import torch
 from torch import Tensor
 
 from cen.core.defaults import TRANSLATION_THRESHOLD
-from cen.models.reference import DATA_PARALLEL_PREFIX, ReferenceCheckpointError, mismatch_error, unwrap_state_dict
+from cen.models.reference import (
+    DATA_PARALLEL_PREFIX,
+    RefEntry,
+    ReferenceCheckpointError,
+    assemble_reference,
+    check_reference_keys,
+    unwrap_state_dict,
+)
 from cen.models.unet import UNetCEN, down_widths
 
 _NORM_ENTRIES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -56,12 +63,6 @@ class ConvertedGenerator(NamedTuple):
     """Reference keys of the never-applied norms that were dropped (those present in the input)."""
 
 
-class Entry(NamedTuple):
-    ours: str
-    modality: int | None
-    shape: torch.Size
-
-
 # -- naming ---------------------------------------------------------------------
 
 
@@ -75,12 +76,13 @@ def _norm_keys(prefix: str, num: int, channels: int) -> dict[str, tuple[int, tor
     return out
 
 
-def reference_generator_key_map(model: UNetCEN) -> dict[str, Entry]:
-    """``{reference key: Entry(our key, modality slot or None, reference shape)}`` for ``model`` (meta device works)."""
+def reference_generator_key_map(model: UNetCEN) -> dict[str, RefEntry]:
+    """``{reference key: RefEntry(our key, modality slot or None, reference shape)}`` for ``model`` (meta device
+    works)."""
     gen = model.generator
     state = model.state_dict(keep_vars=True)
     num = len(model.names)
-    out: dict[str, Entry] = {}
+    out: dict[str, RefEntry] = {}
     for kind, blocks, ref_name, ref_conv, ref_norm in (
         ("down", gen.down, "conv", "conv", "insnorm_conv"),
         ("up", gen.up, "deconv", "deconv", "insnorm_deconv"),
@@ -89,14 +91,14 @@ def reference_generator_key_map(model: UNetCEN) -> dict[str, Entry]:
             ref = f"{ref_name}{i + 1}"
             for entry in ("weight", "bias"):
                 ours = f"model.{kind}.{i}.conv.{entry}"
-                out[f"{ref}.{ref_conv}.module.{entry}"] = Entry(ours, None, state[ours].shape)
+                out[f"{ref}.{ref_conv}.module.{entry}"] = RefEntry(ours, None, state[ours].shape)
             if block.norm is not None:
                 for key, (m, shape) in _norm_keys(f"{ref}.{ref_norm}", num, block.norm.num_features).items():
                     ours = f"model.{kind}.{i}.norm.{key.rsplit('.', 1)[1]}"
                     if ours in state:  # a norm without running statistics has fewer entries
-                        out[key] = Entry(ours, m, shape)
+                        out[key] = RefEntry(ours, m, shape)
     if model.ensemble is not None:
-        out["alpha"] = Entry("ensemble.alpha", None, state["ensemble.alpha"].shape)
+        out["alpha"] = RefEntry("ensemble.alpha", None, state["ensemble.alpha"].shape)
     return out
 
 
@@ -270,32 +272,10 @@ def convert_reference_generator(
     optional = dict(unused_norms)
     if model.ensemble is None:
         optional["alpha"] = torch.Size([1])  # a single-input reference model still has alpha; softmax 1
-
-    unused = [k for k in flat if k not in key_map and k not in optional]
-    missing = [k for k in key_map if k not in flat]
-    wrong = []
-    for key, tensor in flat.items():
-        expected = key_map[key].shape if key in key_map else optional.get(key)
-        if expected is not None and tuple(tensor.shape) != tuple(expected):
-            wrong.append(f"{prefix}{key}: checkpoint {tuple(tensor.shape)}, expected {tuple(expected)}")
-    if unused or missing or wrong:
-        g = model.generator
-        what = f"({len(model.names)} inputs, ngf {g.ngf}, {g.num_downs} levels)"
-        raise mismatch_error(source, f"translation generator {what}", prefix, unused, missing, wrong)
-
-    gathered: dict[str, dict[int | None, Tensor]] = {}
-    for key, entry in key_map.items():
-        gathered.setdefault(entry.ours, {})[entry.modality] = flat[key]
-    result: dict[str, Tensor] = {}
-    for key, target_tensor in model.state_dict().items():
-        parts = gathered[key]
-        if None in parts:
-            value = parts[None]
-        elif key.endswith("num_batches_tracked"):
-            value = torch.stack([parts[m] for m in sorted(parts)]).max()
-        else:
-            value = torch.cat([parts[m].reshape(-1) for m in sorted(parts)])
-        result[key] = value.detach().to(dtype=target_tensor.dtype)
+    g = model.generator
+    what = f"translation generator ({len(model.names)} inputs, ngf {g.ngf}, {g.num_downs} levels)"
+    check_reference_keys(flat, key_map, optional, source=source, what=what, prefix=prefix)
+    result = assemble_reference(flat, key_map, model.state_dict())
     dropped = [prefix + k for k in flat if k in optional]
     return ConvertedGenerator(result, checkpoint_config(model, target=target), dropped)
 

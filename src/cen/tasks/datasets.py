@@ -56,20 +56,24 @@ class DatasetEntry:
         return self.readers[task]
 
 
+def _class_options(cfg, transform) -> dict:
+    """The keywords the segmentation data set classes take from the config alike: ``modalities``,
+    ``transform``, ``num_classes`` and ``cache_dir``."""
+    return {
+        "modalities": tuple(cfg.modalities),
+        "transform": transform,
+        "num_classes": int(cfg.data.num_classes),
+        "cache_dir": cfg.data.get("cache_dir"),
+    }
+
+
 def _nyudv2_layout(class_name: str) -> Reader:
     """The reader of a data set in NYUDv2's layout: ``cen.data.<class_name>`` (NYUDv2, SUNRGBD)."""
 
     def read(root, list_file, cfg, transform):
         import cen.data
 
-        return getattr(cen.data, class_name)(
-            root,
-            list_file,
-            modalities=tuple(cfg.modalities),
-            transform=transform,
-            num_classes=int(cfg.data.num_classes),
-            cache_dir=cfg.data.get("cache_dir"),
-        )
+        return getattr(cen.data, class_name)(root, list_file, **_class_options(cfg, transform))
 
     return read
 
@@ -80,14 +84,7 @@ _nyudv2, _sunrgbd = _nyudv2_layout("NYUDv2"), _nyudv2_layout("SUNRGBD")
 def _folder(root, list_file, cfg, transform):
     from cen.data import FolderDataset
 
-    return FolderDataset(
-        root,
-        tuple(cfg.modalities),
-        list_file,
-        transform=transform,
-        num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.get("cache_dir"),
-    )
+    return FolderDataset(root, split_file=list_file, **_class_options(cfg, transform))
 
 
 def _taskonomy(root, list_file, cfg, transform):
@@ -119,27 +116,16 @@ def _rgbx(root, list_file, cfg, transform):
     return RGBXPack(
         root,
         list_file,
-        modalities=tuple(cfg.modalities),
-        transform=transform,
-        num_classes=int(cfg.data.num_classes),
         depth_scale=_depth_scale(cfg, RGBX_DEPTH_SCALE),
-        cache_dir=cfg.data.get("cache_dir"),
         image_size=_image_size(cfg),
+        **_class_options(cfg, transform),
     )
 
 
 def _mfnet(root, list_file, cfg, transform):
     from cen.data.mfnet import MFNet
 
-    return MFNet(
-        root,
-        list_file,
-        modalities=tuple(cfg.modalities),
-        transform=transform,
-        num_classes=int(cfg.data.num_classes),
-        cache_dir=cfg.data.get("cache_dir"),
-        image_size=_image_size(cfg),
-    )
+    return MFNet(root, list_file, image_size=_image_size(cfg), **_class_options(cfg, transform))
 
 
 def _deliver(root, split, cfg, transform):
@@ -149,14 +135,11 @@ def _deliver(root, split, cfg, transform):
     return DELIVER(
         root,
         str(split),
-        modalities=tuple(cfg.modalities),
-        transform=transform,
         conditions=None if d.deliver_conditions is None else tuple(d.deliver_conditions),
         cases=None if d.deliver_cases is None else tuple(d.deliver_cases),
-        num_classes=int(d.num_classes),
         depth_scale=_depth_scale(cfg, DELIVER_DEPTH_SCALE),
-        cache_dir=d.get("cache_dir"),
         image_size=_image_size(cfg),
+        **_class_options(cfg, transform),
     )
 
 

@@ -229,26 +229,15 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> nn.Module:
 
 def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], limit: int = 10) -> list[str]:
     """Human-readable differences between ``model``'s state dict and ``state`` (empty if they fit)."""
-    own = model.state_dict()
-    problems = []
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
+    from cen.models.state_dicts import key_mismatch
+
+    mismatch = key_mismatch(model.state_dict(), state, given_as="checkpoint")
 
     def cut(items):
         return ", ".join(items[:limit]) + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
 
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {cut(missing)}")
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {cut(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {cut(shapes)}")
-    return problems
+    labelled = zip(("missing from the checkpoint", "not in the model", "shape mismatches"), mismatch)
+    return [f"{label} ({len(items)}): {cut(items)}" for label, items in labelled if items]
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -126,13 +126,12 @@ class PresenceTask(Task):
         return {"model": build_optimizer(model, self.cfg.optim, groups=groups)}
 
     def meta(self) -> dict:
-        c = self.cfg
+        model = self.cfg.model
         return {
-            "task": self.name,
-            "model": c.model.name,
-            "modalities": list(c.modalities),
+            **super().meta(),
+            "model": model.name,
             "classes": list(PRESENCE_NAMES),
-            "embed_dim": int(c.model.embed_dim),
+            "embed_dim": int(model.embed_dim),
         }
 
     # -- training and evaluation ------------------------------------------------------------

@@ -172,9 +172,8 @@ class TranslationTask(Task):
 
         c = self.cfg
         return {
-            "task": self.name,
+            **super().meta(),
             "model": c.model.name,
-            "modalities": list(c.modalities),
             "target": c.data.target,
             "head": str(c.model.head),
             **fusion_meta(c, TRANSLATION_THRESHOLD),
