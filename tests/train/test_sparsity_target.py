@@ -40,7 +40,8 @@ def test_lambda_rises_below_the_target_backs_off_above_it_and_resumes_exactly(tm
         if after["quantile"] > after["path"]:
             assert after["weight"] > before["weight"]  # the scales lag the path: lambda grows
         elif after["quantile"] < after["path"]:
-            assert after["weight"] < before["weight"]  # they run ahead: it backs off
+            floor = 0.05 / 1000  # lambda_0 / 1000: the lowest the controller goes
+            assert after["weight"] < before["weight"] or after["weight"] == pytest.approx(floor)  # backs off
     assert any(r["share"] > 0 for r in records)  # the push did make channels fall
     assert out["sparsity_weight_final"] == pytest.approx(records[-1]["weight"])
     assert trainer.task.penalty.weight == pytest.approx(out["sparsity_weight_final"])
