@@ -12,7 +12,13 @@ from cen.tasks.translation.features import (
     ScenesFeatureNet,
     load_scenes_features,
 )
-from cen.tasks.translation.metrics import TranslationMetrics, to_uint8, weights_digest
+from cen.tasks.translation.metrics import (
+    TranslationMetrics,
+    frechet_distance,
+    frechet_distance_of_features,
+    to_uint8,
+    weights_digest,
+)
 
 
 def scene_images(n: int, size: int = 32, seed: int = 7) -> torch.Tensor:
@@ -94,6 +100,33 @@ def test_kid_is_the_unbiased_polynomial_mmd_of_the_features(real):
     # 48 < 1000 images: every subset is the whole set, so KID is exact and its std 0
     assert out["kid"] == pytest.approx(100 * expected, rel=1e-4)
     assert out["kid_std"] < 1e-3 * abs(out["kid"])  # only float32 summation order differs
+
+
+@pytest.mark.parametrize("n", [12, 60])  # fewer images than features (the n x n route) and more
+def test_frechet_of_features_is_the_covariance_formula(n):
+    g = torch.Generator().manual_seed(n)
+    real = torch.randn(3, n, 40, generator=g, dtype=torch.float64)
+    fake = 1.3 * torch.randn(3, n, 40, generator=g, dtype=torch.float64) + 0.2
+    cov = lambda x: torch.stack([torch.cov(s.T) for s in x])  # noqa: E731
+    expected = frechet_distance(real.mean(1), cov(real), fake.mean(1), cov(fake))
+    assert torch.allclose(
+        frechet_distance_of_features(real, fake), expected, rtol=1e-6
+    )  # eigh of a singular covariance loses digits
+    assert float(frechet_distance_of_features(real[0], real[0])) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_images(real):
+    fake = (real * 0.7 + 0.1).clamp(-1, 1)
+    widths = {}
+    for n in (16, 48):
+        m = TranslationMetrics(["a"], features="scenes")
+        stream(m, {"a": fake[:n]}, real[:n])
+        out, again = m.compute()["a"], m.compute()["a"]
+        assert out == again  # seeded resamples: the same interval every time
+        assert out["fid_low"] < out["fid"] < out["fid_high"]
+        assert out["kid_low"] < out["kid"] < out["kid_high"]
+        widths[n] = out["fid_high"] - out["fid_low"]
+    assert widths[48] < widths[16]
 
 
 def test_scores_under_bf16_autocast_are_the_fp32_scores(real):
@@ -191,7 +224,17 @@ def test_inception_from_a_local_file(tmp_path, monkeypatch):
     real = scene_images(3, size=24)
     assert m.features(real).shape == (3, 2048)
     m.update("a", real.flip(-1), real)
-    assert set(m.compute()["a"]) == {"l1", "rmse", "fid", "kid", "kid_std"}
+    assert set(m.compute()["a"]) == {
+        "l1",
+        "rmse",
+        "fid",
+        "kid",
+        "kid_std",
+        "fid_low",
+        "fid_high",
+        "kid_low",
+        "kid_high",
+    }
 
 
 def _ddp_worker(rank: int, world: int, port: int, real: torch.Tensor, fake: torch.Tensor, queue) -> None:

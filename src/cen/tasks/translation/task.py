@@ -84,6 +84,8 @@ class TranslationTask(Task):
         Score("fid", "FID", higher_is_better=False),
         Score("kid", "KID x100", higher_is_better=False),
         Score("kid_std", "KID std x100", higher_is_better=False),
+        Score("fid_low", "FID 2.5%", higher_is_better=False),
+        Score("fid_high", "FID 97.5%", higher_is_better=False),
     )
     default_threshold = TRANSLATION_THRESHOLD
     predict_options = ()
