@@ -256,13 +256,16 @@ def test_seeds_make_one_row_of_mean_and_std_and_the_csv_keeps_every_seed(tmp_pat
     _run(tmp_path, "sum@0", test={"ensemble": _seg(0.40)})
     _run(tmp_path, "sum@1", test=None)  # unfinished: counted as such, left out of the mean
     _run(tmp_path, "plain", test={"ensemble": _seg(0.30)})
+    for seed, miou in enumerate((0.600, 0.6008)):
+        _run(tmp_path, f"close@{seed}", test={"ensemble": _seg(miou)})
     text, _ = write_table(tmp_path, sort="miou")
     head, rows = _rows_by_name(text)
-    assert "n" in head and list(rows) == ["cen", "sum", "plain"]  # best mean first
+    assert "n" in head and list(rows) == ["close", "cen", "sum", "plain"]  # best mean first
+    assert rows["close"]["mIoU %"] == "60.04 ± 0.06"  # a small spread to the mean's decimals
     assert rows["cen"]["mIoU %"] == "52.00 ± 2.00" and rows["cen"]["n"] == "3" and rows["cen"]["status"] == "done"
     assert rows["sum"]["mIoU %"] == "40.00 ± 0.00" and rows["sum"]["n"] == "1" and rows["sum"]["status"] == "1/2 done"
     assert rows["plain"]["mIoU %"] == "30.00" and rows["plain"]["n"] == "1"
     assert "mean ± sample standard deviation" in text
     lines = (tmp_path / "table.csv").read_text().splitlines()
     per_seed = [line.split(",")[:3] for line in lines[1:]]
-    assert ["cen@1", "cen", "1"] in per_seed and ["plain", "plain", ""] in per_seed and len(per_seed) == 6
+    assert ["cen@1", "cen", "1"] in per_seed and ["plain", "plain", ""] in per_seed and len(per_seed) == 8

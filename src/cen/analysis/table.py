@@ -277,10 +277,15 @@ def _scaled(key: str, value: float | None, declared: dict[str, Score]) -> float 
     return None if value is None else value * (declared[key].scale if key in declared else 1.0)
 
 
-def _fmt(value: float | None) -> str:
+def _decimals(value: float) -> int:
+    return 2 if abs(value) >= 0.1 or value == 0 else 4
+
+
+def _fmt(value: float | None, decimals: int | None = None) -> str:
+    """``value`` with 2 decimals (4 under 0.1), or with ``decimals``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
-    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.4f}"
+    return f"{value:.{_decimals(value) if decimals is None else decimals}f}"
 
 
 def _fmt_params(params: int | None) -> str:
@@ -312,9 +317,10 @@ def _paper_cell(row: Row, with_metric: bool, declared: dict[str, Score]) -> str:
 
 def _cell(row: Row, key: str, declared: dict[str, Score]) -> str:
     """A score in its unit; ``mean ± std`` for a row of several seeds."""
-    value = _fmt(_scaled(key, row.scores.get(key), declared))
-    if value and row.members and key in row.spread:
-        return f"{value} ± {_fmt(_scaled(key, row.spread[key], declared))}"
+    mean = _scaled(key, row.scores.get(key), declared)
+    value = _fmt(mean)
+    if value and row.members and key in row.spread:  # the spread to the mean's decimals
+        return f"{value} ± {_fmt(_scaled(key, row.spread[key], declared), _decimals(mean))}"
     return value
 
 
