@@ -295,7 +295,7 @@ def _flat(cfg, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("setting", ["nyudv2", "scenes"])
+@pytest.mark.parametrize("setting", ["nyudv2", "scenes", "scenes_translation"])
 def test_rows_differ_from_the_cen_row_only_in_their_declared_knobs(setting):
     # every row trains alike (budget, data, optimiser, the gamma rate and solver) but for the knob it compares
     cfgs = {p.stem: _flat(load_config(p)) for p in _recipes(setting)}
