@@ -55,6 +55,15 @@ def test_lambda_rises_below_the_target_backs_off_above_it_and_resumes_exactly(tm
     assert all(torch.equal(a["models"]["model"][k], b["models"]["model"][k]) for k in a["models"]["model"])
 
 
+def test_a_target_on_one_modality_trains_and_says_there_is_nothing_to_steer(tmp_path, capsys):
+    # the translation recipe's unimodal rows inherit its target: they used to stop with a ZeroDivisionError
+    trainer = _steered(tmp_path, "one", "modalities=[rgb]")
+    out = trainer.fit()
+    assert "sparsity_weight_final" not in out and trainer.task.penalty.weight == pytest.approx(0.05)
+    assert "has no exchanging norms" in capsys.readouterr().err
+    assert not [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "sparsity"]
+
+
 def test_a_target_needs_a_penalty(tmp_path):
     with pytest.raises(ConfigError, match="loss.sparsity_target=1.5"):
         load_config(None, tiny_overrides(tmp_path, "loss.sparsity_target=1.5"))

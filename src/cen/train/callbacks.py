@@ -163,6 +163,14 @@ class SparsityTarget(Callback):
         self.active = target is not None and trainer.task.penalty.active
         if not self.active:
             return
+        from cen.core.sparsity import exchanging_norms
+
+        if next(iter(exchanging_norms(trainer.model)), None) is None:
+            # One modality (or a fusion without exchanging norms): no share to steer. The same recipe trains
+            # its unimodal baselines, so this is said, not refused.
+            self.active = False
+            trainer._say(f"loss.sparsity_target {target}: the model has no exchanging norms; lambda stays as set")
+            return
         self.target, self.start = float(target), float(trainer.cfg.loss.sparsity_weight)
         self.weight = self.start if self.weight is None else self.weight
         # the planned schedule (train.max_steps only stops a run early: a resumed run steers alike)
