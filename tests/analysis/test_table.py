@@ -101,7 +101,7 @@ def test_translation_columns_and_a_mixed_paper_column_names_its_metric(tmp_path)
         "extra_score",
     ]
     t = rows["exchange_weighted"]
-    assert (t["L1"], t["FID"], t["KID x100"], t["mIoU %"]) == ("0.12", "61.50", "1.70", "")
+    assert (t["L1"], t["FID"], t["KID x100"], t["mIoU %"]) == ("0.1234", "61.50", "1.70", "")
     assert t["paper"] == "FID 60.94" and rows["sum"]["paper"] == "mIoU % 48.1"
 
 

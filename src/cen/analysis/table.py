@@ -278,11 +278,12 @@ def _scaled(key: str, value: float | None, declared: dict[str, Score]) -> float 
 
 
 def _decimals(value: float) -> int:
-    return 2 if abs(value) >= 0.1 or value == 0 else 4
+    # 4 under 1: an L1 of 0.2327 rounded to 0.23 hides the differences between rows
+    return 2 if abs(value) >= 1 or value == 0 else 4
 
 
 def _fmt(value: float | None, decimals: int | None = None) -> str:
-    """``value`` with 2 decimals (4 under 0.1), or with ``decimals``."""
+    """``value`` with 2 decimals (4 under 1), or with ``decimals``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     return f"{value:.{_decimals(value) if decimals is None else decimals}f}"
