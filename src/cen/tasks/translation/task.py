@@ -86,6 +86,8 @@ class TranslationTask(Task):
         Score("kid_std", "KID std x100", higher_is_better=False),
         Score("fid_low", "FID 2.5%", higher_is_better=False),
         Score("fid_high", "FID 97.5%", higher_is_better=False),
+        Score("kid_low", "KID 2.5% x100", higher_is_better=False),
+        Score("kid_high", "KID 97.5% x100", higher_is_better=False),
     )
     default_threshold = TRANSLATION_THRESHOLD
     predict_options = ()
