@@ -253,7 +253,9 @@ class Regime(Callback):
     def on_validation_end(self, trainer: Trainer, results, summary) -> None:
         if not trainer.task.penalty.active:
             return
-        share, _ = penalised_share(trainer.model)
+        share, layers = penalised_share(trainer.model)
+        if not layers:  # no exchanging norm (one modality, token fusion): no regime to judge
+            return
         last = trainer.epoch >= trainer.epochs
         if share >= 1.0:
             self._warn(trainer, "all_exchanged", (
