@@ -240,19 +240,19 @@ def _exchange_section(page: Page, run: Run, data: dict) -> None:
         mean = _series(over, lambda r: r.get("exchange_mean"))
         if mean:
             parts.append(
-                page.figure(
-                    figures.lines(
-                        mean,
-                        title="exchanged share of each modality's channels (mean over layers)",
-                        ylabel="exchanged",
-                        percent=True,
-                    ),
-                    "exchange_over_training.png",
-                    "exchange share over training",
+                _lines(
+                    page, mean, "exchange_over_training.png", "exchange share over training",
+                    title="exchanged share of each modality's channels (mean over layers)", ylabel="exchanged",
+                    percent=True,
                 )
-            )
+            )  # fmt: skip
     else:
         parts.append(_missing("No evaluation with exchange records yet: no Figure A over training."))
+
+
+def _lines(page: Page, series: Mapping, file: str, caption: str, **style) -> str:
+    """A line figure of ``series`` ({label: [(step, value)]}) saved as ``file`` on ``page``."""
+    return page.figure(figures.lines(series, **style), file, caption)
 
 
 def _theorem_section(page: Page, run: Run, data: dict) -> None:
@@ -325,18 +325,11 @@ def _theorem_section(page: Page, run: Run, data: dict) -> None:
         }
         styles = {"ever under θ": "--", "recovered (of those that fell)": ":"}
         parts.append(
-            page.figure(
-                figures.lines(
-                    series,
-                    title="penalised scales relative to θ over training",
-                    ylabel="share",
-                    percent=True,
-                    styles=styles,
-                ),
-                "theorem1_over_training.png",
-                "Theorem 1 statistics over training",
+            _lines(
+                page, series, "theorem1_over_training.png", "Theorem 1 statistics over training",
+                title="penalised scales relative to θ over training", ylabel="share", percent=True, styles=styles,
             )
-        )
+        )  # fmt: skip
     else:
         parts.append(_missing("No per-evaluation 'gamma' records: only the final state (from the checkpoint)."))
 
@@ -414,13 +407,8 @@ def _training_section(page: Page, run: Run, data: dict) -> None:
     alpha = _series(evals, lambda r: r.get("alpha"))
     data["alpha"] = [{"step": r.get("step"), "alpha": r.get("alpha")} for r in evals if r.get("alpha")]
     if alpha:
-        parts.append(
-            page.figure(
-                figures.lines(alpha, title="ensemble weights softmax(α)", ylabel="weight"),
-                "alpha.png",
-                "alpha over training",
-            )
-        )
+        parts.append(_lines(page, alpha, "alpha.png", "alpha over training", title="ensemble weights softmax(α)",
+                            ylabel="weight"))  # fmt: skip
     else:
         parts.append(_missing("No α in the records (a model without ensemble, or no evaluation yet)."))
 
