@@ -116,17 +116,26 @@ def default_callbacks() -> list[Callback]:
     return [GammaCallback(), FigureACallback(), SparsityTarget(), Regime()]
 
 
-def penalised_share(model) -> tuple[float, list[tuple[str, float]]]:
-    """``(share, [(layer, share)])``: of the penalised scales of ``model`` (each modality's own group,
-    :func:`cen.core.groups.disjoint_groups`), the share under θ now, in all and per layer."""
+def penalised_scales(model) -> list[tuple[str, object, float]]:
+    """``[(layer, |γ|, θ)]``: per exchanging norm of ``model``, the absolute values of its penalised scales (each
+    modality's own group, :func:`cen.core.groups.disjoint_groups`; a flat tensor) and its θ. Empty for a model
+    without exchanging norms (one modality, token fusion)."""
     from cen.core.groups import disjoint_groups
     from cen.core.sparsity import exchanging_norms
 
-    under, total, layers = 0, 0, []
+    out = []
     for name, norm in exchanging_norms(model):
         groups = disjoint_groups(norm.num_modalities, norm.num_features, norm.weight.device)
-        below = (norm.gamma.detach().abs() < norm.threshold) & groups
-        n, k = int(groups.sum()), int(below.sum())
+        out.append((name, norm.gamma.detach().abs()[groups], norm.threshold))
+    return out
+
+
+def penalised_share(model) -> tuple[float, list[tuple[str, float]]]:
+    """``(share, [(layer, share)])``: of the penalised scales of ``model``, the share under θ now, in all and per
+    layer (:func:`penalised_scales`)."""
+    under, total, layers = 0, 0, []
+    for name, values, theta in penalised_scales(model):
+        n, k = values.numel(), int((values < theta).sum())
         under, total = under + k, total + n
         layers.append((name, k / n if n else 0.0))
     return (under / total if total else 0.0), layers
@@ -163,9 +172,7 @@ class SparsityTarget(Callback):
         self.active = target is not None and trainer.task.penalty.active
         if not self.active:
             return
-        from cen.core.sparsity import exchanging_norms
-
-        if next(iter(exchanging_norms(trainer.model)), None) is None:
+        if not penalised_scales(trainer.model):
             # One modality (or a fusion without exchanging norms): no share to steer. The same recipe trains
             # its unimodal baselines, so this is said, not refused.
             self.active = False
@@ -186,17 +193,9 @@ class SparsityTarget(Callback):
         """``(q, θ)``: the ``target``-quantile of the penalised |γ| and the norms' θ (their largest)."""
         import torch
 
-        from cen.core.groups import disjoint_groups
-        from cen.core.sparsity import exchanging_norms
-
-        values, theta = [], 0.0
-        for _, norm in exchanging_norms(trainer.model):
-            groups = disjoint_groups(norm.num_modalities, norm.num_features, norm.weight.device)
-            values.append(norm.gamma.detach().abs()[groups].float())
-            theta = max(theta, norm.threshold)
-        if not values:
-            return 0.0, theta
-        return float(torch.quantile(torch.cat(values), self.target)), theta
+        scales = penalised_scales(trainer.model)  # not empty: setup() deactivates a model without any
+        values = torch.cat([v.float() for _, v, _ in scales])
+        return float(torch.quantile(values, self.target)), max(theta for _, _, theta in scales)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.active:
