@@ -205,6 +205,16 @@ def test_default_threshold_is_the_shared_constant():
     assert {m.threshold for m in model.encoder.modules() if isinstance(m, ModalityBatchNorm2d)} == {THRESHOLD}
 
 
+def test_takes_segmentation_cens_arguments_but_not_the_decoders_choice():
+    params = inspect.signature(RefineNetCEN).parameters
+    assert "decoder" not in params and "decoder_dim" not in params
+    assert {"backbone", "spec", "dropout", "decoder_widths", "backbone_options"} <= set(params)
+    assert _meta("resnet18", 5).config["dropout"] == 0.5  # the reference RefineNet's dropout
+    for key, value in (("decoder", "mlp"), ("decoder_dim", 64)):
+        with pytest.raises(TypeError, match=rf"RefineNetCEN takes no '{key}'.*SegmentationCEN\({key}="):
+            RefineNetCEN("resnet18", 5, **{key: value})
+
+
 def test_config_rebuilds_the_model():
     model = RefineNetCEN("resnet18", 5, ("rgb", "depth"), decoder_widths=SMALL, fusion="discard", threshold=0.1)
     cfg = model.config

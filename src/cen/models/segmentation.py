@@ -15,6 +15,7 @@ too. :class:`SegmentationCEN` adds ``decoder="mlp"``.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -35,6 +36,9 @@ DECODERS = ("refinenet", "mlp")
 
 #: The default dropout of each decoder (the reference RefineNet's 0.5, SegFormer's 0.1).
 DEFAULT_DROPOUT = {"refinenet": 0.5, "mlp": 0.1}
+
+#: SegmentationCEN's arguments that RefineNetCEN does not take (its decoder is fixed).
+_NOT_REFINENET = ("decoder", "decoder_dim")
 
 
 class Segmenter(nn.Module):
@@ -260,6 +264,11 @@ class SegmentationCEN(HeadedMultiModal):
         )
 
 
+def _signature_without(function: Any, names: Sequence[str]) -> inspect.Signature:
+    signature = inspect.signature(function)
+    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in names])
+
+
 class RefineNetCEN(SegmentationCEN):
     """CEN with a RefineNet decoder (the paper's model): ``{name: Tensor(B, 3, H, W)}`` -> ``{name: logits, ...}``.
 
@@ -275,45 +284,18 @@ class RefineNetCEN(SegmentationCEN):
     (without a custom ``exchange``).
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet101",
-        num_classes: int = 40,
-        modalities: Sequence[str] = ("rgb", "depth"),
-        threshold: float | None = None,
-        pretrained: None | str | os.PathLike | WeightsEnum = None,
-        *,
-        spec: FusionSpec | Mapping | None = None,
-        exchange: bool | ExchangeSpec | None = None,
-        ensemble: bool = True,
-        head: str = "ensemble",
-        fusion: str | None = None,
-        fusion_options: Mapping[str, object] | None = None,
-        shared_convs: bool | None = None,
-        dropout: float = 0.5,
-        decoder_widths: Sequence[int] | None = None,
-        backbone_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            modalities,
-            threshold,
-            pretrained,
-            decoder="refinenet",
-            spec=spec,
-            exchange=exchange,
-            ensemble=ensemble,
-            head=head,
-            fusion=fusion,
-            fusion_options=fusion_options,
-            shared_convs=shared_convs,
-            dropout=dropout,
-            decoder_widths=decoder_widths,
-            backbone_options=backbone_options,
-        )
-        for key in ("decoder", "decoder_dim"):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for key in _NOT_REFINENET:
+            if key in kwargs:
+                raise TypeError(
+                    f"RefineNetCEN takes no {key!r}: its decoder is RefineNet; use SegmentationCEN({key}=...)"
+                )
+        super().__init__(*args, decoder="refinenet", **kwargs)
+        for key in _NOT_REFINENET:
             del self.config[key]
+
+    # SegmentationCEN's arguments less the decoder's choice, for help(), IDEs and inspect.signature.
+    __init__.__signature__ = _signature_without(SegmentationCEN.__init__, _NOT_REFINENET)
 
     @property
     def decoder(self) -> RefineNetDecoder:
