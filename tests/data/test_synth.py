@@ -180,6 +180,10 @@ def test_ensure_generated_only_once(tmp_path, monkeypatch):
     assert again["num_classes"] == NUM_CLASSES and (root / "rgb" / "000000.png").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="other settings"):
         ensure_generated(root, 4, seed=2, **SMALL)
+    with pytest.raises(FileExistsError, match="other settings"):  # generate()'s default height, not SMALL's
+        ensure_generated(root, 3, seed=2, width=SMALL["width"])
+    with pytest.raises(TypeError, match="'heigth'; the scene settings are height, width, seed, splits"):
+        ensure_generated(root, 3, seed=2, heigth=24)
 
 
 def test_interrupted_generation_is_never_complete(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -214,6 +215,20 @@ def generate(
     return {**info, "root": str(root)}
 
 
+_GENERATE_SIGNATURE = inspect.signature(generate)
+
+
+def _scene_settings(num: int, scene: dict[str, Any]) -> dict[str, Any]:
+    """:func:`settings_dict` of :func:`generate` called with ``num`` and ``scene`` (its defaults filled in)."""
+    try:
+        bound = _GENERATE_SIGNATURE.bind(".", num, **scene)
+    except TypeError as err:
+        raise TypeError(f"ensure_generated: {err}; the scene settings are height, width, seed, splits") from None
+    bound.apply_defaults()
+    given = bound.arguments
+    return settings_dict(num, given["height"], given["width"], given["seed"], given["splits"])
+
+
 def read_marker(root: str | os.PathLike) -> dict[str, Any] | None:
     """Settings of a completed generation in ``root``, or None if it is not complete."""
     path = Path(root) / MARKER
@@ -224,16 +239,12 @@ def read_marker(root: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def ensure_generated(
-    out_dir: str | os.PathLike,
-    num: int,
-    height: int = 120,
-    width: int = 160,
-    seed: int = 0,
-    splits: Sequence[float] = DEFAULT_SPLITS,
-    progress: bool = False,
-    workers: int = 1,
+    out_dir: str | os.PathLike, num: int, *, progress: bool = False, workers: int = 1, **scene: Any
 ) -> dict[str, Any]:
     """Generate the data set unless a completed one with the same settings is there.
+
+    ``scene``: ``height``, ``width``, ``seed``, ``splits``, as :func:`generate` takes them
+    (with its defaults); ``progress`` and ``workers`` as there.
 
     Generation goes to a temporary sibling directory that is renamed to ``out_dir``
     only when complete, so an interrupted run is never mistaken for a data set. Safe
@@ -251,7 +262,7 @@ def ensure_generated(
         What :func:`generate` returns (read back from ``classes.json``).
     """
     root = Path(out_dir)
-    wanted = settings_dict(num, height, width, seed, splits)
+    wanted = _scene_settings(num, scene)
     stale = False
 
     def older_version(found: dict[str, Any] | None) -> bool:
@@ -289,7 +300,7 @@ def ensure_generated(
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     trash = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
     try:
-        generate(tmp, num, height, width, seed, splits, progress=progress, workers=workers)
+        generate(tmp, num, progress=progress, workers=workers, **scene)
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
         if stale:
