@@ -26,7 +26,7 @@ from cen.data.lists import Entry, folder_entries, nyudv2_entries, taskonomy_entr
 from cen.data.taskonomy import TASKONOMY_DOMAINS, check_domain, domain_decoder
 
 LAYOUTS: tuple[str, ...] = ("nyudv2", "taskonomy", "folder", "rgbx", "mfnet", "deliver")
-#: Layouts read by their data set class sample by sample (:func:`check_layout_samples`).
+#: Layouts read by their data set class sample by sample (:func:`check_dataset` reports each sample's first problem).
 SAMPLE_LAYOUTS: tuple[str, ...] = ("rgbx", "mfnet", "deliver")
 DEFAULT_LISTS: tuple[str, ...] = ("train.txt", "val.txt", "test.txt")
 
@@ -123,15 +123,21 @@ def check_dataset(
     Args:
         root: data set root.
         layout: ``"nyudv2"`` (also SUN RGB-D), ``"taskonomy"``, ``"folder"``, or a layout of the
-            RGB-X methods, ``"rgbx"``, ``"mfnet"``, ``"deliver"`` (:func:`check_layout_samples`).
+            RGB-X methods, ``"rgbx"``, ``"mfnet"``, ``"deliver"``: every sample is read by the
+            layout's data set class and its first problem reported (a missing or malformed file, a
+            label above the class count, a size that differs), naming the file and the list line
+            (DELIVER: the split and the RGB frame).
         list_files: list / split files; default ``train.txt``, ``val.txt``, ``test.txt``
-            found in ``root`` (required for ``folder``).
+            found in ``root`` (required for ``folder``); DELIVER: split names, default the
+            splits whose ``img/<condition>/<split>`` exists.
         num_classes: label range; default from ``root/classes.json`` if present, else 40
-            for nyudv2 (folder: labels are then only checked to be 8-bit).
+            for nyudv2 (folder: labels are then only checked to be 8-bit), the layout's for
+            the RGB-X layouts (rgbx: 37 with a ``labels/`` folder, SUN RGB-D's packs, else 40).
         domains: Taskonomy domains to check; default every known domain folder in root.
         modalities: folder layout: input folders; default every folder except ``mask``.
             nyudv2: modalities besides the list columns ``rgb`` and ``depth`` (e.g. ``hha``);
-            default every modality folder holding the first sample's file.
+            default every modality folder holding the first sample's file. RGB-X layouts:
+            default every modality folder found.
         mask: folder layout: label folder (None: no labels).
         progress: show a progress bar.
         image_size: rgbx, mfnet, deliver: the (H, W) every file must have, or None.
@@ -141,8 +147,16 @@ def check_dataset(
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if not root.is_dir():
         return [f"{root}: data set root is not a directory"]
-    if layout in SAMPLE_LAYOUTS:
-        return check_layout_samples(root, layout, list_files, num_classes, modalities, image_size, progress)
+    if layout in SAMPLE_LAYOUTS:  # each sample is read by the layout's data set class, as training reads it
+        find = _deliver_splits if layout == "deliver" else _list_files
+        lists, problems = find(root, list_files)
+        datasets = []
+        for lf in lists:
+            try:
+                datasets.append(_layout_dataset(root, layout, lf, num_classes, modalities, image_size))
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(str(err))
+        return _read_samples(datasets, problems, progress)
     problems: list[str] = []
     groups = []
     if layout == "folder" and not list_files:
@@ -247,42 +261,17 @@ def _layout_dataset(root: Path, layout: str, list_file, num_classes: int | None,
     return DELIVER(root, str(list_file), mods, num_classes=k, image_size=image_size, missing_ok=True)
 
 
-def check_layout_samples(
-    root: str | os.PathLike,
-    layout: str,
-    list_files: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    modalities: Sequence[str] | None = None,
-    image_size: tuple[int, int] | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Problems of a data set in an RGB-X layout (``rgbx``, ``mfnet``, ``deliver``): every sample
-    is read as training reads it, by the layout's data set class, and its first problem is
-    reported (a missing or malformed file, a label above the class count, a size that differs),
-    naming the file and the list line (DELIVER: the split and the RGB frame).
+def _deliver_splits(root: Path, splits: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The DELIVER splits to check (default: those whose ``img/<condition>/<split>`` exists), and the problem if none."""
+    from cen.data.deliver import DELIVER_SPLITS
 
-    ``list_files``: list files (DELIVER: split names); default ``train.txt``, ``val.txt``,
-    ``test.txt`` found in ``root`` (DELIVER: the splits whose ``img/<condition>/<split>`` exists).
-    ``num_classes``: default ``classes.json``, else the layout's (rgbx: 37 with a ``labels/``
-    folder, SUN RGB-D's packs, else 40). ``modalities``: default every modality folder found."""
-    root = Path(root)
-    if layout == "deliver":
-        from cen.data.deliver import DELIVER_SPLITS
+    found = list(splits) if splits else [s for s in DELIVER_SPLITS if any(root.glob(f"img/*/{s}"))]
+    return found, [] if found else [f"{root}: no DELIVER split folder img/<condition>/<train|val|test>/ found"]
 
-        lists = list(list_files) if list_files else [s for s in DELIVER_SPLITS if any(root.glob(f"img/*/{s}"))]
-        if not lists:
-            return [f"{root}: no DELIVER split folder img/<condition>/<train|val|test>/ found"]
-        problems: list[str] = []
-    else:
-        lists, problems = _list_files(root, list_files)
-    datasets = []
-    for lf in lists:
-        try:
-            datasets.append(_layout_dataset(root, layout, lf, num_classes, modalities, image_size))
-        except (FileNotFoundError, ValueError) as err:
-            problems.append(str(err))
-    total = sum(len(ds) for ds in datasets)
-    with tqdm(total=total, desc="check", unit="sample", disable=not progress) as bar:
+
+def _read_samples(datasets: Sequence, problems: list[str], progress: bool) -> list[str]:
+    """``problems`` plus the first problem of each sample of ``datasets``, read as training reads it."""
+    with tqdm(total=sum(len(ds) for ds in datasets), desc="check", unit="sample", disable=not progress) as bar:
         for ds in datasets:
             for i in range(len(ds)):
                 try:
