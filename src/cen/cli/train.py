@@ -177,13 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
     model = precision.prepare_model(model.to(device))  # evaluated as trained: train.precision, channels_last
     task.setup({task.primary: model})
     loader = loaders.eval_loader(
-        dataset,
-        cfg.eval.batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=task.collate_fn,
+        dataset, cfg.eval.batch_size, loaders.LoaderSettings.of_run(cfg, info, device, task.collate_fn)
     )
     out = Path(args.out) if args.out else None
 
@@ -235,9 +229,8 @@ def _eval_corruptions(args, cfg, task, model, precision, device, info, options, 
     def score(fault):
         dataset = task.build_datasets(splits=(args.split,), corruption=fault)[args.split]
         loader = loaders.eval_loader(
-            dataset, cfg.eval.batch_size, rank=info.rank, world_size=info.world_size,
-            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", collate_fn=task.collate_fn,
-        )  # fmt: skip
+            dataset, cfg.eval.batch_size, loaders.LoaderSettings.of_run(cfg, info, device, task.collate_fn)
+        )
         with precision.autocast():
             return evaluate(task, {task.primary: model}, loader, device=device, progress=False, **options)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -99,52 +100,55 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-def train_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    rank: int,
-    world_size: int,
-    seed: int,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    collate_fn: Callable[[list], object] | None = None,
-) -> DataLoader:
-    sampler = EpochSampler(len(dataset), batch_size, rank=rank, world_size=world_size, seed=seed)
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How every loader of a run reads: this process's shard of each split and the worker options.
+
+    ``rank`` / ``world_size``: the process and the number of processes (each reads its shard);
+    ``num_workers``: loader worker processes (0: in this process); ``pin_memory``: for a CUDA
+    device; ``collate_fn``: the task's (None: PyTorch's default collation).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    pin_memory: bool = False
+    collate_fn: Callable[[list], object] | None = None
+
+    @classmethod
+    def of_run(cls, cfg, info, device: torch.device, collate_fn: Callable[[list], object] | None) -> LoaderSettings:
+        """The settings of a run: ``info``'s rank and world size, ``cfg.data.num_workers``, pinned on CUDA."""
+        return cls(info.rank, info.world_size, int(cfg.data.num_workers), device.type == "cuda", collate_fn)
+
+    def _options(self) -> dict:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "collate_fn": self.collate_fn}
+
+
+def train_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings, *, seed: int) -> DataLoader:
+    """Batches of ``batch_size`` from this process's share of each epoch's permutation (seeded by ``seed``)."""
+    sampler = EpochSampler(len(dataset), batch_size, rank=settings.rank, world_size=settings.world_size, seed=seed)
     if sampler.batches_per_epoch() == 0:
         raise UserError(
             f"the training set has {len(dataset)} samples, fewer than one global batch of "
-            f"{batch_size * world_size}; lower train.batch_size"
+            f"{batch_size * settings.world_size}; lower train.batch_size"
         )
     return DataLoader(
         SeededDataset(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
         persistent_workers=False,
-        collate_fn=collate_fn,
+        **settings._options(),
     )
 
 
-def eval_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    rank: int,
-    world_size: int,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    collate_fn: Callable[[list], object] | None = None,
-) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings) -> DataLoader:
+    """Batches of ``batch_size`` of this process's shard of ``dataset``, in order."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), rank, world_size),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        sampler=ShardSampler(len(dataset), settings.rank, settings.world_size),
         generator=torch.Generator().manual_seed(0),
-        collate_fn=collate_fn,
+        **settings._options(),
     )

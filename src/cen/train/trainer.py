@@ -207,27 +207,10 @@ class Trainer:
         # Compiled at the first step; evaluation runs the plain models (no recompiling for eval mode).
         if cfg.train.compile:
             self.nets = {k: compile_model(n, compile_backend) for k, n in self.nets.items()}
-        pin = self.device.type == "cuda"
-        self.train_loader = loaders.train_loader(
-            self.datasets["train"],
-            self.local_batch,
-            rank=self.info.rank,
-            world_size=world,
-            seed=cfg.train.seed,
-            num_workers=cfg.data.num_workers,
-            pin_memory=pin,
-            collate_fn=self.task.collate_fn,
-        )
+        loading = loaders.LoaderSettings.of_run(cfg, self.info, self.device, self.task.collate_fn)
+        self.train_loader = loaders.train_loader(self.datasets["train"], self.local_batch, loading, seed=cfg.train.seed)
         self.eval_loaders = {
-            split: loaders.eval_loader(
-                self.datasets[split],
-                cfg.eval.batch_size,
-                rank=self.info.rank,
-                world_size=world,
-                num_workers=cfg.data.num_workers,
-                pin_memory=pin,
-                collate_fn=self.task.collate_fn,
-            )
+            split: loaders.eval_loader(self.datasets[split], cfg.eval.batch_size, loading)
             for split in ("val", "test")
             if split in self.datasets
         }
