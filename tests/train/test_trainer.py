@@ -7,9 +7,10 @@ from cen.core.norms import _ModalityNorm
 from cen.tasks.segmentation import SegmentationLoss, TinySegNet, check_labels
 from cen.tasks.sparsity import SparsityPenalty
 from cen.train.checkpoint import CheckpointError
+from cen.errors import UserError
 from cen.train.config import load_config
 from cen.train.distributed import DeviceError
-from cen.train.loaders import EpochSampler
+from cen.train.loaders import EpochSampler, LoaderSettings, eval_loader, train_loader
 from cen.train.runlog import read_metrics
 from cen.train.trainer import RunExistsError, Trainer
 from tests.train.fakes import FakeScenes, fake_datasets, tiny_overrides
@@ -79,6 +80,19 @@ def test_sampler_resumes_mid_epoch_and_shards_global_batches():
     assert list(s) == whole[4:]
     r0, r1 = EpochSampler(10, 2, rank=0, world_size=2, seed=3), EpochSampler(10, 2, rank=1, world_size=2, seed=3)
     assert list(r0)[:2] + list(r1)[:2] == whole[:4]  # the two processes split the same global batch
+
+
+def test_loaders_read_each_process_shard_with_the_runs_settings():
+    data = list(range(10))
+    shards = [
+        [int(i) for batch in eval_loader(data, 3, LoaderSettings(rank=r, world_size=2)) for i in batch] for r in (0, 1)
+    ]
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]  # every sample evaluated by exactly one process, in order
+    pairs = LoaderSettings(collate_fn=lambda items: ("collated", len(items)))
+    assert next(iter(eval_loader(data, 4, pairs))) == ("collated", 4)
+    assert len(train_loader(data, 4, LoaderSettings(), seed=0)) == 2  # drop_last: 10 samples, 2 full batches
+    with pytest.raises(UserError, match="10 samples, fewer than one global batch of 12; lower train.batch_size"):
+        train_loader(data, 6, LoaderSettings(rank=0, world_size=2), seed=0)
 
 
 def test_unimodal_config_trains_on_the_same_path(tmp_path):
