@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from cen.core.norms import _ModalityNorm
+from cen.errors import UserError
 from cen.tasks.segmentation import SegmentationLoss, TinySegNet, check_labels
 from cen.tasks.sparsity import SparsityPenalty
 from cen.train.checkpoint import CheckpointError
-from cen.errors import UserError
 from cen.train.config import load_config
 from cen.train.distributed import DeviceError
 from cen.train.loaders import EpochSampler, LoaderSettings, eval_loader, train_loader
