@@ -111,8 +111,11 @@ def test_folder_bad_arguments(folder_root):
 def test_bad_modality_and_class_count(nyu_root):
     with pytest.raises(ValueError, match=r"modality 'hha' is not in the data set .*cen data hha.*it has: rgb, depth$"):
         NYUDv2(nyu_root, "train.txt", modalities=("rgb", "hha"))
-    with pytest.raises(ValueError, match="expected distinct folder names"):
+    with pytest.raises(ValueError, match=r"NYUDv2: modalities \['rgb', 'rgb'\] name \['rgb'\] more than once"):
         NYUDv2(nyu_root, "train.txt", modalities=("rgb", "rgb"))
+    with pytest.raises(ValueError, match=r"NYUDv2: modalities \['rgb', 'mask'\] include 'mask', the labels' role"):
+        NYUDv2(nyu_root, "train.txt", modalities=("rgb", "mask"))
+    assert NYUDv2(nyu_root, "train.txt", modalities="depth").modalities == ("depth",)  # one name as a string
     with pytest.raises(ValueError, match="num_classes must be in"):
         NYUDv2(nyu_root, "train.txt", num_classes=0)
 

@@ -303,8 +303,8 @@ def test_bad_presence_settings_are_named(scenes, tmp_path):
         build_task(_cfg(scenes, tmp_path, "data.dataset=scenes")).build_datasets()
     with pytest.raises(
         ValueError,
-        match=r"modalities \['normal'\] are not in the presence data of the generated "
-        r"scenes; it has \['rgb', 'points'\]",
+        match=r"the presence data of the generated scenes has the modalities \['rgb', 'points'\]; "
+        r"got \['rgb', 'normal'\] \(\['normal'\] unknown\)",
     ):
         ScenePresence(scenes, "train.txt", ["rgb", "normal"])
 

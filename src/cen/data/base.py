@@ -8,11 +8,27 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from cen.core.stacking import check_names
 from cen.data.images import image_size, read_image
 from cen.data.lists import Entry
 from cen.data.tvtensors import unwrap_sample, wrap
 
 Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def modality_names(value: str | Sequence[str], dataset: str, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The modalities a data set was asked for, as a tuple: one name or several, each once, none of
+    them ``mask`` (the labels' role), all in ``known`` when it is given.
+
+    Raises ValueError (TypeError for a name that is not a string) naming ``dataset``, the value
+    and what was expected."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if "mask" in names:
+        raise ValueError(f"{dataset}: modalities {list(names)} include 'mask', the labels' role, not a modality")
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise ValueError(f"{dataset} has the modalities {list(known)}; got {list(names)} ({unknown} unknown)")
+    return check_names(names, f"{dataset}: modalities")
 
 
 def load_entry(

@@ -35,7 +35,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from cen.data.base import Transform
+from cen.data.base import Transform, modality_names
 from cen.data.constants import IGNORE_INDEX
 from cen.data.decode import ImageDecoder, LabelMapDecoder, PackDepthDecoder, UnitDecoder, shifted_labels
 from cen.data.layouts import LAYOUT_INFO
@@ -175,9 +175,7 @@ class DELIVER(RawDecodingDataset):
         *,
         missing_ok: bool = False,
     ) -> None:
-        modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
-        if not modalities or len(set(modalities)) != len(modalities):
-            raise ValueError(f"modalities {modalities!r} invalid; expected distinct names of {list(KINDS)}")
+        modalities = modality_names(modalities, "DELIVER", known=tuple(KINDS))
         if int(num_classes) != DELIVER_NUM_CLASSES:
             raise ValueError(f"DELIVER has {DELIVER_NUM_CLASSES} classes; got num_classes={num_classes}")
         info = LAYOUT_INFO["deliver"]

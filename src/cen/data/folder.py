@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from cen.data.base import Transform
+from cen.data.base import Transform, modality_names
 from cen.data.constants import IGNORE_INDEX, REFERENCE_DEPTH_SCALE
 from cen.data.decode import MaskDecoder, decoder_for_kind
 from cen.data.kinds import KINDS, check_kind, infer_kind
@@ -52,10 +52,7 @@ class FolderDataset(RawDecodingDataset):
         ignore_index: int = IGNORE_INDEX,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(modalities, str):
-            modalities = (modalities,)
-        if not modalities or len(set(modalities)) != len(modalities) or "mask" in modalities:
-            raise ValueError(f"modalities {tuple(modalities)!r} invalid; expected distinct folder names (not 'mask')")
+        modalities = modality_names(modalities, type(self).__name__)
         if mask is not None and num_classes is None:
             raise ValueError("num_classes is required when a mask folder is given")
         kinds = {m: check_kind((kinds or {}).get(m, infer_kind(m)), m) for m in modalities}

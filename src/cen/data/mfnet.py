@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cen.data.base import Transform
+from cen.data.base import Transform, modality_names
 from cen.data.constants import IGNORE_INDEX
 from cen.data.decode import ChannelsOf, ImageDecoder, MaskDecoder, UnitDecoder
 from cen.data.layouts import LAYOUT_INFO
@@ -90,9 +90,7 @@ class MFNet(RawDecodingDataset):
         *,
         missing_ok: bool = False,
     ) -> None:
-        modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
-        if not modalities or len(set(modalities)) != len(modalities) or set(modalities) - set(MFNET_MODALITIES):
-            raise ValueError(f"MFNet has the modalities {MFNET_MODALITIES}; got {modalities}")
+        modalities = modality_names(modalities, "MFNet", known=MFNET_MODALITIES)
         if int(num_classes) != MFNET_NUM_CLASSES:
             raise ValueError(
                 f"MFNet has {MFNET_NUM_CLASSES} classes (unlabelled included); got num_classes={num_classes}"

@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cen.data.base import Transform
+from cen.data.base import Transform, modality_names
 from cen.data.constants import IGNORE_INDEX
 from cen.data.decode import ImageDecoder, LabelMapDecoder, PackDepthDecoder, decoder_for_kind, shifted_labels
 from cen.data.kinds import check_kind, infer_kind
@@ -164,7 +164,7 @@ class RGBXPack(RawDecodingDataset):
         *,
         missing_ok: bool = False,
     ) -> None:
-        modalities = _check_modalities(modalities)
+        modalities = modality_names(modalities, type(self).__name__)
         if not 1 <= int(num_classes) <= 254:
             raise ValueError(f"num_classes must be in 1..254 for labels stored as 1..C, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -178,11 +178,3 @@ class RGBXPack(RawDecodingDataset):
             raise_if_missing(entries)
         decoders = rgbx_decoders(modalities, self.kinds, self.num_classes, depth_scale)
         super().__init__(entries, decoders, transform, cache_dir=cache_dir, image_size=image_size)
-
-
-def _check_modalities(modalities: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(modalities, str):
-        modalities = (modalities,)
-    if not modalities or len(set(modalities)) != len(modalities) or "mask" in modalities:
-        raise ValueError(f"modalities {tuple(modalities)!r} invalid; expected distinct modality names (not 'mask')")
-    return tuple(modalities)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cen.data.base import Transform
+from cen.data.base import Transform, modality_names
 from cen.data.constants import (
     IGNORE_INDEX,
     NYUDV2_NUM_CLASSES,
@@ -115,13 +115,7 @@ class NYUDv2(RawDecodingDataset):
         kinds: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(modalities, str):
-            modalities = (modalities,)
-        if not modalities or len(set(modalities)) != len(modalities) or "mask" in modalities:
-            raise ValueError(
-                f"modalities {tuple(modalities)!r} invalid; expected distinct folder names such as "
-                f"{SEGMENTATION_MODALITIES} (not 'mask')"
-            )
+        modalities = modality_names(modalities, type(self).__name__)
         num_classes = self.default_num_classes if num_classes is None else int(num_classes)
         if not 1 <= num_classes <= 255 or num_classes > ignore_index:
             raise ValueError(f"num_classes must be in 1..{min(255, ignore_index)}, got {num_classes}")

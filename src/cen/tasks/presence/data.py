@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from cen.data.base import modality_names
 from cen.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cen.data.hha import (
     CAMERA_FILE,
@@ -154,14 +155,7 @@ class ScenePresence(Dataset):
         short_side: int | None = None,
         cache: bool = True,
     ) -> None:
-        modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
-        unknown = [m for m in modalities if m not in MODALITIES]
-        if unknown:
-            raise ValueError(
-                f"modalities {unknown} are not in the presence data of the generated scenes; it has {list(MODALITIES)}"
-            )
-        if not modalities or len(set(modalities)) != len(modalities):
-            raise ValueError(f"modalities {list(modalities)}: name one or more of {list(MODALITIES)}, each once")
+        modalities = modality_names(modalities, "the presence data of the generated scenes", known=tuple(MODALITIES))
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
         self.entries = nyudv2_entries(root, list_file)
